@@ -1,0 +1,5 @@
+"""Weight spaces: tracing, groups and axes, permutations, (de)serialisation."""
+from .axes import Cat, Prod
+from .weightspace import Group, ParamSpec, Permutation, WeightSpace
+
+__all__ = ["WeightSpace", "Group", "ParamSpec", "Permutation", "Prod", "Cat"]

@@ -1,0 +1,331 @@
+"""``WeightSpace``: a model's parameters, their neuron groups and its neural-graph layout, derived once."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..errors import NonFiniteWeights, StateDictMismatch, WeightSpaceError
+from ..utils import atomic_write_text
+from .axes import Cat, Desc, Prod, axis_index
+from .trace import EdgePlacement, Link, NodePlacement, Site, trace_module
+
+FORMAT = "weightspace/1"
+Permutation = dict[str, torch.Tensor]
+StateDict = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Group:
+    """A set of units that move together: permutable (hidden units, channels, heads) or fixed."""
+
+    name: str
+    size: int
+    permutable: bool
+    label: str
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One state_dict entry: its shape, dtype and, per axis, the group structure it moves with."""
+
+    key: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    axes: tuple[Desc, ...]
+
+
+def _desc_to_json(d: Desc) -> Any:
+    if isinstance(d, int):
+        return d
+    return {"prod" if isinstance(d, Prod) else "cat": [_desc_to_json(p) for p in d.parts]}
+
+
+def _desc_from_json(j: Any) -> Desc:
+    if isinstance(j, int):
+        return j
+    (kind, parts), = j.items()
+    return (Prod if kind == "prod" else Cat)(tuple(_desc_from_json(p) for p in parts))
+
+
+def _desc_str(d: Desc, groups: Sequence[Group]) -> str:
+    if isinstance(d, int):
+        g = groups[d]
+        return f"{g.name}({g.size}{'' if g.permutable else ',fixed'})"
+    sep = " x " if isinstance(d, Prod) else " | "
+    return "[" + sep.join(_desc_str(p, groups) for p in d.parts) + "]"
+
+
+class WeightSpace:
+    """The structure of a model's weights, traced once from the module.
+
+    It holds the neuron groups, the axes of every state_dict entry (buffers included),
+    and the neural-graph layout. Permutations, graphs, alignment and collections are
+    all views of it.
+    """
+
+    def __init__(self, *, keys: list[str], aliases: dict[str, str], params: dict[str, ParamSpec],
+                 groups: list[Group], sites: list[Site], edges: list[EdgePlacement],
+                 node_params: list[NodePlacement], links: list[Link], output_nodes: list[int],
+                 notes: list[str] | None = None, name: str = "") -> None:
+        self.keys = keys
+        self.aliases = aliases
+        self.params = params
+        self.groups = groups
+        self.sites = sites
+        self.edges = edges
+        self.node_params = node_params
+        self.links = links
+        self.output_nodes = output_nodes
+        self.notes = notes or []
+        self.name = name
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_module(cls, model: nn.Module, example_input: Any) -> "WeightSpace":
+        """Trace ``model`` on ``example_input`` and derive its weight space.
+
+        Raises :class:`~weightspace.errors.UnsupportedOperation` naming the module and
+        operation when some part of the model cannot be described.
+        """
+        r = trace_module(model, example_input)
+        s = r.solver
+        leaf_group: dict[int, int] = {}
+        groups: list[Group] = []
+
+        def convert(d: Desc, label: str) -> Desc:
+            d = s.resolve(d)
+            if isinstance(d, int):
+                if d not in leaf_group:
+                    leaf_group[d] = len(groups)
+                    groups.append(Group(f"g{len(groups)}", s.size[d], not s.fixed[d] and s.size[d] > 1, label))
+                return leaf_group[d]
+            return type(d)(tuple(convert(p, label) for p in d.parts))
+
+        params: dict[str, ParamSpec] = {}
+        for key in r.keys:
+            if key in r.aliases:
+                continue
+            axes = tuple(convert(a, f"{key}[{i}]") for i, a in enumerate(r.param_axes[key]))
+            params[key] = ParamSpec(key, r.shapes[key], r.dtypes[key], axes)
+        sites = [Site(st.kind, convert(st.desc, f"site {i} ({st.kind})"), st.offset, st.count)
+                 for i, st in enumerate(r.sites)]
+        return cls(keys=r.keys, aliases=r.aliases, params=params, groups=groups, sites=sites, edges=r.edges,
+                   node_params=r.nodes, links=r.links, output_nodes=r.output_nodes, notes=r.notes,
+                   name=type(model).__name__)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def canonical_keys(self) -> list[str]:
+        return [k for k in self.keys if k not in self.aliases]
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: self.params[self.aliases.get(k, k)].shape for k in self.keys}
+
+    @property
+    def num_params(self) -> int:
+        return sum(torch.Size(p.shape).numel() for p in self.params.values())
+
+    @property
+    def permutable_groups(self) -> list[Group]:
+        return [g for g in self.groups if g.permutable]
+
+    @property
+    def num_nodes(self) -> int:
+        return sum(s.count for s in self.sites)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A short stable hash of the architecture (its JSON without notes)."""
+        j = self.to_json()
+        j.pop("notes", None)
+        j.pop("name", None)
+        return hashlib.sha256(json.dumps(j, sort_keys=True).encode()).hexdigest()[:16]
+
+    def describe(self, d: Desc) -> str:
+        return _desc_str(d, self.groups)
+
+    def __repr__(self) -> str:
+        return (f"WeightSpace({self.name or 'model'}: {len(self.keys)} tensors, {self.num_params:,} values, "
+                f"{len(self.permutable_groups)} permutable groups, {self.num_nodes} nodes)")
+
+    def summary(self) -> str:
+        """A human-readable table of groups and parameter axes."""
+        lines = [repr(self), "groups:"]
+        for g in self.groups:
+            lines.append(f"  {g.name:>5}  size {g.size:<6} {'permutable' if g.permutable else 'fixed':<10}  first: {g.label}")
+        lines.append("parameters:")
+        for k in self.keys:
+            if k in self.aliases:
+                lines.append(f"  {k}  (tied to {self.aliases[k]})")
+                continue
+            p = self.params[k]
+            axes = ", ".join(self.describe(a) for a in p.axes) or "scalar"
+            lines.append(f"  {k}  {tuple(p.shape)}  {str(p.dtype).replace('torch.', '')}  axes: {axes}")
+        for n in self.notes:
+            lines.append(f"note: {n}")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ validation
+    def check(self, state_dict: StateDict, *, allow_nonfinite: bool = False, source: str | None = None) -> None:
+        """Raise a clear error if ``state_dict`` does not fit this space or holds NaN/Inf."""
+        where = f" in {source}" if source else ""
+        missing = [k for k in self.canonical_keys if k not in state_dict]
+        extra = [k for k in state_dict if k not in self.params and k not in self.aliases]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+            if extra:
+                parts.append(f"unexpected keys {extra[:8]}{' ...' if len(extra) > 8 else ''}")
+            raise StateDictMismatch(f"state_dict{where} does not match {self.name or 'the weight space'}: "
+                                    + "; ".join(parts))
+        for k, t in state_dict.items():
+            spec = self.params[self.aliases.get(k, k)]
+            if not isinstance(t, torch.Tensor):
+                raise StateDictMismatch(f"'{k}'{where} is a {type(t).__name__}, not a tensor")
+            if tuple(t.shape) != spec.shape:
+                raise StateDictMismatch(f"'{k}'{where} has shape {tuple(t.shape)}, expected {spec.shape}")
+            if not allow_nonfinite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise NonFiniteWeights(f"'{k}'{where} holds {bad} NaN/Inf values "
+                                       f"(pass allow_nonfinite=True to accept them)")
+
+    # ------------------------------------------------------------------ permutations
+    def random_permutation(self, generator: torch.Generator | None = None) -> Permutation:
+        """A uniformly random permutation of every permutable group."""
+        return {g.name: torch.randperm(g.size, generator=generator) for g in self.permutable_groups}
+
+    def identity_permutation(self) -> Permutation:
+        return {g.name: torch.arange(g.size) for g in self.permutable_groups}
+
+    def inverse(self, perm: Permutation) -> Permutation:
+        """The permutation undoing ``perm``: ``permute(permute(sd, p), inverse(p)) == sd``."""
+        return {k: torch.argsort(p) for k, p in perm.items()}
+
+    def compose(self, first: Permutation, then: Permutation) -> Permutation:
+        """The permutation equal to applying ``first`` and then ``then``."""
+        out = dict(first)
+        for k, p in then.items():
+            out[k] = first[k][p] if k in first else p
+        return out
+
+    def _perm_by_index(self, perm: Permutation) -> dict[int, torch.Tensor]:
+        by_name = {g.name: i for i, g in enumerate(self.groups)}
+        out: dict[int, torch.Tensor] = {}
+        for name, p in perm.items():
+            if name not in by_name:
+                raise WeightSpaceError(f"permutation names unknown group '{name}'")
+            g = self.groups[by_name[name]]
+            if not g.permutable:
+                raise WeightSpaceError(f"group '{name}' ({g.label}) is fixed and cannot be permuted")
+            p = torch.as_tensor(p, dtype=torch.long).cpu()
+            if p.shape != (g.size,) or not torch.equal(torch.sort(p).values, torch.arange(g.size)):
+                raise WeightSpaceError(f"permutation of group '{name}' is not a permutation of {g.size} units")
+            out[by_name[name]] = p
+        return out
+
+    def axis_index(self, d: Desc, perm: Permutation | dict[int, torch.Tensor]) -> torch.Tensor:
+        """Gather index of an axis with structure ``d`` under ``perm`` (``new[j] = old[idx[j]]``)."""
+        byi = perm if all(isinstance(k, int) for k in perm) else self._perm_by_index(perm)  # type: ignore[arg-type]
+        return axis_index(lambda g: self.groups[g].size, d, byi)  # type: ignore[arg-type]
+
+    def permute(self, state_dict: StateDict, perm: Permutation) -> dict[str, torch.Tensor]:
+        """Apply a permutation of the groups to a state_dict; the model's function is unchanged."""
+        byi = self._perm_by_index(perm)
+        out: dict[str, torch.Tensor] = {}
+        for k, t in state_dict.items():
+            spec = self.params.get(self.aliases.get(k, k))
+            if spec is None:
+                raise StateDictMismatch(f"'{k}' is not a parameter of {self.name or 'the weight space'}")
+            for axis, d in enumerate(spec.axes):
+                idx = self.axis_index(d, byi)
+                if not torch.equal(idx, torch.arange(len(idx))):
+                    t = t.index_select(axis, idx.to(t.device))
+            out[k] = t
+        return out
+
+    def node_permutation(self, perm: Permutation) -> torch.Tensor:
+        """How ``perm`` relabels graph nodes: node ``j`` of the permuted graph is node ``idx[j]`` of the original."""
+        byi = self._perm_by_index(perm)
+        return torch.cat([self.axis_index(s.desc, byi) + s.offset for s in self.sites]) if self.sites \
+            else torch.zeros(0, dtype=torch.long)
+
+    # ------------------------------------------------------------------ graphs
+    @cached_property
+    def layout(self):
+        from ..graph.layout import GraphLayout
+        return GraphLayout(self)
+
+    def to_graph(self, state_dicts: StateDict | Sequence[StateDict], *, check: bool = True,
+                 allow_nonfinite: bool = False):
+        """Neural graph of one checkpoint or a stack of T checkpoints (``edge_attr`` is ``[E, T, F]``)."""
+        return self.layout.to_graph(state_dicts, check=check, allow_nonfinite=allow_nonfinite)
+
+    def from_graph(self, data, *, as_list: bool | None = None):
+        """Inverse of :meth:`to_graph`: the state_dict (or list of them, one per stacked state)."""
+        return self.layout.from_graph(data, as_list=as_list)
+
+    # ------------------------------------------------------------------ persistence
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "name": self.name,
+            "keys": self.keys,
+            "aliases": self.aliases,
+            "params": {k: {"shape": list(p.shape), "dtype": str(p.dtype).replace("torch.", ""),
+                           "axes": [_desc_to_json(a) for a in p.axes]} for k, p in self.params.items()},
+            "groups": [{"name": g.name, "size": g.size, "permutable": g.permutable, "label": g.label}
+                       for g in self.groups],
+            "sites": [{"kind": s.kind, "desc": _desc_to_json(s.desc), "offset": s.offset, "count": s.count}
+                      for s in self.sites],
+            "edges": [{"key": e.key, "kind": e.kind, "out_axis": e.out_axis, "in_axis": e.in_axis,
+                       "out_nodes": e.out_nodes, "in_nodes": e.in_nodes, "primary": e.primary} for e in self.edges],
+            "node_params": [{"key": n.key, "nodes": n.nodes} for n in self.node_params],
+            "links": [{"kind": link.kind, "src": link.src, "dst": link.dst} for link in self.links],
+            "output_nodes": self.output_nodes,
+            "notes": self.notes,
+        }
+
+    @classmethod
+    def from_json(cls, j: Mapping[str, Any]) -> "WeightSpace":
+        if j.get("format") != FORMAT:
+            raise WeightSpaceError(f"not a weightspace JSON (format {j.get('format')!r}, expected {FORMAT!r})")
+        params = {k: ParamSpec(k, tuple(p["shape"]), getattr(torch, p["dtype"]),
+                               tuple(_desc_from_json(a) for a in p["axes"])) for k, p in j["params"].items()}
+        return cls(
+            keys=list(j["keys"]), aliases=dict(j["aliases"]), params=params,
+            groups=[Group(g["name"], g["size"], g["permutable"], g["label"]) for g in j["groups"]],
+            sites=[Site(s["kind"], _desc_from_json(s["desc"]), s["offset"], s["count"]) for s in j["sites"]],
+            edges=[EdgePlacement(**e) for e in j["edges"]],
+            node_params=[NodePlacement(**n) for n in j["node_params"]],
+            links=[Link(**link) for link in j["links"]],
+            output_nodes=list(j["output_nodes"]), notes=list(j.get("notes", [])), name=j.get("name", ""))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the space as JSON (atomically)."""
+        path = Path(path)
+        atomic_write_text(path, json.dumps(self.to_json(), separators=(",", ":")))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "WeightSpace":
+        path = Path(path)
+        try:
+            j = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise WeightSpaceError(f"cannot read weight space JSON {path}: {e}") from e
+        return cls.from_json(j)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WeightSpace) and self.fingerprint == other.fingerprint
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
