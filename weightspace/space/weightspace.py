@@ -193,6 +193,10 @@ class WeightSpace:
                 raise StateDictMismatch(f"'{k}'{where} is a {type(t).__name__}, not a tensor")
             if tuple(t.shape) != spec.shape:
                 raise StateDictMismatch(f"'{k}'{where} has shape {tuple(t.shape)}, expected {spec.shape}")
+            if k in self.aliases and self.aliases[k] in state_dict and \
+                    not torch.equal(t, state_dict[self.aliases[k]]):
+                raise StateDictMismatch(f"'{k}'{where} is tied to '{self.aliases[k]}' in the model but holds "
+                                        f"different values")
             if not allow_nonfinite and t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 bad = int((~torch.isfinite(t)).sum())
                 raise NonFiniteWeights(f"'{k}'{where} holds {bad} NaN/Inf values "
