@@ -1,0 +1,1 @@
+"""Subcommands of the ``weightspace`` CLI, one module each."""
