@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from families import families
-from weightspace import NonFiniteWeights, StateDictMismatch, UnsupportedOperation, WeightSpace
+from weightspace import NonFiniteWeights, StateDictMismatch, UnsupportedOperation, WeightSpace, WeightSpaceError
 
 FAMILIES = families()
 IDS = [f[0] for f in FAMILIES]
@@ -46,6 +46,15 @@ def test_permutation_preserves_function(family):
             other.load_state_dict(psd)
             other.eval()
             torch.testing.assert_close(other(x), y, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_permutations_are_refused(family):
+    _, _, _, _, space = family
+    g = space.permutable_groups[0]
+    with pytest.raises(WeightSpaceError, match=g.name):
+        space.permute({}, {g.name: torch.zeros(space.identity_permutation()[g.name].shape, dtype=torch.long)})
+    with pytest.raises(WeightSpaceError, match="unknown group"):
+        space.permute({}, {"nope": torch.arange(2)})
 
 
 def test_inverse_and_compose_are_exact(family):
@@ -105,6 +114,11 @@ def test_gpt_groups_residual_heads_and_tied_embeddings():
     assert p["blocks.0.attn.k.weight"].axes[0] == q_axis, "q and k share head and within-head groups"
     v_heads, v_within = p["blocks.0.attn.v.weight"].axes[0].parts
     assert v_heads == heads and v_within != within, "v/out have their own within-head group"
+    assert p["blocks.0.attn.proj.weight"].axes[1] == p["blocks.0.attn.v.weight"].axes[0]
+    for g in (within, v_within):
+        assert space.groups[g].parent == space.groups[heads].name, "units within a head permute per head"
+    perm = space.random_permutation(torch.Generator().manual_seed(0))
+    assert perm[space.groups[within].name].shape == (2, 4)
     sd = model.state_dict()
     psd = space.permute(sd, space.random_permutation())
     assert torch.equal(psd["head.weight"], psd["wte.weight"])
@@ -118,6 +132,7 @@ def test_fused_and_mha_projections_are_concatenations():
         assert type(axis).__name__ == "Cat" and len(axis.parts) == 3, space.describe(axis)
         q, k, v = axis.parts
         assert q == k and q != v
+        assert space.groups[q.parts[1]].parent == space.groups[q.parts[0]].name
 
 
 class Sliced(nn.Module):

@@ -184,23 +184,41 @@ class Solver:
         return list(parts)
 
 
-def axis_index(solver_or_resolved, d: Desc, perms: dict[int, torch.Tensor]) -> torch.Tensor:
+def axis_index(size_of, d: Desc, perms: dict[int, torch.Tensor], parent: dict[int, int] | None = None
+               ) -> torch.Tensor:
     """Gather index of one axis: ``new[j] = old[index[j]]`` under group permutations ``perms``.
 
-    ``d`` must be resolved; leaves missing from ``perms`` are left in place.
+    ``d`` must be resolved; groups missing from ``perms`` stay in place. A *nested* group
+    (``parent[g] = h``) has a permutation per unit of its parent, shaped ``[size(h), size(g)]``,
+    indexed by the parent's new position; it must follow its parent inside a ``Prod``.
     """
-    size_of = solver_or_resolved
+    parent = parent or {}
     if isinstance(d, int):
+        if d in parent:
+            raise ValueError(f"nested group {d} appears outside a product with its parent group {parent[d]}")
         p = perms.get(d)
         return p if p is not None else torch.arange(size_of(d))
-    subs = [axis_index(size_of, p, perms) for p in d.parts]
     if isinstance(d, Cat):
         out, offset = [], 0
-        for s in subs:
+        for part in d.parts:
+            s = axis_index(size_of, part, perms, parent)
             out.append(s + offset)
             offset += len(s)
         return torch.cat(out)
-    idx = torch.zeros((), dtype=torch.long)
-    for s in subs:
-        idx = idx.unsqueeze(-1) * len(s) + s
+    subs = [None if isinstance(p, int) and p in parent else axis_index(size_of, p, perms, parent) for p in d.parts]
+    sizes = [len(s) if s is not None else size_of(p) for s, p in zip(subs, d.parts)]
+    grids = torch.meshgrid(*[torch.arange(n) for n in sizes], indexing="ij")
+    old = []
+    for k, (part, sub) in enumerate(zip(d.parts, subs)):
+        if sub is not None:
+            old.append(sub[grids[k]])
+            continue
+        pos = next((a for a in range(k) if d.parts[a] == parent[part]), None)
+        if pos is None:
+            raise ValueError(f"nested group {part} must follow its parent group {parent[part]} in a product")
+        sigma = perms.get(part)
+        old.append(grids[k] if sigma is None else sigma[grids[pos], grids[k]])
+    idx = torch.zeros(sizes, dtype=torch.long)
+    for k, o in enumerate(old):
+        idx = idx * sizes[k] + o
     return idx.reshape(-1)

@@ -83,6 +83,7 @@ class TraceResult:
     links: list[Link]
     output_nodes: list[int] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    tensor_leaves: list[frozenset[int]] = field(default_factory=list)
 
 
 UNARY = {
@@ -829,11 +830,13 @@ def trace_module(model: nn.Module, example_input: Any) -> TraceResult:
             for a in tracer.get(x).axes:
                 tracer.s.fix(a)
     _close_fixed(tracer.s)
+    leafsets = {frozenset(leaf for a in inf.axes for leaf in tracer.s.leaves(a)) for _, inf in tracer.info.values()}
     return TraceResult(
         solver=tracer.s, keys=keys, aliases=aliases,
         shapes={k: tuple(t.shape) for k, t in sd.items()}, dtypes={k: t.dtype for k, t in sd.items()},
         param_axes=tracer.param_axes, sites=tracer.sites, edges=tracer.edges, nodes=tracer.node_params,
-        links=tracer.links, output_nodes=sorted(set(output_nodes)), notes=list(tracer.s.notes))
+        links=tracer.links, output_nodes=sorted(set(output_nodes)), notes=list(tracer.s.notes),
+        tensor_leaves=list(leafsets))
 
 
 def _close_fixed(s: Solver) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -29,6 +29,7 @@ class Group:
     size: int
     permutable: bool
     label: str
+    parent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,36 @@ def _desc_str(d: Desc, groups: Sequence[Group]) -> str:
         return f"{g.name}({g.size}{'' if g.permutable else ',fixed'})"
     sep = " x " if isinstance(d, Prod) else " | "
     return "[" + sep.join(_desc_str(p, groups) for p in d.parts) + "]"
+
+
+def _nested_groups(groups: list[Group], descs: list[Desc], leafsets: list[frozenset[int]]) -> dict[int, int]:
+    """Groups that may be permuted independently per unit of another group (units within attention heads).
+
+    A group ``g`` is nested in ``h`` when every tensor of the traced computation that indexes ``g``
+    also indexes ``h`` (so nothing mixes ``g`` across different ``h``), and ``g`` always directly
+    follows ``h`` in the parameter and node layouts.
+    """
+    follows: dict[int, set[int | None]] = {}
+
+    def visit(d: Desc, prev: Desc | None) -> None:
+        if isinstance(d, int):
+            follows.setdefault(d, set()).add(prev if isinstance(prev, int) else None)
+            return
+        for k, part in enumerate(d.parts):
+            visit(part, d.parts[k - 1] if isinstance(d, Prod) and k > 0 else None)
+
+    for d in descs:
+        visit(d, None)
+    nested: dict[int, int] = {}
+    for g, prevs in follows.items():
+        if len(prevs) != 1 or None in prevs or not groups[g].permutable:
+            continue
+        (h,) = prevs
+        if not groups[h].permutable or h in nested:
+            continue
+        if all(h in ls for ls in leafsets if g in ls):
+            nested[g] = h
+    return nested
 
 
 class WeightSpace:
@@ -116,6 +147,10 @@ class WeightSpace:
             params[key] = ParamSpec(key, r.shapes[key], r.dtypes[key], axes)
         sites = [Site(st.kind, convert(st.desc, f"site {i} ({st.kind})"), st.offset, st.count)
                  for i, st in enumerate(r.sites)]
+        leafsets = [frozenset(leaf_group[v] for v in ls if v in leaf_group) for ls in r.tensor_leaves]
+        descs = [a for p in params.values() for a in p.axes] + [st.desc for st in sites]
+        for child, par in _nested_groups(groups, descs, leafsets).items():
+            groups[child] = replace(groups[child], parent=groups[par].name)
         return cls(keys=r.keys, aliases=r.aliases, params=params, groups=groups, sites=sites, edges=r.edges,
                    node_params=r.nodes, links=r.links, output_nodes=r.output_nodes, notes=r.notes,
                    name=type(model).__name__)
@@ -160,7 +195,8 @@ class WeightSpace:
         """A human-readable table of groups and parameter axes."""
         lines = [repr(self), "groups:"]
         for g in self.groups:
-            lines.append(f"  {g.name:>5}  size {g.size:<6} {'permutable' if g.permutable else 'fixed':<10}  first: {g.label}")
+            kind = ("permutable" if g.permutable else "fixed") + (f" per unit of {g.parent}" if g.parent else "")
+            lines.append(f"  {g.name:>5}  size {g.size:<6} {kind:<24}  first: {g.label}")
         lines.append("parameters:")
         for k in self.keys:
             if k in self.aliases:
@@ -203,43 +239,87 @@ class WeightSpace:
                                        f"(pass allow_nonfinite=True to accept them)")
 
     # ------------------------------------------------------------------ permutations
+    @cached_property
+    def _group_index(self) -> dict[str, int]:
+        return {g.name: i for i, g in enumerate(self.groups)}
+
+    def group(self, name: str) -> Group:
+        if name not in self._group_index:
+            raise WeightSpaceError(f"unknown group '{name}'")
+        return self.groups[self._group_index[name]]
+
+    def _shape_of_perm(self, g: Group) -> tuple[int, ...]:
+        return (self.group(g.parent).size, g.size) if g.parent else (g.size,)
+
     def random_permutation(self, generator: torch.Generator | None = None) -> Permutation:
-        """A uniformly random permutation of every permutable group."""
-        return {g.name: torch.randperm(g.size, generator=generator) for g in self.permutable_groups}
+        """A uniformly random permutation of every permutable group.
+
+        A nested group (units within an attention head) gets an independent permutation per
+        parent unit: a ``[parent size, size]`` tensor indexed by the parent's new position.
+        """
+        out: Permutation = {}
+        for g in self.permutable_groups:
+            rows = self._shape_of_perm(g)[0] if g.parent else 1
+            p = torch.stack([torch.randperm(g.size, generator=generator) for _ in range(rows)])
+            out[g.name] = p if g.parent else p[0]
+        return out
 
     def identity_permutation(self) -> Permutation:
-        return {g.name: torch.arange(g.size) for g in self.permutable_groups}
+        return {g.name: torch.arange(g.size).expand(self._shape_of_perm(g)).clone() for g in self.permutable_groups}
 
     def inverse(self, perm: Permutation) -> Permutation:
         """The permutation undoing ``perm``: ``permute(permute(sd, p), inverse(p)) == sd``."""
-        return {k: torch.argsort(p) for k, p in perm.items()}
+        out: Permutation = {}
+        for name, p in perm.items():
+            g = self.group(name)
+            if g.parent is None:
+                out[name] = torch.argsort(p)
+            else:
+                parent = perm.get(g.parent)
+                inv_parent = torch.argsort(parent) if parent is not None else torch.arange(p.shape[0])
+                out[name] = torch.argsort(p[inv_parent], dim=1)
+        return out
 
     def compose(self, first: Permutation, then: Permutation) -> Permutation:
         """The permutation equal to applying ``first`` and then ``then``."""
         out = dict(first)
-        for k, p in then.items():
-            out[k] = first[k][p] if k in first else p
+        for name, q in then.items():
+            g = self.group(name)
+            if name not in first:
+                out[name] = q
+            elif g.parent is None:
+                out[name] = first[name][q]
+            else:
+                qp = then.get(g.parent)
+                rows = first[name][qp] if qp is not None else first[name]
+                out[name] = rows.gather(1, q)
         return out
 
     def _perm_by_index(self, perm: Permutation) -> dict[int, torch.Tensor]:
-        by_name = {g.name: i for i, g in enumerate(self.groups)}
         out: dict[int, torch.Tensor] = {}
         for name, p in perm.items():
-            if name not in by_name:
+            if name not in self._group_index:
                 raise WeightSpaceError(f"permutation names unknown group '{name}'")
-            g = self.groups[by_name[name]]
+            g = self.group(name)
             if not g.permutable:
                 raise WeightSpaceError(f"group '{name}' ({g.label}) is fixed and cannot be permuted")
             p = torch.as_tensor(p, dtype=torch.long).cpu()
-            if p.shape != (g.size,) or not torch.equal(torch.sort(p).values, torch.arange(g.size)):
-                raise WeightSpaceError(f"permutation of group '{name}' is not a permutation of {g.size} units")
-            out[by_name[name]] = p
+            shape = self._shape_of_perm(g)
+            if p.shape != shape or not torch.equal(torch.sort(p, dim=-1).values,
+                                                   torch.arange(g.size).expand(shape)):
+                raise WeightSpaceError(f"permutation of group '{name}' must be {'rows of ' if g.parent else ''}"
+                                       f"a permutation of {g.size} units, shaped {shape}")
+            out[self._group_index[name]] = p
         return out
+
+    @cached_property
+    def _parents(self) -> dict[int, int]:
+        return {i: self._group_index[g.parent] for i, g in enumerate(self.groups) if g.parent}
 
     def axis_index(self, d: Desc, perm: Permutation | dict[int, torch.Tensor]) -> torch.Tensor:
         """Gather index of an axis with structure ``d`` under ``perm`` (``new[j] = old[idx[j]]``)."""
         byi = perm if all(isinstance(k, int) for k in perm) else self._perm_by_index(perm)  # type: ignore[arg-type]
-        return axis_index(lambda g: self.groups[g].size, d, byi)  # type: ignore[arg-type]
+        return axis_index(lambda g: self.groups[g].size, d, byi, self._parents)  # type: ignore[arg-type]
 
     def permute(self, state_dict: StateDict, perm: Permutation) -> dict[str, torch.Tensor]:
         """Apply a permutation of the groups to a state_dict; the model's function is unchanged."""
@@ -286,8 +366,8 @@ class WeightSpace:
             "aliases": self.aliases,
             "params": {k: {"shape": list(p.shape), "dtype": str(p.dtype).replace("torch.", ""),
                            "axes": [_desc_to_json(a) for a in p.axes]} for k, p in self.params.items()},
-            "groups": [{"name": g.name, "size": g.size, "permutable": g.permutable, "label": g.label}
-                       for g in self.groups],
+            "groups": [{"name": g.name, "size": g.size, "permutable": g.permutable, "label": g.label,
+                        "parent": g.parent} for g in self.groups],
             "sites": [{"kind": s.kind, "desc": _desc_to_json(s.desc), "offset": s.offset, "count": s.count}
                       for s in self.sites],
             "edges": [{"key": e.key, "kind": e.kind, "out_axis": e.out_axis, "in_axis": e.in_axis,
@@ -306,7 +386,7 @@ class WeightSpace:
                                tuple(_desc_from_json(a) for a in p["axes"])) for k, p in j["params"].items()}
         return cls(
             keys=list(j["keys"]), aliases=dict(j["aliases"]), params=params,
-            groups=[Group(g["name"], g["size"], g["permutable"], g["label"]) for g in j["groups"]],
+            groups=[Group(g["name"], g["size"], g["permutable"], g["label"], g.get("parent")) for g in j["groups"]],
             sites=[Site(s["kind"], _desc_from_json(s["desc"]), s["offset"], s["count"]) for s in j["sites"]],
             edges=[EdgePlacement(**e) for e in j["edges"]],
             node_params=[NodePlacement(**n) for n in j["node_params"]],
