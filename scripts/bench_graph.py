@@ -1,0 +1,130 @@
+"""Benchmark: checkpoint <-> neural-graph conversion speed, and lazy opening of large collections.
+
+Writes the ``bench_graph`` section of BENCHMARKS.md. Run: ``python scripts/bench_graph.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from weightspace import WeightSpace
+from weightspace.bench import markdown_table, median_time, write_section
+from weightspace.collections import CheckpointCollection
+from weightspace.tasks.models import MLP, SmallCNN, TinyGPT
+
+T = 5
+
+
+def models() -> list[tuple[str, torch.nn.Module, torch.Tensor]]:
+    gpt = TinyGPT(vocab_size=96, block_size=128, n_layer=4, n_head=4, d_model=144, attention="fused")
+    return [
+        ("MLP 64-512-512-10", MLP(64, [512, 512], 10), torch.randn(2, 64)),
+        ("Small-CNN-Zoo CNN 16-32-32 + BN", SmallCNN((16, 32, 32), batchnorm=True), torch.randn(2, 1, 8, 8)),
+        ("GPT 4 layers, d=144, fused qkv, tied", gpt, torch.randint(0, 96, (2, 128))),
+    ]
+
+
+def trajectory(model: torch.nn.Module, steps: int) -> list[dict[str, torch.Tensor]]:
+    """``steps`` distinct checkpoints: noise added in place, so tied weights stay tied."""
+    model = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(0)
+    out = []
+    with torch.no_grad():
+        for _ in range(steps):
+            for t in list(model.parameters()) + list(model.buffers()):
+                if t.is_floating_point():
+                    t.add_(0.01 * torch.randn(t.shape, generator=g))
+            out.append({k: v.clone() for k, v in model.state_dict().items()})
+    return out
+
+
+def bench_conversion(repeats: int) -> str:
+    rows = []
+    for name, model, x in models():
+        t0 = time.perf_counter()
+        space = WeightSpace.from_module(model, x)
+        trace_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        _ = space.layout
+        layout_s = time.perf_counter() - t0
+        sds = trajectory(model, T)
+        keys = space.layout.keys
+        P = space.num_params
+        cat_s = median_time(lambda: torch.stack([torch.cat([sd[k].reshape(-1).float() for k in keys]) for sd in sds]),
+                            repeats)
+        to_s = median_time(lambda: space.to_graph(sds, check=False), repeats)
+        data = space.to_graph(sds)
+        back_s = median_time(lambda: space.from_graph(data), repeats)
+        back = space.from_graph(data)
+        exact = all(torch.equal(b[k], s[k]) for b, s in zip(back, sds) for k in s)
+        rows.append([name, f"{P:,}", f"{data.num_nodes:,} / {data.edge_index.shape[1]:,}",
+                     f"{trace_s:.2f} s + {layout_s:.2f} s", f"{T * P / to_s / 1e6:.0f} M/s",
+                     f"{T * P / back_s / 1e6:.0f} M/s", f"{to_s / cat_s:.2f}x", f"{back_s / cat_s:.2f}x",
+                     "yes" if exact else "NO"])
+        tqdm.write(" | ".join(map(str, rows[-1])))
+    table = markdown_table(["model", "params", "nodes / edges", "trace + layout (once)", "to_graph",
+                            "from_graph", "to_graph / torch.cat", "from_graph / torch.cat", "bit-exact"], rows)
+    return (f"### Conversion of a stack of T={T} checkpoints (median of {repeats})\n\n"
+            "Values per second, and the time relative to a plain `torch.cat` of the same tensors "
+            "(flattening the T state_dicts) measured in the same run. Goal: within 3x of that copy.\n\n" + table)
+
+
+def build_collection(root: Path, n: int, per_run: int = 50) -> CheckpointCollection:
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    space = WeightSpace.from_module(model, torch.randn(1, 8))
+    coll = CheckpointCollection.create(root, name=root.name)
+    sd = model.state_dict()
+    with tqdm(total=n, desc=f"writing {n} checkpoints", leave=False) as bar:
+        for r in range(n // per_run):
+            with coll.run_writer(f"run-{r:04d}", space=space, hparams={"seed": r}) as w:
+                for s in range(per_run):
+                    w.append(s, sd, {"loss": float(s)})
+                    bar.update()
+    return coll
+
+
+def bench_lazy_open(sizes: list[int], repeats: int) -> str:
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="ws-bench-"))
+    try:
+        for n in sizes:
+            root = tmp / f"c{n}"
+            t0 = time.perf_counter()
+            build_collection(root, n)
+            build_s = time.perf_counter() - t0
+            run = f"run-{(n // 50) // 2:04d}"
+
+            def open_and_read():
+                coll = CheckpointCollection.open(root)
+                return coll.load(run, 25)
+
+            t = median_time(open_and_read, repeats)
+            rows.append([f"{n:,}", f"{t * 1e3:.2f} ms", f"{build_s / n * 1e3:.1f} ms"])
+            tqdm.write(" | ".join(rows[-1]))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    table = markdown_table(["checkpoints in collection", "open + load one (median)", "append (per checkpoint)"],
+                           rows)
+    return (f"### Lazy open (median of {repeats})\n\nOpening reads no weights and no metadata; loading one "
+            "checkpoint goes straight to its file. The time must not grow with the collection's size.\n\n" + table)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[50, 500, 5000])
+    args = ap.parse_args()
+    body = bench_conversion(args.repeats) + "\n\n" + bench_lazy_open(args.sizes, args.repeats)
+    path = write_section("bench_graph", "## Neural graphs and collections (`scripts/bench_graph.py`)\n\n" + body)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

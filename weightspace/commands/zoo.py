@@ -1,0 +1,24 @@
+"""``weightspace zoo build``: train a zoo of small models on real offline data into a collection."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..tasks.zoo import RECIPES
+
+    zoo = sub.add_parser("zoo", help="build checkpoint collections").add_subparsers(dest="action", required=True)
+    p = zoo.add_parser("build", help="train a model zoo into a checkpoint collection (re-running resumes)")
+    p.add_argument("recipe", choices=sorted(RECIPES))
+    p.add_argument("--out", required=True, help="collection folder (created or resumed)")
+    p.add_argument("--size", default="small", choices=["tiny", "small", "medium", "large"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=build)
+
+
+def build(args: argparse.Namespace) -> int:
+    from ..tasks.zoo import build_zoo
+
+    coll = build_zoo(args.recipe, args.out, size=args.size, seed=args.seed)
+    print(repr(coll))
+    return 0
