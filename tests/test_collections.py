@@ -438,3 +438,36 @@ def test_push_to_hub_roundtrip(filled: CheckpointCollection, offline_hub: Path,
     coll = CheckpointCollection.open("hf://datasets/me/zoo@v2")
     assert coll.name == "toy-zoo" and len(coll) == 9
     assert all(sd_equal(coll.load(r, s), expected(r, s)) for r in RUNS for s in STEPS)
+
+
+class TiedLM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 6)
+        self.lin = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 10, bias=False)
+        self.out.weight = self.emb.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.lin(self.emb(x))))
+
+
+def test_tied_weights_and_metric_types(tmp_path: Path) -> None:
+    """Tied tensors share storage, which safetensors refuses; every key is still stored and loads back."""
+    torch.manual_seed(0)
+    model = TiedLM()
+    space = WeightSpace.from_module(model, torch.randint(0, 10, (2, 3)))
+    coll = CheckpointCollection.create(tmp_path / "z")
+    row = coll.append("tied", 0, model.state_dict(), space=space,
+                      metrics={"loss": torch.tensor(0.5), "ok": True}, hparams={"layers": [1, 2]})
+    assert row["loss"] == 0.5 and row["hp.layers"] == [1, 2]
+    sd = coll.load("tied", 0)
+    assert list(sd) == list(model.state_dict())
+    assert all(torch.equal(sd[k], v) for k, v in model.state_dict().items())
+    model2 = TiedLM()
+    model2.load_state_dict(sd)
+    with pytest.raises(CollectionError, match="metric name"):
+        coll.append("tied", 1, model.state_dict(), space=space, metrics={"step": 1})
+    with pytest.raises(CollectionError, match="opt"):
+        coll.append("tied", 1, model.state_dict(), space=space, hparams={"opt": object()})
+    assert coll.steps("tied") == [0]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from ..errors import CollectionError, CorruptCheckpoint
+from ..errors import CollectionError, CorruptCheckpoint, WeightSpaceError
 from . import hub
 from ._io import TMP_SUFFIX, atomic_write, atomic_write_text, write_jsonl
 from .card import HP_PREFIX, RESERVED_COLUMNS, render_card
@@ -155,7 +155,7 @@ class RunWriter:
     @property
     def steps(self) -> list[int]:
         """Steps already stored for this run (to resume an interrupted run)."""
-        return self.collection.steps(self.run_id) if self.run_id in self.collection.runs() else []
+        return [r["step"] for r in self.collection._shard(self.run_id).rows]
 
     def __enter__(self) -> "RunWriter":
         return self
@@ -462,7 +462,7 @@ class CheckpointCollection:
         for a in set(self._arch_ids()) | {r["arch_id"] for r in rows}:
             try:
                 spaces[a] = self.space(a)
-            except Exception:
+            except WeightSpaceError:
                 pass
         text = render_card(name=self.name, description=self.description, license=self.license, rows=rows,
                            finished=finished, spaces=spaces)
@@ -475,7 +475,7 @@ class CheckpointCollection:
         Reads one memory-mapped safetensors file; raises CorruptCheckpoint naming it if it is missing,
         truncated or not safetensors.
         """
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         row = self.row(run_id, step)
         path = self.root / row["file"]
@@ -491,7 +491,7 @@ class CheckpointCollection:
             with safe_open(str(path), framework="pt", device=str(device)) as f:
                 header = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:
+        except (SafetensorError, OSError, ValueError) as e:
             raise CorruptCheckpoint(f"weights file {path} is corrupt or not safetensors: {e}") from e
         if header.get("weightspace.run_id", run_id) != run_id or header.get("weightspace.step", str(step)) != str(step):
             raise CorruptCheckpoint(f"weights file {path} holds run {header.get('weightspace.run_id')!r} step "
