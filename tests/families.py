@@ -132,11 +132,28 @@ class GPT(nn.Module):
         return self.head(self.ln_f(x))
 
 
+class Handwritten(nn.Module):
+    """Raw parameters: x @ W + b, a hand-written LayerNorm, and W.t()."""
+
+    def __init__(self):
+        super().__init__()
+        self.w1, self.b1 = nn.Parameter(torch.randn(6, 8)), nn.Parameter(torch.randn(8))
+        self.gain, self.shift = nn.Parameter(torch.rand(8) + 0.5), nn.Parameter(torch.randn(8))
+        self.w2 = nn.Parameter(torch.randn(3, 8))
+
+    def forward(self, x):
+        h = x @ self.w1 + self.b1
+        mu, var = h.mean(-1, keepdim=True), h.var(-1, unbiased=False, keepdim=True)
+        h = (h - mu) / torch.sqrt(var + 1e-5) * self.gain + self.shift
+        return torch.relu(h) @ self.w2.t()
+
+
 def families():
     """(name, model factory, example input factory) for every supported family."""
     g = torch.Generator().manual_seed(0)
     return [
         ("mlp", lambda: MLP(), lambda: torch.randn(5, 6, generator=g)),
+        ("handwritten", lambda: Handwritten(), lambda: torch.randn(5, 6, generator=g)),
         ("cnn", lambda: CNN(), lambda: torch.randn(3, 1, 8, 8, generator=g)),
         ("cnn_flatten", lambda: CNN(flatten=True), lambda: torch.randn(3, 1, 8, 8, generator=g)),
         ("resnet", lambda: ResNet(), lambda: torch.randn(3, 1, 8, 8, generator=g)),

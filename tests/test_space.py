@@ -164,6 +164,19 @@ class Cumsum(nn.Module):
         return self.out(torch.cumsum(self.inner(x), dim=-1))
 
 
+def test_unsupported_layer_is_refused():
+    class Recurrent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(4, 5, batch_first=True)
+
+        def forward(self, x):
+            return self.rnn(x)[0]
+
+    with pytest.raises(UnsupportedOperation, match=r"module 'rnn' \(LSTM\)"):
+        WeightSpace.from_module(Recurrent(), torch.randn(2, 3, 4))
+
+
 def test_unsupported_operation_names_module_and_operation():
     with pytest.raises(UnsupportedOperation, match=r"module '<root>'.*'cumsum'"):
         WeightSpace.from_module(Cumsum(), torch.randn(2, 4))

@@ -499,16 +499,13 @@ class _Tracer(TorchFunctionMode):
         x = args[0]
         inf = self.get(x)
         results = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
-        dim = kwargs.get("dim", args[1] if len(args) > 1 and not isinstance(args[1], (float, str)) else None)
-        keep = kwargs.get("keepdim", args[2] if len(args) > 2 and isinstance(args[2], bool) else False)
-        if name in {"max", "min"} and dim is not None and len(results) > 1:
-            pass
+        dim = kwargs.get("dim", args[1] if len(args) > 1 and not isinstance(args[1], (float, str, bool)) else None)
         if dim is None:
             dims = list(range(x.dim()))
         else:
             dims = [d % x.dim() for d in (dim if isinstance(dim, (tuple, list)) else [dim])]
         res0 = results[0]
-        keep = keep or res0.dim() == x.dim()
+        keep = res0.dim() == x.dim()
         axes = [self.s.var(1) if d in dims else a for d, a in enumerate(inf.axes)]
         if not keep:
             axes = [a for d, a in enumerate(axes) if d not in dims]
@@ -550,16 +547,17 @@ class _Tracer(TorchFunctionMode):
 
     def _affine(self, name, x, w, b, out, w_out_axis, kind):
         xi, wi = self.get(x), self.get(w)
-        key = self.param_key(wi, name)
+        key = self.param_key(wi, name, want_identity=False)
         if key is None:
             raise self.fail(name, "the weight is not a parameter of the model")
+        dims = wi.param[1]
         w_in_axis = 1 - w_out_axis
         self.s.unify(xi.axes[-1], wi.axes[w_in_axis], self.where(name))
         axes = list(xi.axes[:-1]) + [wi.axes[w_out_axis]]
         in_nodes = self.nodes_along(x, xi, -1, name)
         res = self.site_on(out, TInfo(axes), [out.dim() - 1], kind)
         out_nodes = res.uid.movedim(-1, 0).reshape(out.shape[-1], -1)[:, 0].tolist()
-        self.place_edges(key, kind, w_out_axis, w_in_axis, out_nodes, in_nodes)
+        self.place_edges(key, kind, dims[w_out_axis], dims[w_in_axis], out_nodes, in_nodes)
         if b is not None:
             bi = self.get(b)
             bkey = self.param_key(bi, name)
@@ -573,9 +571,7 @@ class _Tracer(TorchFunctionMode):
             a, b = b, a
         ai, bi = self.get(a), self.get(b)
         if bi.param is not None and b.dim() == 2 and ai.param is None:
-            key, dims = bi.param
-            return self._affine(name, a, b, None, out, w_out_axis=1, kind="linear") if dims == (0, 1) else \
-                self._affine_t(name, a, b, out)
+            return self._affine(name, a, b, None, out, w_out_axis=1, kind="linear")
         if ai.param is not None or bi.param is not None or a.dim() < 2 or b.dim() < 2:
             raise self.fail(name, "only activation @ activation and activation @ weight matrix are supported")
         self.s.unify(ai.axes[-1], bi.axes[-2], self.where(name))
@@ -604,9 +600,6 @@ class _Tracer(TorchFunctionMode):
         return [TInfo(axes, None, False)]
 
     op_mm = op_bmm = op_rmatmul = op_matmul
-
-    def _affine_t(self, name, a, b, out):
-        return self._affine(name, a, b, None, out, w_out_axis=0, kind="linear")
 
     def _attend(self, out: torch.Tensor, axes: list[Desc], v_uid: torch.Tensor, op: str) -> TInfo:
         """Context vectors: a new node set over v's units, linked one-to-one to them."""
