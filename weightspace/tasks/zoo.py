@@ -1,0 +1,272 @@
+"""Zoo recipes: train many small models on real offline data into a :class:`CheckpointCollection`.
+
+A recipe samples run configurations deterministically from a hyperparameter grid (run ``i``
+of recipe seed ``s`` always gets the same configuration), builds and traces each model, trains
+it, and appends a checkpoint with its metrics every ``save_every`` steps. Run ids come from the
+recipe and the run index (``mlp-0007``; ``mlp-s3-0007`` for recipe seed 3). Re-running a recipe
+into the same folder skips finished runs and retrains interrupted ones.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import torch.nn as nn
+
+from ..errors import CollectionError
+from .data import digits_flat_split, digits_split, stdlib_corpus
+from .models import build, example_input
+from .train import Callback, TrainResult, train_classifier, train_lm
+
+if TYPE_CHECKING:
+    from ..collections import CheckpointCollection
+
+SIZES = ("tiny", "small", "medium", "large")
+
+
+@dataclass(frozen=True)
+class ZooSize:
+    """How many runs a zoo has, how long each trains, and how often it saves a checkpoint."""
+
+    runs: int
+    steps: int
+    save_every: int
+
+    @property
+    def checkpoints_per_run(self) -> int:
+        return len({0, self.steps, *range(0, self.steps + 1, self.save_every)})
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A zoo: its grid of hyperparameters, sizes, and how to build, trace and train one run.
+
+    ``sample(rng)`` draws one configuration (the run's ``hparams``, which also hold the model's
+    constructor arguments); ``model(config)`` builds the seeded model; ``train(model, config,
+    size, callback)`` trains it, calling ``callback(step, model, metrics)`` at every saved step.
+    """
+
+    name: str
+    prefix: str
+    description: str
+    grid: Mapping[str, tuple[Any, ...]]
+    sizes: Mapping[str, ZooSize]
+    sample: Callable[[random.Random], dict[str, Any]]
+    model: Callable[[Mapping[str, Any]], nn.Module]
+    train: Callable[[nn.Module, Mapping[str, Any], ZooSize, Callback], TrainResult]
+    metrics: tuple[str, ...] = field(default=())
+
+    def run_id(self, index: int, seed: int = 0) -> str:
+        """The deterministic id of run ``index`` of recipe seed ``seed``."""
+        return f"{self.prefix}-{index:04d}" if seed == 0 else f"{self.prefix}-s{seed}-{index:04d}"
+
+    def config(self, index: int, seed: int = 0) -> dict[str, Any]:
+        """The hyperparameters of run ``index`` of recipe seed ``seed`` (independent of the zoo size)."""
+        rng = random.Random(f"{self.name}/{seed}/{index}")
+        return {"recipe": self.name, **self.sample(rng), "zoo_seed": seed}
+
+
+def _pick(rng: random.Random, grid: Mapping[str, tuple[Any, ...]], key: str) -> Any:
+    return rng.choice(grid[key])
+
+
+# ----------------------------------------------------------------------------- digits-mlp
+
+MLP_GRID: dict[str, tuple[Any, ...]] = {
+    "width": (16, 32, 64, 128),
+    "depth": (1, 2, 3),
+    "activation": ("relu", "gelu", "tanh", "silu"),
+    "lr": (3e-4, 1e-3, 3e-3, 1e-2),
+    "weight_decay": (0.0, 1e-3, 1e-2, 1e-1),
+}
+
+
+def _sample_mlp(rng: random.Random) -> dict[str, Any]:
+    g = MLP_GRID
+    width, depth = _pick(rng, g, "width"), _pick(rng, g, "depth")
+    return {"family": "mlp", "in_features": 64, "widths": [width] * depth, "out_features": 10,
+            "activation": _pick(rng, g, "activation"), "lr": _pick(rng, g, "lr"),
+            "weight_decay": _pick(rng, g, "weight_decay"), "optimizer": "adamw", "batch_size": 64,
+            "seed": rng.randrange(10_000)}
+
+
+def _model_mlp(c: Mapping[str, Any]) -> nn.Module:
+    return build("mlp", seed=c["seed"], in_features=c["in_features"], widths=list(c["widths"]),
+                 out_features=c["out_features"], activation=c["activation"])
+
+
+def _train_digits(flat: bool) -> Callable[[nn.Module, Mapping[str, Any], ZooSize, Callback], TrainResult]:
+    def train(model: nn.Module, c: Mapping[str, Any], size: ZooSize, callback: Callback) -> TrainResult:
+        data = _digits(flat)
+        return train_classifier(model, data, size.steps, lr=c["lr"], weight_decay=c["weight_decay"],
+                                batch_size=c["batch_size"], seed=c["seed"], optimizer=c["optimizer"],
+                                eval_every=size.save_every, callback=callback)
+    return train
+
+
+@lru_cache(maxsize=2)
+def _digits(flat: bool):
+    return digits_split(0, flat=flat)
+
+
+# ----------------------------------------------------------------------------- digits-cnn
+
+CNN_GRID: dict[str, tuple[Any, ...]] = {
+    "channels": (4, 8, 16),
+    "batchnorm": (False, True),
+    "activation": ("relu", "gelu", "tanh"),
+    "lr": (1e-3, 3e-3, 1e-2),
+    "weight_decay": (0.0, 1e-3, 1e-2, 1e-1),
+}
+
+
+def _sample_cnn(rng: random.Random) -> dict[str, Any]:
+    g = CNN_GRID
+    channels = [_pick(rng, g, "channels") for _ in range(3)]
+    return {"family": "cnn", "channels": channels, "batchnorm": _pick(rng, g, "batchnorm"), "in_channels": 1,
+            "num_classes": 10, "activation": _pick(rng, g, "activation"), "lr": _pick(rng, g, "lr"),
+            "weight_decay": _pick(rng, g, "weight_decay"), "optimizer": "adamw", "batch_size": 64,
+            "seed": rng.randrange(10_000)}
+
+
+def _model_cnn(c: Mapping[str, Any]) -> nn.Module:
+    return build("cnn", seed=c["seed"], channels=tuple(c["channels"]), batchnorm=c["batchnorm"],
+                 in_channels=c["in_channels"], num_classes=c["num_classes"], activation=c["activation"])
+
+
+# ----------------------------------------------------------------------------- tiny-gpt
+
+GPT_GRID: dict[str, tuple[Any, ...]] = {
+    "d_model": (32, 48, 64),
+    "n_layer": (1, 2),
+    "n_head": (2, 4),
+    "attention": ("separate", "fused", "mha"),
+    "lr": (1e-3, 3e-3),
+}
+GPT_CORPUS_CHARS = 1_000_000
+
+
+@lru_cache(maxsize=1)
+def _corpus():
+    return stdlib_corpus(max_chars=GPT_CORPUS_CHARS)
+
+
+def _sample_gpt(rng: random.Random) -> dict[str, Any]:
+    g = GPT_GRID
+    return {"family": "gpt", "vocab_size": _corpus().vocab_size, "block_size": 32,
+            "n_layer": _pick(rng, g, "n_layer"), "n_head": _pick(rng, g, "n_head"), "d_model": _pick(rng, g, "d_model"),
+            "attention": _pick(rng, g, "attention"), "tie_embeddings": True, "mlp_ratio": 4,
+            "lr": _pick(rng, g, "lr"), "weight_decay": 0.0, "optimizer": "adamw", "batch_size": 16,
+            "seed": rng.randrange(10_000)}
+
+
+def _model_gpt(c: Mapping[str, Any]) -> nn.Module:
+    return build("gpt", seed=c["seed"], vocab_size=c["vocab_size"], block_size=c["block_size"],
+                 n_layer=c["n_layer"], n_head=c["n_head"], d_model=c["d_model"], attention=c["attention"],
+                 tie_embeddings=c["tie_embeddings"], mlp_ratio=c["mlp_ratio"])
+
+
+def _train_gpt(model: nn.Module, c: Mapping[str, Any], size: ZooSize, callback: Callback) -> TrainResult:
+    return train_lm(model, _corpus(), size.steps, lr=c["lr"], weight_decay=c["weight_decay"],
+                    batch_size=c["batch_size"], block_size=c["block_size"], seed=c["seed"],
+                    optimizer=c["optimizer"], eval_every=size.save_every, callback=callback)
+
+
+# ----------------------------------------------------------------------------- registry
+
+RECIPES: dict[str, Recipe] = {
+    "digits-mlp": Recipe(
+        name="digits-mlp", prefix="mlp",
+        description="MLPs trained on scikit-learn digits (8x8, flattened to 64 features; fixed 1,437/360 split), "
+                    "varying width, depth, activation, learning rate, weight decay and seed. Each run saves its "
+                    "trajectory with train/test loss and accuracy.",
+        grid=MLP_GRID,
+        sizes={"tiny": ZooSize(2, 20, 10), "small": ZooSize(48, 400, 20),
+               "medium": ZooSize(512, 1000, 25), "large": ZooSize(4096, 1000, 25)},
+        sample=_sample_mlp, model=_model_mlp, train=_train_digits(flat=True),
+        metrics=("train_loss", "train_acc", "test_loss", "test_acc")),
+    "digits-cnn": Recipe(
+        name="digits-cnn", prefix="cnn",
+        description="Small-CNN-Zoo-style CNNs (3 conv3x3 layers of 4-16 channels, optional BatchNorm, max-pool, "
+                    "global average pooling, linear head) trained on scikit-learn digits (1,437/360 split), "
+                    "varying channels, BatchNorm, activation, learning rate, weight decay and seed.",
+        grid=CNN_GRID,
+        sizes={"tiny": ZooSize(2, 10, 5), "small": ZooSize(24, 300, 20),
+               "medium": ZooSize(512, 1000, 25), "large": ZooSize(2048, 1500, 25)},
+        sample=_sample_cnn, model=_model_cnn, train=_train_digits(flat=False),
+        metrics=("train_loss", "train_acc", "test_loss", "test_acc")),
+    "tiny-gpt": Recipe(
+        name="tiny-gpt", prefix="gpt",
+        description="Character-level GPT decoders (pre-LN, tied embeddings) trained on Python's standard-library "
+                    "sources (first 1M characters in sorted file order, 90/10 train/val), varying d_model, "
+                    "n_layer, n_head, attention implementation, learning rate and seed.",
+        grid=GPT_GRID,
+        sizes={"tiny": ZooSize(2, 10, 5), "small": ZooSize(8, 150, 25),
+               "medium": ZooSize(128, 1000, 50), "large": ZooSize(512, 2000, 50)},
+        sample=_sample_gpt, model=_model_gpt, train=_train_gpt,
+        metrics=("train_loss", "val_loss")),
+}
+
+
+ARCH_KEYS_EXCLUDED = frozenset({"recipe", "lr", "weight_decay", "optimizer", "batch_size", "seed", "zoo_seed",
+                                "steps", "save_every"})
+
+
+def _check_same_config(coll: "CheckpointCollection", run_id: str, config: Mapping[str, Any]) -> None:
+    """Refuse to reuse a run that was started with other hyperparameters (e.g. another ``size``)."""
+    from ..collections.card import HP_PREFIX
+
+    row = coll.row(run_id, coll.steps(run_id)[0])
+    diff = {k: (row.get(HP_PREFIX + k), v) for k, v in config.items() if row.get(HP_PREFIX + k) != v}
+    if diff:
+        details = ", ".join(f"{k}: stored {a!r}, recipe {b!r}" for k, (a, b) in sorted(diff.items()))
+        raise CollectionError(f"run {run_id!r} in {coll.root} was trained with other hyperparameters ({details}); "
+                              f"build into a fresh folder (was it built with another size or weightspace version?)")
+
+
+def build_zoo(recipe: str, out: str | Path, size: str = "small", seed: int = 0,
+              progress: bool = True) -> "CheckpointCollection":
+    """Train the runs of ``recipe`` at ``size`` into the collection at ``out`` (created if needed), and return it.
+
+    Finished runs are skipped, after checking that their stored hyperparameters match; an
+    interrupted run is retrained from scratch over its partial checkpoints, which reproduces them
+    because training is deterministic. A run whose loss turns non-finite stops early: it is
+    finished with a trajectory that ends before ``hp.steps``.
+    """
+    from tqdm.auto import tqdm
+
+    from ..collections import CheckpointCollection
+    from ..space import WeightSpace
+
+    try:
+        r = RECIPES[recipe]
+    except KeyError:
+        raise ValueError(f"unknown zoo recipe {recipe!r}; choose one of {', '.join(RECIPES)}") from None
+    if size not in r.sizes:
+        raise ValueError(f"unknown zoo size {size!r}; choose one of {', '.join(r.sizes)}")
+    zs = r.sizes[size]
+    coll = CheckpointCollection.create(out, name=f"{recipe}-{size}", description=r.description, exist_ok=True)
+    spaces: dict[tuple, WeightSpace] = {}
+    bar = tqdm(range(zs.runs), desc=f"{recipe} ({size})", unit="run", disable=not progress)
+    for i in bar:
+        run_id = r.run_id(i, seed)
+        config = {**r.config(i, seed), "steps": zs.steps, "save_every": zs.save_every}
+        started = run_id in coll.runs()
+        if started:
+            _check_same_config(coll, run_id, config)
+            if coll.is_finished(run_id):
+                continue
+        model = r.model(config)
+        arch = tuple((k, repr(v)) for k, v in config.items() if k not in ARCH_KEYS_EXCLUDED)
+        if arch not in spaces:
+            spaces[arch] = WeightSpace.from_module(model, example_input(model))
+        with coll.run_writer(run_id, space=spaces[arch], hparams=config, overwrite=started) as w:
+            def save(step: int, m: nn.Module, metrics: dict[str, float]) -> None:
+                w.append(step, m.state_dict(), metrics=metrics)
+                bar.set_postfix({k: round(v, 3) for k, v in metrics.items()}, refresh=False)
+
+            r.train(model, config, zs, save)
+    return coll
