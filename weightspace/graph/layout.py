@@ -141,20 +141,47 @@ class GraphLayout:
             kinds[torch.tensor(space.output_nodes)] = NODE_TYPES.index("output")
         self.node_type = kinds
         self.pos_id = pos
-        self._device_cache: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+        self._device_cache: dict[tuple[int, torch.device], tuple[torch.Tensor, ...]] = {}
 
-    def _indices(self, device: torch.device) -> tuple[torch.Tensor, ...]:
-        if device not in self._device_cache:
-            self._device_cache[device] = tuple(t.to(device) for t in
-                                               (self.edge_gather, self.node_gather, self.aux_gather, self.inverse))
-        return self._device_cache[device]
+    def _indices(self, T: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Gather indices for a stack of T checkpoints: ``[T, P+2] -> edge_attr, x`` and graph buffers -> ``[T, P]``."""
+        key = (T, device)
+        if key not in self._device_cache:
+            P, E, F, N, Fn = self.num_values, self.num_edges, self.edge_features, self.num_nodes, self.node_features
+            A = len(self.aux_gather)
+            big = (P + 2) * T >= 2**31 or (E * F + N * Fn + A) * T >= 2**31
+            itype = torch.long if big else torch.int32
+            t = torch.arange(T)
+            edge = (self.edge_gather.view(E, 1, F) + (t * (P + 2)).view(1, T, 1)).reshape(-1)
+            node = (self.node_gather.view(N, 1, Fn) + (t * (P + 2)).view(1, T, 1)).reshape(-1)
+            inv = self.inverse
+            in_edges = inv < E * F
+            in_nodes = ~in_edges & (inv < E * F + N * Fn)
+            e, f = inv // F, inv % F
+            rel = inv - E * F
+            n, c = rel // Fn, rel % Fn
+            a = inv - E * F - N * Fn
+            back = torch.where(in_edges.view(1, P), (e * T * F + f).view(1, P) + (t * F).view(T, 1),
+                               torch.where(in_nodes.view(1, P), (E * T * F + n * T * Fn + c).view(1, P)
+                                           + (t * Fn).view(T, 1),
+                                           (E * T * F + N * T * Fn + a).view(1, P) + (t * A).view(T, 1)))
+            self._device_cache[key] = tuple(x.to(device=device, dtype=itype) for x in (edge, node, back.reshape(-1)))
+        return self._device_cache[key]
 
     # ------------------------------------------------------------------ conversion
     def flatten(self, state_dicts: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
-        """Stack checkpoints into a ``[T, P]`` matrix of values in canonical key order."""
-        rows = [torch.cat([sd[k].detach().reshape(-1).to(self.dtype) for k in self.keys]) if self.keys
-                else torch.zeros(0, dtype=self.dtype) for sd in state_dicts]
-        return torch.stack(rows)
+        """Stack checkpoints into a ``[T, P + 2]`` matrix: values in canonical key order, then a 0 and a 1."""
+        T, P = len(state_dicts), self.num_values
+        device = next(iter(state_dicts[0].values())).device if self.keys else torch.device("cpu")
+        buf = torch.empty(T, P + 2, dtype=self.dtype, device=device)
+        for t, sd in enumerate(state_dicts):
+            parts = [sd[k].detach().reshape(-1) for k in self.keys]
+            parts = [p if p.dtype == self.dtype else p.to(self.dtype) for p in parts]
+            if parts:
+                torch.cat(parts, out=buf[t, :P])
+        buf[:, P] = 0
+        buf[:, P + 1] = 1
+        return buf
 
     def to_graph(self, state_dicts, *, check: bool = True, allow_nonfinite: bool = False) -> Data:
         if isinstance(state_dicts, Mapping):
@@ -165,17 +192,18 @@ class GraphLayout:
             for i, sd in enumerate(state_dicts):
                 self.space.check(sd, allow_nonfinite=allow_nonfinite,
                                  source=f"checkpoint {i}" if len(state_dicts) > 1 else None)
-        flat = self.flatten(state_dicts)
-        return self.graph_from_flat(flat)
+        return self.graph_from_flat(self.flatten(state_dicts))
 
     def graph_from_flat(self, flat: torch.Tensor) -> Data:
-        """Graph of a ``[T, P]`` stack of flat parameter vectors (one gather per buffer)."""
-        T = flat.shape[0]
-        eg, ng, ag, _ = self._indices(flat.device)
-        pad = torch.cat([flat, flat.new_zeros(T, 1), flat.new_ones(T, 1)], 1)
-        edge_attr = pad[:, eg].view(T, self.num_edges, self.edge_features).permute(1, 0, 2).contiguous()
-        x = pad[:, ng].view(T, self.num_nodes, self.node_features).permute(1, 0, 2).contiguous()
-        aux = flat[:, ag].unsqueeze(0)
+        """Graph of a ``[T, P]`` (or ``[T, P + 2]`` from :meth:`flatten`) stack of flat parameter vectors."""
+        T, P = flat.shape[0], self.num_values
+        if flat.shape[1] == P:
+            flat = torch.cat([flat, flat.new_zeros(T, 1), flat.new_ones(T, 1)], 1)
+        edge_idx, node_idx, _ = self._indices(T, flat.device)
+        src = flat.reshape(-1)
+        edge_attr = src.index_select(0, edge_idx).view(self.num_edges, T, self.edge_features)
+        x = src.index_select(0, node_idx).view(self.num_nodes, T, self.node_features)
+        aux = flat[:, self.aux_gather.to(flat.device)].unsqueeze(0)
         dev = flat.device
         return Data(x=x, edge_index=self.edge_index.to(dev), edge_attr=edge_attr, edge_type=self.edge_type.to(dev),
                     node_type=self.node_type.to(dev), pos_id=self.pos_id.to(dev), aux=aux,
@@ -192,21 +220,19 @@ class GraphLayout:
                 f"{self.node_features}])")
         T = ea.shape[1]
         aux = data.aux if getattr(data, "aux", None) is not None else ea.new_zeros(1, T, 0)
-        buf = torch.cat([ea.permute(1, 0, 2).reshape(T, -1), x.permute(1, 0, 2).reshape(T, -1),
-                         aux.reshape(T, -1)], 1)
-        return buf[:, self._indices(buf.device)[3]]
+        buf = torch.cat([ea.reshape(-1), x.reshape(-1), aux.reshape(-1)])
+        return buf.index_select(0, self._indices(T, buf.device)[2]).view(T, self.num_values)
 
     def unflatten(self, flat: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """Split ``[T, P]`` flat vectors back into state_dicts with the original dtypes."""
         out = []
         for row in flat:
             parts = torch.split(row, self.numels) if self.keys else []
-            sd = {k: p.view(self.space.params[k].shape).to(self.space.params[k].dtype)
-                  for k, p in zip(self.keys, parts)}
-            ordered = {}
-            for k in self.space.keys:
-                ordered[k] = sd[k] if k in sd else sd[self.space.aliases[k]].clone()
-            out.append(ordered)
+            sd = {}
+            for k, p in zip(self.keys, parts):
+                spec = self.space.params[k]
+                sd[k] = p.view(spec.shape) if p.dtype == spec.dtype else p.view(spec.shape).to(spec.dtype)
+            out.append({k: sd[k] if k in sd else sd[self.space.aliases[k]].clone() for k in self.space.keys})
         return out
 
     def from_graph(self, data: Data, *, as_list: bool | None = None):
