@@ -9,29 +9,47 @@ from typing import Callable
 import torch
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, fsync it, then rename it into place.
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
-    A crash at any point leaves either the old file or the new one, never a partial one.
+
+TMP_SUFFIX = ".tmp"
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a hidden temp file beside ``path``, fsync it, then rename it into place.
+
+    Readers see either the old file or the complete new one; on any error the temp file is removed.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     os.close(fd)
-    tmp_path = Path(tmp)
+    tmp = Path(tmp_name)
     try:
-        write(tmp_path)
-        with open(tmp_path, "rb") as f:
+        write(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        os.replace(tmp, path)
     except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda p: p.write_text(text))
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

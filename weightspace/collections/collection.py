@@ -358,7 +358,8 @@ class CheckpointCollection:
             self._spaces[arch_id] = sp
         return sp
 
-    def _arch_ids(self) -> list[str]:
+    def architectures(self) -> list[str]:
+        """Fingerprints of the architectures stored in the collection."""
         d = self.root / ARCH_DIR
         return sorted(p.stem for p in d.glob("*.json") if not p.name.startswith(".")) if d.is_dir() else []
 
@@ -459,7 +460,7 @@ class CheckpointCollection:
         rows = self.rows()
         finished = {run: self._shard(run).finished for run in {r["run_id"] for r in rows}}
         spaces = {}
-        for a in set(self._arch_ids()) | {r["arch_id"] for r in rows}:
+        for a in set(self.architectures()) | {r["arch_id"] for r in rows}:
             try:
                 spaces[a] = self.space(a)
             except WeightSpaceError:
