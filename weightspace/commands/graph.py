@@ -48,7 +48,7 @@ def _spaces_for(target: str) -> list[tuple[str, WeightSpace]]:
                 meta = f.metadata() or {}
         except Exception as e:
             raise WeightSpaceError(f"cannot read {path}: {e}") from e
-        arch = meta.get("arch_id")
+        arch = meta.get("weightspace.arch_id")
         for parent in path.parents:
             spec = parent / "architectures" / f"{arch}.json"
             if arch and spec.exists():
