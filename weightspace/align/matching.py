@@ -1,0 +1,296 @@
+"""Matching two models modulo hidden-unit permutations (Git Re-Basin, Ainsworth et al. 2023).
+
+Every matcher returns a permutation ``perm`` such that ``space.permute(sd_b, perm)`` lies in the
+basin of ``sd_a``. Nothing here is model specific: the groups and the axes each tensor moves with
+come from the :class:`~weightspace.space.WeightSpace`.
+
+Tensors are first cut into *pieces* whose every dimension belongs to exactly one group: a
+``Prod`` axis (heads x units per head, channels x flattened spatial positions) is reshaped into its
+factors and a ``Cat`` axis (a fused qkv projection) is split into its segments. A group's matching
+cost is then a sum of plain matrix products over the pieces that contain it.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+from ..errors import StateDictMismatch, WeightSpaceError
+from ..space import Cat, Prod, WeightSpace
+from ..space.axes import Desc
+
+Permutation = dict[str, Tensor]
+StateDict = Mapping[str, Tensor]
+
+
+# ---------------------------------------------------------------------------- pieces
+def _expand(t: Tensor, labels: list[int], d: Desc, size_of: Callable[[int], int]) -> list[tuple[Tensor, list[int]]]:
+    """Expand the dimension ``len(labels)`` of ``t``, described by ``d``, into leaf-group dimensions."""
+    pos = len(labels)
+    if isinstance(d, int):
+        return [(t, labels + [d])]
+
+    def size(p: Desc) -> int:
+        if isinstance(p, int):
+            return size_of(p)
+        sizes = [size(q) for q in p.parts]
+        return int(np.prod(sizes)) if isinstance(p, Prod) else sum(sizes)
+
+    if isinstance(d, Cat):
+        out, offset = [], 0
+        for part in d.parts:
+            n = size(part)
+            out += _expand(t.narrow(pos, offset, n), labels, part, size_of)
+            offset += n
+        return out
+    sizes = [size(p) for p in d.parts]
+    t = t.reshape(*t.shape[:pos], *sizes, *t.shape[pos + 1:])
+    res = [(t, labels)]
+    for part in d.parts:
+        res = [r for tt, ll in res for r in _expand(tt, ll, part, size_of)]
+    return res
+
+
+def pieces(space: WeightSpace, key: str, t: Tensor) -> list[tuple[Tensor, tuple[int, ...]]]:
+    """Views of ``t`` (the tensor of ``key``) whose every dimension is labelled by one group index."""
+    spec = space.params[space.aliases.get(key, key)]
+    res: list[tuple[Tensor, list[int]]] = [(t, [])]
+    for d in spec.axes:
+        res = [r for tt, ll in res for r in _expand(tt, ll, d, lambda g: space.groups[g].size)]
+    return [(tt, tuple(ll)) for tt, ll in res]
+
+
+# ---------------------------------------------------------------------------- helpers
+def _validate_pair(space: WeightSpace, sd_a: StateDict, sd_b: StateDict) -> None:
+    space.check(sd_a, source="model A")
+    space.check(sd_b, source="model B")
+    for k in space.canonical_keys:
+        a, b = sd_a[k], sd_b[k]
+        if a.dtype != b.dtype:
+            raise StateDictMismatch(f"'{k}' is {a.dtype} in model A but {b.dtype} in model B; cast both to one dtype")
+        if a.device != b.device:
+            raise StateDictMismatch(f"'{k}' is on {a.device} in model A but on {b.device} in model B")
+
+
+@dataclass
+class _Blocks:
+    """Permutable groups arranged as matching blocks: a group plus the groups nested in it (heads)."""
+
+    space: WeightSpace
+    index: dict[str, int] = field(init=False)
+    parent: dict[int, int] = field(init=False)
+    children: dict[int, list[int]] = field(init=False)
+    tops: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.index = {g.name: i for i, g in enumerate(self.space.groups)}
+        self.parent = {i: self.index[g.parent] for i, g in enumerate(self.space.groups) if g.parent}
+        self.children = {}
+        for c, p in self.parent.items():
+            self.children.setdefault(p, []).append(c)
+        self.tops = [i for i, g in enumerate(self.space.groups) if g.permutable and i not in self.parent]
+
+
+def _permute_piece(t: Tensor, labels: Sequence[int], perm: Mapping[int, Tensor], parent: Mapping[int, int],
+                   skip_dims: frozenset[int] | set[int] = frozenset()) -> Tensor:
+    """Gather ``t`` along every dimension whose group has a permutation, except the ``skip_dims``.
+
+    A nested group's dimension follows its parent's; the pair is gathered jointly, since the
+    nested permutation depends on the parent's new position.
+    """
+    n = len(labels)
+    for k, g in enumerate(labels):
+        if k in skip_dims or g not in perm:
+            continue
+        if k + 1 < n and parent.get(labels[k + 1]) == g and labels[k + 1] in perm and k + 1 not in skip_dims:
+            continue
+        p = perm[g]
+        if g in parent and k > 0 and labels[k - 1] == parent[g] and k - 1 not in skip_dims:
+            ph = perm.get(parent[g])
+            ph = torch.arange(p.shape[0]) if ph is None else ph
+            idx = (ph.unsqueeze(1) * p.shape[1] + p).reshape(-1)
+            shape = t.shape
+            flat = t.reshape(*shape[:k - 1], shape[k - 1] * shape[k], *shape[k + 1:])
+            t = flat.index_select(k - 1, idx.to(t.device)).reshape(shape)
+        elif g in parent:
+            raise WeightSpaceError(f"group {g} is nested in group {parent[g]} but does not follow it in a tensor")
+        else:
+            t = t.index_select(k, p.to(t.device))
+    return t
+
+
+def _lap(cost: np.ndarray) -> tuple[np.ndarray, float]:
+    rows, cols = linear_sum_assignment(cost, maximize=True)
+    return cols, float(cost[rows, cols].sum())
+
+
+# ---------------------------------------------------------------------------- weight matching
+class _WeightMatcher:
+    def __init__(self, space: WeightSpace, sd_a: StateDict, sd_b: StateDict) -> None:
+        self.space = space
+        self.blocks = _Blocks(space)
+        self.parent = self.blocks.parent
+        self.pa: list[tuple[Tensor, tuple[int, ...]]] = []
+        self.pb: list[tuple[Tensor, tuple[int, ...]]] = []
+        for k in space.canonical_keys:
+            a, b = sd_a[k], sd_b[k]
+            if not a.is_floating_point() or a.dim() == 0:
+                continue
+            for (ta, la), (tb, _) in zip(pieces(space, k, a.detach()), pieces(space, k, b.detach())):
+                self.pa.append((ta, la))
+                self.pb.append((tb, la))
+        self._cache: dict[tuple[int, tuple[int, ...]], Tensor] = {}
+        self.uses: dict[int, list[int]] = {}
+        for i, (_, labels) in enumerate(self.pa):
+            for g in set(labels):
+                top = self.parent.get(g, g)
+                if space.groups[top].permutable:
+                    self.uses.setdefault(top, []).append(i)
+
+    def _front_a(self, i: int, dims: list[int]) -> Tensor:
+        key = (i, tuple(dims))
+        if key not in self._cache:
+            self._cache[key] = self._front(self.pa[i][0], dims).contiguous()
+        return self._cache[key]
+
+    def _front(self, t: Tensor, dims: list[int]) -> Tensor:
+        rest = [d for d in range(t.dim()) if d not in dims]
+        t = t.permute(*dims, *rest)
+        return t.reshape(*t.shape[:len(dims)], -1)
+
+    def step(self, g: int, perm: Mapping[int, Tensor]) -> tuple[dict[int, Tensor], float, float]:
+        """Best permutation of block ``g`` (and its nested groups) with every other group held fixed.
+
+        Returns the block's new permutations, their score and the score of the current ones.
+        """
+        children = self.blocks.children.get(g, [])
+        n = self.space.groups[g].size
+        direct = torch.zeros(n, n, dtype=torch.float64)
+        inner: dict[int, Tensor] = {}
+        for i in self.uses.get(g, []):
+            ta, labels = self.pa[i]
+            if g not in labels:
+                continue
+            k = labels.index(g)
+            nested = k + 1 < len(labels) and labels[k + 1] in children
+            dims = [k, k + 1] if nested else [k]
+            tb = _permute_piece(self.pb[i][0], labels, perm, self.parent, set(dims))
+            a, b = self._front_a(i, dims), self._front(tb, dims)
+            if nested:
+                val = torch.einsum("iar,jbr->ijab", a, b).double().cpu()
+                c = labels[k + 1]
+                inner[c] = inner[c] + val if c in inner else val
+            else:
+                direct += (a @ b.T).double().cpu()
+        cur = perm[g]
+        ar = torch.arange(n)
+        cur_score = float(direct[ar, cur].sum())
+        if not inner:
+            cols, score = _lap(direct.numpy())
+            return {g: torch.as_tensor(cols, dtype=torch.long)}, score, cur_score
+        total = direct.numpy().copy()
+        sub: dict[int, np.ndarray] = {}
+        for c, val in inner.items():
+            cur_score += float(val[ar.unsqueeze(1), cur.unsqueeze(1), torch.arange(val.shape[2]), perm[c]].sum())
+            v = val.numpy()
+            assign = np.zeros((n, n, v.shape[2]), dtype=np.int64)
+            for i in range(n):
+                for j in range(n):
+                    assign[i, j], score = _lap(v[i, j])
+                    total[i, j] += score
+            sub[c] = assign
+        cols, score = _lap(total)
+        out = {g: torch.as_tensor(cols, dtype=torch.long)}
+        for c, assign in sub.items():
+            out[c] = torch.as_tensor(assign[np.arange(n), cols], dtype=torch.long)
+        return out, score, cur_score
+
+    def objective(self, perm: Mapping[int, Tensor]) -> float:
+        """``<A, permute(B, perm)>`` summed over every floating-point tensor."""
+        return float(sum(float((ta * _permute_piece(tb, labels, perm, self.parent)).sum(dtype=torch.float64))
+                         for (ta, labels), (tb, _) in zip(self.pa, self.pb)))
+
+
+def _to_names(space: WeightSpace, perm: dict[int, Tensor]) -> Permutation:
+    return {space.groups[g].name: p for g, p in perm.items()}
+
+
+def _from_names(space: WeightSpace, perm: Mapping[str, Tensor]) -> dict[int, Tensor]:
+    index = {g.name: i for i, g in enumerate(space.groups)}
+    return {index[k]: torch.as_tensor(v, dtype=torch.long) for k, v in perm.items()}
+
+
+def weight_matching(space: WeightSpace, sd_a: StateDict, sd_b: StateDict, *, max_iter: int = 100,
+                    init: Permutation | None = None, seed: int = 0, fixed: Permutation | None = None, tol: float = 0.0,
+                    progress: bool = False) -> Permutation:
+    """Permutation bringing ``sd_b`` into the basin of ``sd_a`` by weight matching (Ainsworth et al. 2023).
+
+    Coordinate descent over the permutable groups in random order: each step solves one linear
+    assignment problem (``scipy.optimize.linear_sum_assignment``) maximising
+    ``<sd_a, permute(sd_b, perm)>`` over one group with every other group held fixed. Every tensor
+    counts, biases, norm parameters and BatchNorm running statistics included. Attention heads are
+    matched as blocks: the cost of pairing head ``i`` of A with head ``j`` of B is the value of the
+    optimal assignment of the units within the two heads (the nested groups), and an outer
+    assignment over heads picks the pairs. A residual stream is a single group. Iterations stop
+    when a full sweep changes nothing, or improves the objective by at most ``tol`` times its value.
+    A group is re-solved only when a group it shares a tensor with has changed since its last solve
+    (otherwise its assignment problem, and so its solution, is unchanged).
+
+    ``fixed`` groups are held at the given permutation and never optimised. Returns a permutation
+    for :meth:`WeightSpace.permute` applied to ``sd_b``.
+    """
+    _validate_pair(space, sd_a, sd_b)
+    m = _WeightMatcher(space, sd_a, sd_b)
+    perm = _from_names(space, space.identity_permutation())
+    if init is not None:
+        perm.update(_from_names(space, init))
+    frozen: set[int] = set()
+    if fixed is not None:
+        fx = _from_names(space, fixed)
+        perm.update(fx)
+        frozen = {m.parent.get(g, g) for g in fx}
+    order = [g for g in m.blocks.tops if g not in frozen and g in m.uses]
+    rng = random.Random(seed)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=max_iter, desc="weight matching", unit="sweep")
+    neighbours = {g: {m.parent.get(x, x) for i in m.uses[g] for x in m.pa[i][1]} - {g} for g in order}
+    dirty = set(order)
+    objective = m.objective(perm)
+    for _ in range(max_iter):
+        rng.shuffle(order)
+        gain = 0.0
+        for g in order:
+            if g not in dirty:
+                continue
+            dirty.discard(g)
+            new, score, cur_score = m.step(g, perm)
+            if score > cur_score + 1e-9 * max(1.0, abs(cur_score)) and \
+                    any(not torch.equal(v, perm[k]) for k, v in new.items()):
+                perm.update(new)
+                gain += score - cur_score
+                dirty |= neighbours[g]
+        objective += gain
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(objective=f"{objective:.6g}", gain=f"{gain:.3g}")
+        if not dirty or gain <= tol * abs(objective):
+            break
+    if bar is not None:
+        bar.close()
+    return _to_names(space, perm)
+
+
+def activation_matching(*a, **k):
+    raise NotImplementedError
+
+
+def ste_matching(*a, **k):
+    raise NotImplementedError
