@@ -1,0 +1,111 @@
+"""Graph metanetworks: invariance/equivariance under weight-space permutations for every model family."""
+import pytest
+import torch
+
+from families import families
+from test_space import randomize
+from weightspace import WeightSpace
+from weightspace.graph import EDGE_TYPES
+from weightspace.nn import EdgeHead, GraphHead, GraphMetanetwork, IncompatibleGraph, NodeHead, collate
+
+FAMILIES = families()
+TOL = 1e-4
+
+
+def make_net(positional: str = "fixed", states: int = 1) -> tuple[GraphMetanetwork, GraphHead, NodeHead, EdgeHead]:
+    torch.manual_seed(0)
+    net = GraphMetanetwork(hidden=16, layers=2, states=states, edge_features=9, node_features=4, max_positions=16,
+                           positional=positional)
+    return net.eval(), GraphHead(16, 2).eval(), NodeHead(16, 3).eval(), EdgeHead(16, states, 9).eval()
+
+
+@pytest.fixture(scope="module", params=FAMILIES, ids=[f[0] for f in FAMILIES])
+def permuted_pair(request):
+    name, make, example = request.param
+    torch.manual_seed(1)
+    model = randomize(make())
+    space = WeightSpace.from_module(model, example())
+    sds = [model.state_dict()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    sds.append({k: v.clone() for k, v in model.state_dict().items()})
+    perm = space.random_permutation(torch.Generator().manual_seed(7))
+    g0 = space.to_graph(sds)
+    g1 = space.to_graph([space.permute(sd, perm) for sd in sds])
+    return name, g0, g1, space.node_permutation(perm)
+
+
+def edge_correspondence(g0, g1, idx: torch.Tensor) -> torch.Tensor:
+    """For each edge of the permuted graph, the index of the same weight's edge in the original graph."""
+    n, t = g0.num_nodes, len(EDGE_TYPES)
+    k0 = (g0.edge_index[0] * n + g0.edge_index[1]) * t + g0.edge_type
+    k1 = (idx[g1.edge_index[0]] * n + idx[g1.edge_index[1]]) * t + g1.edge_type
+    assert k0.unique().numel() == k0.numel()
+    order = torch.argsort(k0)
+    pos = torch.searchsorted(k0[order], k1)
+    assert torch.equal(k0[order][pos], k1)
+    return order[pos]
+
+
+def check_symmetry(g0, g1, idx: torch.Tensor, positional: str) -> None:
+    """Assert graph outputs are invariant, and node and edge outputs equivariant, under the permutation."""
+    net, gh, nh, eh = make_net(positional=positional, states=2)
+    e0, e1 = net(g0), net(g1)
+    torch.testing.assert_close(nh(e1), nh(e0)[idx], atol=TOL, rtol=TOL)
+    emap = edge_correspondence(g0, g1, idx)
+    torch.testing.assert_close(eh(e1), eh(e0)[emap], atol=TOL, rtol=TOL)
+    torch.testing.assert_close(gh(e1), gh(e0), atol=TOL, rtol=TOL)
+
+
+@torch.no_grad()
+def test_outputs_are_invariant_and_equivariant(permuted_pair):
+    name, g0, g1, idx = permuted_pair
+    assert not torch.equal(idx, torch.arange(len(idx)))
+    check_symmetry(g0, g1, idx, "fixed")
+    net, _, _, eh = make_net(states=2)
+    assert eh(net(g0)).shape == (g0.edge_index.shape[1], 2, 9)
+
+
+@torch.no_grad()
+def test_positions_on_hidden_units_break_symmetry(permuted_pair):
+    """The same check fails when hidden units are given positional features: it is not vacuous."""
+    name, g0, g1, idx = permuted_pair
+    with pytest.raises(AssertionError):
+        check_symmetry(g0, g1, idx, "all")
+
+
+@torch.no_grad()
+def test_mixed_architecture_batch_matches_single_graphs():
+    graphs = []
+    for name, make, example in FAMILIES[:5] + FAMILIES[5:6]:
+        torch.manual_seed(0)
+        model = randomize(make())
+        graphs.append(WeightSpace.from_module(model, example()).to_graph(model.state_dict()))
+    assert len({g.edge_attr.shape[-1] for g in graphs}) > 1, "batch must mix edge widths"
+    net, gh, _, _ = make_net()
+    batched = gh(net(collate(graphs)))
+    single = torch.cat([gh(net(g)) for g in graphs])
+    torch.testing.assert_close(batched, single, atol=TOL, rtol=TOL)
+
+
+def test_incompatible_graphs_are_refused():
+    _, make, example = FAMILIES[2]
+    model = make()
+    g = WeightSpace.from_module(model, example()).to_graph(model.state_dict())
+    with pytest.raises(IncompatibleGraph, match="at most 1"):
+        GraphMetanetwork(hidden=8, layers=1, edge_features=1)(g)
+    with pytest.raises(IncompatibleGraph, match="stacked states"):
+        GraphMetanetwork(hidden=8, layers=1, states=2)(g)
+    with pytest.raises(IncompatibleGraph, match="position"):
+        GraphMetanetwork(hidden=8, layers=1, max_positions=2)(g)
+
+
+def test_gradients_flow_to_every_parameter():
+    _, make, example = FAMILIES[4]
+    model = randomize(make())
+    g = WeightSpace.from_module(model, example()).to_graph(model.state_dict())
+    net, gh, _, _ = make_net()
+    gh(net(g)).sum().backward()
+    unused = [n for n, p in net.named_parameters() if p.grad is None]
+    assert unused == []

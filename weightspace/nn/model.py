@@ -1,0 +1,189 @@
+"""Permutation-equivariant graph metanetwork over neural graphs of one or several architectures."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..errors import WeightSpaceError
+from ..graph import EDGE_TYPES, NODE_TYPES
+from .layers import AGGREGATORS, SCALERS, NeuralGraphLayer, mlp
+
+
+class IncompatibleGraph(WeightSpaceError):
+    """A graph does not fit the metanetwork: wider features, more states or positions than it was built for."""
+
+
+@dataclass
+class MetanetConfig:
+    """Size of a :class:`GraphMetanetwork` and the widest graphs it accepts.
+
+    ``edge_features``/``node_features`` are the largest per-architecture F and Fn it takes
+    (smaller ones are zero padded); ``max_positions`` bounds ``pos_id`` of fixed units.
+    ``positional`` gives learned position embeddings to fixed units only; ``"all"`` also gives
+    hidden units their index, which breaks permutation symmetry (kept to test that it does).
+    """
+
+    hidden: int = 64
+    layers: int = 4
+    states: int = 1
+    edge_features: int = 9
+    node_features: int = 4
+    max_positions: int = 128
+    positional: str = "fixed"
+    aggregators: Sequence[str] = field(default_factory=lambda: list(AGGREGATORS))
+    scalers: Sequence[str] = field(default_factory=lambda: list(SCALERS))
+    update_edges: bool = True
+
+    def __post_init__(self) -> None:
+        if self.positional not in ("fixed", "none", "all"):
+            raise ValueError(f"positional must be 'fixed', 'none' or 'all', got {self.positional!r}")
+        self.aggregators, self.scalers = list(self.aggregators), list(self.scalers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GraphEncoding:
+    """Per-node ``[N, H]`` and per-edge ``[E, H]`` embeddings with each one's graph index."""
+
+    node: Tensor
+    edge: Tensor
+    node_batch: Tensor
+    edge_batch: Tensor
+    num_graphs: int
+
+
+def num_graphs_of(data: Any) -> int:
+    ptr = getattr(data, "ptr", None)
+    if ptr is not None:
+        return int(ptr.numel() - 1)
+    batch = getattr(data, "batch", None)
+    return int(batch.max()) + 1 if batch is not None and batch.numel() else 1
+
+
+def pad_last(t: Tensor, width: int) -> Tensor:
+    """Zero-pad the last axis of ``t`` to ``width``."""
+    if t.shape[-1] == width:
+        return t
+    return torch.nn.functional.pad(t, (0, width - t.shape[-1]))
+
+
+class GraphMetanetwork(nn.Module):
+    """Equivariant graph metanetwork: input encoders, a stack of :class:`NeuralGraphLayer`, and embeddings.
+
+    Input: a graph or PyG ``Batch`` from :meth:`WeightSpace.to_graph` (``edge_attr [E, T, F]``,
+    ``x [N, T, Fn]``, ``edge_type``, ``node_type``, ``pos_id``), of one or several architectures.
+    Relabelling the nodes of a graph by a weight-space permutation relabels the node and edge
+    embeddings the same way; pooled readouts are invariant.
+    """
+
+    def __init__(self, config: MetanetConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        cfg = config or MetanetConfig(**kwargs)
+        self.config = cfg
+        H = cfg.hidden
+        self.edge_in = nn.Linear(cfg.states * cfg.edge_features, H)
+        self.node_in = nn.Linear(cfg.states * cfg.node_features, H)
+        self.edge_type_emb = nn.Embedding(len(EDGE_TYPES), H)
+        self.node_type_emb = nn.Embedding(len(NODE_TYPES), H)
+        self.pos_emb = nn.Embedding(cfg.max_positions + 1, H)
+        nn.init.normal_(self.pos_emb.weight, std=0.1)
+        self.layers = nn.ModuleList(NeuralGraphLayer(H, cfg.aggregators, cfg.scalers, cfg.update_edges)
+                                    for _ in range(cfg.layers))
+        self.norm_h, self.norm_e = nn.LayerNorm(H), nn.LayerNorm(H)
+
+    def check(self, data: Any) -> None:
+        """Raise :class:`IncompatibleGraph` if ``data`` has wider features, other T or positions beyond range."""
+        cfg = self.config
+        ea, x = data.edge_attr, data.x
+        if ea.dim() != 3 or x.dim() != 3:
+            raise IncompatibleGraph(f"expected edge_attr [E, T, F] and x [N, T, Fn], got {tuple(ea.shape)} and "
+                                    f"{tuple(x.shape)}")
+        if ea.shape[1] != cfg.states or x.shape[1] != cfg.states:
+            raise IncompatibleGraph(f"graph has {ea.shape[1]} stacked states, the metanetwork was built for "
+                                    f"{cfg.states}")
+        if ea.shape[2] > cfg.edge_features:
+            raise IncompatibleGraph(f"graph has {ea.shape[2]} values per edge (e.g. a larger conv kernel); the "
+                                    f"metanetwork was built for at most {cfg.edge_features}")
+        if x.shape[2] > cfg.node_features:
+            raise IncompatibleGraph(f"graph has {x.shape[2]} values per node; the metanetwork was built for at "
+                                    f"most {cfg.node_features}")
+        pos = data.pos_id
+        if pos.numel() and int(pos.max()) >= cfg.max_positions:
+            raise IncompatibleGraph(f"graph has a fixed unit at position {int(pos.max())} (inputs, outputs or "
+                                    f"vocabulary); the metanetwork was built for at most {cfg.max_positions}")
+
+    def positions(self, data: Any) -> Tensor:
+        pos = data.pos_id
+        if self.config.positional == "all":
+            ptr = getattr(data, "ptr", None)
+            local = torch.arange(pos.numel(), device=pos.device)
+            if ptr is not None:
+                local = local - ptr[data.batch]
+            pos = torch.where(pos >= 0, pos, local.clamp(max=self.config.max_positions - 1))
+        return pos
+
+    def forward(self, data: Any) -> GraphEncoding:
+        self.check(data)
+        cfg = self.config
+        edge_index = data.edge_index
+        N, E = data.x.shape[0], edge_index.shape[1]
+        ea = pad_last(data.edge_attr.float(), cfg.edge_features).reshape(E, -1)
+        x = pad_last(data.x.float(), cfg.node_features).reshape(N, -1)
+        e = self.edge_in(ea) + self.edge_type_emb(data.edge_type)
+        h = self.node_in(x) + self.node_type_emb(data.node_type)
+        if cfg.positional != "none":
+            pos = self.positions(data)
+            h = h + self.pos_emb(pos + 1)
+        for layer in self.layers:
+            h, e = layer(h, e, edge_index)
+        node_batch = getattr(data, "batch", None)
+        if node_batch is None:
+            node_batch = torch.zeros(N, dtype=torch.long, device=h.device)
+        return GraphEncoding(self.norm_h(h), self.norm_e(e), node_batch, node_batch[edge_index[0]],
+                             num_graphs_of(data))
+
+
+class GraphHead(nn.Module):
+    """Invariant graph-level readout: mean and max over nodes and mean over edges, then an MLP."""
+
+    def __init__(self, hidden: int, out_features: int) -> None:
+        super().__init__()
+        self.mlp = mlp([3 * hidden, hidden, out_features])
+
+    def forward(self, enc: GraphEncoding) -> Tensor:
+        from torch_geometric.utils import scatter
+
+        B = enc.num_graphs
+        pooled = torch.cat([scatter(enc.node, enc.node_batch, 0, B, reduce="mean"),
+                            scatter(enc.node, enc.node_batch, 0, B, reduce="max"),
+                            scatter(enc.edge, enc.edge_batch, 0, B, reduce="mean")], -1)
+        return self.mlp(pooled)
+
+
+class NodeHead(nn.Module):
+    """Equivariant node-level readout ``[N, out]``."""
+
+    def __init__(self, hidden: int, out_features: int) -> None:
+        super().__init__()
+        self.mlp = mlp([hidden, hidden, out_features])
+
+    def forward(self, enc: GraphEncoding) -> Tensor:
+        return self.mlp(enc.node)
+
+
+class EdgeHead(nn.Module):
+    """Equivariant edge-level readout ``[E, states, edge_features]`` (e.g. future weights, predicted weights)."""
+
+    def __init__(self, hidden: int, states: int = 1, edge_features: int = 9) -> None:
+        super().__init__()
+        self.states, self.edge_features = states, edge_features
+        self.mlp = mlp([hidden, hidden, states * edge_features])
+
+    def forward(self, enc: GraphEncoding) -> Tensor:
+        return self.mlp(enc.edge).view(-1, self.states, self.edge_features)
