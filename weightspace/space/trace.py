@@ -199,11 +199,15 @@ class _Tracer(TorchFunctionMode):
 
     def link(self, kind: str, a: torch.Tensor, b: torch.Tensor) -> None:
         a, b = torch.broadcast_tensors(a, b)
-        pairs = torch.stack([a.reshape(-1), b.reshape(-1)], 1)
-        pairs = pairs[(pairs >= 0).all(1) & (pairs[:, 0] != pairs[:, 1])]
-        if len(pairs):
-            pairs = torch.unique(pairs, dim=0)
-            self.links.append(Link(kind, pairs[:, 0].tolist(), pairs[:, 1].tolist()))
+        for d in range(a.dim()):
+            first_a, first_b = a.narrow(d, 0, 1), b.narrow(d, 0, 1)
+            if a.shape[d] > 1 and torch.equal(a, first_a.expand_as(a)) and torch.equal(b, first_b.expand_as(b)):
+                a, b = first_a, first_b
+        a, b = a.reshape(-1), b.reshape(-1)
+        keep = (a >= 0) & (b >= 0) & (a != b)
+        keys = torch.unique(a[keep] * (1 << 31) + b[keep])
+        if len(keys):
+            self.links.append(Link(kind, (keys >> 31).tolist(), (keys & ((1 << 31) - 1)).tolist()))
 
     def place_nodes(self, key: str, nodes: torch.Tensor, op: str) -> bool:
         if key in self.placed:
