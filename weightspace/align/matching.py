@@ -130,6 +130,40 @@ def _lap(cost: np.ndarray) -> tuple[np.ndarray, float]:
     return cols, float(cost[rows, cols].sum())
 
 
+def _solve_block(g: int, n: int, direct: Tensor, inner: Mapping[int, Tensor], perm: Mapping[int, Tensor]
+                 ) -> tuple[dict[int, Tensor], float, float]:
+    """Maximise a block's similarity: ``direct[i, j]`` between units (or heads) ``i`` of A and ``j`` of B,
+    plus, per nested group ``c``, ``inner[c][i, j, a, b]`` between unit ``a`` of head ``i`` and ``b`` of ``j``.
+
+    The value of pairing heads ``(i, j)`` is the optimal inner assignment's; an outer assignment
+    over heads then picks the pairs. Returns the new permutations, their score and the current score.
+    """
+    ar = torch.arange(n)
+    cur = perm.get(g, ar)
+    cur_score = float(direct[ar, cur].sum())
+    if not inner:
+        cols, score = _lap(direct.numpy())
+        return {g: torch.as_tensor(cols, dtype=torch.long)}, score, cur_score
+    total = direct.numpy().copy()
+    sub: dict[int, np.ndarray] = {}
+    for c, val in inner.items():
+        d = val.shape[2]
+        cur_c = perm.get(c, torch.arange(d).expand(n, d))
+        cur_score += float(val[ar.unsqueeze(1), cur.unsqueeze(1), torch.arange(d), cur_c].sum())
+        v = val.numpy()
+        assign = np.zeros((n, n, d), dtype=np.int64)
+        for i in range(n):
+            for j in range(n):
+                assign[i, j], score = _lap(v[i, j])
+                total[i, j] += score
+        sub[c] = assign
+    cols, score = _lap(total)
+    out = {g: torch.as_tensor(cols, dtype=torch.long)}
+    for c, assign in sub.items():
+        out[c] = torch.as_tensor(assign[np.arange(n), cols], dtype=torch.long)
+    return out, score, cur_score
+
+
 # ---------------------------------------------------------------------------- weight matching
 class _WeightMatcher:
     def __init__(self, space: WeightSpace, sd_a: StateDict, sd_b: StateDict) -> None:
@@ -188,28 +222,7 @@ class _WeightMatcher:
                 inner[c] = inner[c] + val if c in inner else val
             else:
                 direct += (a @ b.T).double().cpu()
-        cur = perm[g]
-        ar = torch.arange(n)
-        cur_score = float(direct[ar, cur].sum())
-        if not inner:
-            cols, score = _lap(direct.numpy())
-            return {g: torch.as_tensor(cols, dtype=torch.long)}, score, cur_score
-        total = direct.numpy().copy()
-        sub: dict[int, np.ndarray] = {}
-        for c, val in inner.items():
-            cur_score += float(val[ar.unsqueeze(1), cur.unsqueeze(1), torch.arange(val.shape[2]), perm[c]].sum())
-            v = val.numpy()
-            assign = np.zeros((n, n, v.shape[2]), dtype=np.int64)
-            for i in range(n):
-                for j in range(n):
-                    assign[i, j], score = _lap(v[i, j])
-                    total[i, j] += score
-            sub[c] = assign
-        cols, score = _lap(total)
-        out = {g: torch.as_tensor(cols, dtype=torch.long)}
-        for c, assign in sub.items():
-            out[c] = torch.as_tensor(assign[np.arange(n), cols], dtype=torch.long)
-        return out, score, cur_score
+        return _solve_block(g, n, direct, inner, perm)
 
     def objective(self, perm: Mapping[int, Tensor]) -> float:
         """``<A, permute(B, perm)>`` summed over every floating-point tensor."""
@@ -288,9 +301,249 @@ def weight_matching(space: WeightSpace, sd_a: StateDict, sd_b: StateDict, *, max
     return _to_names(space, perm)
 
 
-def activation_matching(*a, **k):
-    raise NotImplementedError
+
+# ---------------------------------------------------------------------------- activation matching
+_CHANNEL_FIRST = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm,
+                  nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
-def ste_matching(*a, **k):
-    raise NotImplementedError
+def _feature_sites(space: WeightSpace, model: nn.Module) -> dict[str, tuple[Desc, int]]:
+    """Modules whose output's feature axis is described by the space: name -> (descriptor, feature dim).
+
+    The descriptor is read off the module's own weight: output axis of a Linear/Conv, the
+    normalised axis of a norm layer, the embedding axis of an Embedding.
+    """
+    ids = {id(p): k for k, p in model.state_dict(keep_vars=True).items()}
+    out: dict[str, tuple[Desc, int]] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.MultiheadAttention):
+            w, axis, dim = mod.out_proj.weight, 0, -1
+        elif isinstance(mod, nn.Embedding):
+            w, axis, dim = mod.weight, 1, -1
+        elif isinstance(mod, (nn.Linear, nn.LayerNorm)):
+            w, axis, dim = getattr(mod, "weight", None), 0, -1
+            if isinstance(mod, nn.LayerNorm) and len(mod.normalized_shape) != 1:
+                continue
+        elif isinstance(mod, _CHANNEL_FIRST):
+            w, axis, dim = getattr(mod, "weight", None), 0, 1
+        else:
+            continue
+        if w is None or id(w) not in ids:
+            continue
+        key = ids[id(w)]
+        spec = space.params.get(space.aliases.get(key, key))
+        if spec is not None and spec.axes:
+            out[name] = (spec.axes[axis], dim)
+    return out
+
+
+def _diag_costs(space: WeightSpace, c: Tensor, d: Desc, direct: dict[int, Tensor], inner: dict[tuple[int, int], Tensor],
+                parent: Mapping[int, int]) -> None:
+    """Split a unit-by-unit similarity ``c`` over an axis ``d`` into per-group costs (matching segments only)."""
+    size = lambda x: space.groups[x].size if isinstance(x, int) else \
+        (int(np.prod([size(p) for p in x.parts])) if isinstance(x, Prod) else sum(size(p) for p in x.parts))
+    if isinstance(d, int):
+        if space.groups[d].permutable:
+            direct[d] = direct[d] + c if d in direct else c
+        return
+    if isinstance(d, Cat):
+        off = 0
+        for part in d.parts:
+            n = size(part)
+            _diag_costs(space, c[off:off + n, off:off + n], part, direct, inner, parent)
+            off += n
+        return
+    parts = list(d.parts)
+    sizes = [size(p) for p in parts]
+    k = len(parts)
+    t = c.reshape(*sizes, *sizes)
+    for i, p in enumerate(parts):
+        if not isinstance(p, int) or not space.groups[p].permutable or p in parent:
+            continue
+        child = parts[i + 1] if i + 1 < k and isinstance(parts[i + 1], int) and parent.get(parts[i + 1]) == p else None
+        own = [i, i + 1] if child is not None else [i]
+        rest = [j for j in range(k) if j not in own]
+        r = int(np.prod([sizes[j] for j in rest])) if rest else 1
+        m = t.permute(*own, *rest, *[k + j for j in own], *[k + j for j in rest])
+        m = m.reshape(*[sizes[j] for j in own], r, *[sizes[j] for j in own], r)
+        m = m.diagonal(dim1=len(own), dim2=2 * len(own) + 1).sum(-1)
+        if child is None:
+            direct[p] = direct[p] + m if p in direct else m
+        else:
+            m = m.permute(0, 2, 1, 3)
+            inner[(p, child)] = inner[(p, child)] + m if (p, child) in inner else m
+
+
+class _Stats:
+    """Running sums for the cross-correlation of two models' features at one site."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.sa = self.sb = self.saa = self.sbb = self.sab = None
+
+    def add(self, a: Tensor, b: Tensor) -> None:
+        a, b = a.double(), b.double()
+        if self.sab is None:
+            self.sa, self.sb = a.sum(0), b.sum(0)
+            self.saa, self.sbb, self.sab = (a * a).sum(0), (b * b).sum(0), a.T @ b
+        else:
+            self.sa += a.sum(0)
+            self.sb += b.sum(0)
+            self.saa += (a * a).sum(0)
+            self.sbb += (b * b).sum(0)
+            self.sab += a.T @ b
+        self.n += a.shape[0]
+
+    def matrix(self, method: str) -> Tensor:
+        n = self.n
+        ma, mb = self.sa / n, self.sb / n
+        cov = self.sab / n - torch.outer(ma, mb)
+        if method == "covariance":
+            return cov
+        sa = (self.saa / n - ma * ma).clamp_min(0).sqrt()
+        sb = (self.sbb / n - mb * mb).clamp_min(0).sqrt()
+        return cov / (torch.outer(sa, sb) + 1e-8)
+
+
+def _flat_features(y, dim: int) -> Tensor | None:
+    if isinstance(y, (tuple, list)):
+        y = y[0]
+    if not isinstance(y, Tensor) or not y.is_floating_point():
+        return None
+    y = y.detach().movedim(dim, -1)
+    return y.reshape(-1, y.shape[-1])
+
+
+def _batch_input(batch):
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+@torch.no_grad()
+def activation_matching(model_a: nn.Module, model_b: nn.Module, batches: Iterable, *,
+                        space: WeightSpace | None = None, method: str = "correlation",
+                        progress: bool = False) -> Permutation:
+    """Permutation bringing ``model_b`` into the basin of ``model_a`` by matching activations (Ainsworth et al. 2023).
+
+    The features of every module whose output axis belongs to the space's groups (Linear, Conv,
+    norm layers, Embedding, MultiheadAttention) are recorded on the same inputs for both models;
+    each group's cost is the sum over its sites of the cross-correlation (``method="correlation"``)
+    or cross-covariance (``"covariance"``) of units. Attention heads are matched as blocks, the cost
+    of a head pair being the optimal assignment of their units. Groups seen at no site (e.g. heads
+    inside ``nn.MultiheadAttention``, whose projections are not modules) are matched by weight
+    matching with the others held fixed. ``batches`` yields inputs or ``(input, target)`` pairs.
+    """
+    if method not in ("correlation", "covariance"):
+        raise ValueError(f"method must be 'correlation' or 'covariance', got {method!r}")
+    batches = list(batches)
+    if not batches:
+        raise WeightSpaceError("activation matching needs at least one batch of inputs")
+    space = space or WeightSpace.from_module(model_a, _batch_input(batches[0]))
+    sd_a, sd_b = model_a.state_dict(), model_b.state_dict()
+    _validate_pair(space, sd_a, sd_b)
+    sites_a, sites_b = _feature_sites(space, model_a), _feature_sites(space, model_b)
+    stats: dict[str, _Stats] = {name: _Stats() for name in sites_a if name in sites_b}
+    outputs: dict[str, dict[str, Tensor]] = {"a": {}, "b": {}}
+    handles = []
+    for tag, model, sites in (("a", model_a, sites_a), ("b", model_b, sites_b)):
+        for name, mod in model.named_modules():
+            if name in stats:
+                dim = sites[name][1]
+                handles.append(mod.register_forward_hook(
+                    lambda m, i, o, name=name, dim=dim, tag=tag: outputs[tag].__setitem__(name, _flat_features(o, dim))))
+    was = model_a.training, model_b.training
+    model_a.eval()
+    model_b.eval()
+    try:
+        it = batches
+        if progress:
+            from tqdm.auto import tqdm
+            it = tqdm(batches, desc="activation statistics", unit="batch")
+        for batch in it:
+            x = _batch_input(batch)
+            model_a(x)
+            model_b(x)
+            for name, st in stats.items():
+                a, b = outputs["a"].pop(name, None), outputs["b"].pop(name, None)
+                if a is not None and b is not None and a.shape == b.shape:
+                    st.add(a, b)
+    finally:
+        for h in handles:
+            h.remove()
+        model_a.train(was[0])
+        model_b.train(was[1])
+    blocks = _Blocks(space)
+    direct: dict[int, Tensor] = {}
+    inner: dict[tuple[int, int], Tensor] = {}
+    for name, st in stats.items():
+        if st.n:
+            _diag_costs(space, st.matrix(method).cpu(), sites_a[name][0], direct, inner, blocks.parent)
+    perm = _from_names(space, space.identity_permutation())
+    solved: set[int] = set()
+    for g in blocks.tops:
+        inn = {c: v for (h, c), v in inner.items() if h == g}
+        if g not in direct and not inn:
+            continue
+        n = space.groups[g].size
+        new, _, _ = _solve_block(g, n, direct.get(g, torch.zeros(n, n, dtype=torch.float64)), inn, perm)
+        perm.update(new)
+        solved.add(g)
+    if len(solved) < len([g for g in blocks.tops]):
+        fixed = {space.groups[g].name: p for g, p in perm.items() if blocks.parent.get(g, g) in solved}
+        return weight_matching(space, sd_a, sd_b, init=_to_names(space, perm), fixed=fixed)
+    return _to_names(space, perm)
+
+
+# ---------------------------------------------------------------------------- straight-through estimator
+def ste_matching(model: nn.Module, sd_a: StateDict, sd_b: StateDict, batches: Iterable, *,
+                 loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None, space: WeightSpace | None = None,
+                 steps: int = 100, lr: float = 1e-3, seed: int = 0, progress: bool = False) -> Permutation:
+    """Permutation of ``sd_b`` learned with the straight-through estimator (Ainsworth et al. 2023, Alg. 3).
+
+    A free copy ``theta`` of the weights (initialised from A) is trained so that the midpoint
+    ``(A + P(B)) / 2`` has low loss, where ``P = weight_matching(theta, B)``: the forward pass uses
+    the projection ``P(B)``, the gradient flows to ``theta`` as if the projection were the identity.
+    ``model`` is any module of the architecture (its weights are not used); ``batches`` yields
+    ``(input, target)`` pairs, cycled for ``steps`` steps; ``loss_fn`` defaults to cross-entropy.
+    Returns the matching of the final ``theta``, or weight matching's if that had the lower loss.
+    """
+    from torch.func import functional_call
+
+    batches = list(batches)
+    if not batches:
+        raise WeightSpaceError("STE matching needs at least one (input, target) batch")
+    space = space or WeightSpace.from_module(model, _batch_input(batches[0]))
+    _validate_pair(space, sd_a, sd_b)
+    loss_fn = loss_fn or torch.nn.functional.cross_entropy
+    floats = [k for k in space.canonical_keys if sd_a[k].is_floating_point()]
+    theta = {k: sd_a[k].detach().clone().requires_grad_(True) for k in floats}
+    opt = torch.optim.Adam(theta.values(), lr=lr)
+    perm = weight_matching(space, sd_a, sd_b, seed=seed)
+    best_perm, best_loss = perm, float("inf")
+    it = range(steps)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="STE matching", unit="step")
+    was = model.training
+    model.train()
+    try:
+        for step in it:
+            x, y = batches[step % len(batches)]
+            detached = {k: (theta[k].detach() if k in theta else v) for k, v in sd_a.items() if k in space.params}
+            perm = weight_matching(space, detached, sd_b, init=perm, seed=seed + step)
+            pb = space.permute(sd_b, perm)
+            mid = {}
+            for k in space.canonical_keys:
+                if k in theta:
+                    proj = theta[k] + (pb[k] - theta[k]).detach()
+                    mid[k] = 0.5 * (sd_a[k] + proj)
+                else:
+                    mid[k] = sd_a[k].clone()
+            loss = loss_fn(functional_call(model, mid, (x,)), y)
+            if loss.item() < best_loss:
+                best_loss, best_perm = loss.item(), perm
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    finally:
+        model.train(was)
+    return best_perm
