@@ -91,7 +91,7 @@ UNARY = {
     "softplus", "hardswish", "hardsigmoid", "dropout", "dropout1d", "dropout2d", "alpha_dropout", "exp", "log",
     "neg", "abs", "sqrt", "rsqrt", "square", "sin", "cos", "erf", "reciprocal", "clamp", "clip", "pow",
     "float", "half", "double", "bfloat16", "to", "type", "type_as", "contiguous", "clone", "detach", "softmax",
-    "log_softmax", "identity", "requires_grad", "cpu", "cuda", "nan_to_num", "sign", "logsigmoid", "gelu_",
+    "log_softmax", "identity", "cpu", "cuda", "nan_to_num", "sign", "logsigmoid",
     "positive", "data", "real",
 }
 BINARY = {"add", "sub", "mul", "div", "true_divide", "maximum", "minimum", "masked_fill", "where", "rsub", "radd",
@@ -119,7 +119,7 @@ def _name(func: Callable) -> str:
         name = name[2:-2]
         if name in {"getitem", "setitem", "matmul", "rmatmul", "len", "format", "bool", "index", "int", "float"}:
             return name if name != "float" else "__float__"
-    if name.endswith("_") and not name.startswith("_") and name not in {"gelu_"}:
+    if name.endswith("_") and not name.startswith("_"):
         name = name[:-1]
     return name
 
@@ -538,7 +538,7 @@ class _Tracer(TorchFunctionMode):
             u = inf.uid
             for d in range(lead, x.dim()):
                 u = u.narrow(d, 0, 1)
-            if not all(bool((inf.uid == u).all()) for _ in [0]):
+            if not torch.equal(inf.uid, u.expand_as(inf.uid)):
                 raise self.fail(name, "pooling across units is not supported")
             uid = u.expand(res0.shape).contiguous()
         return [TInfo(axes, uid, False)] + [TInfo(self.fresh(r), None, False) for r in results[1:]]
