@@ -122,9 +122,9 @@ def _trim(delta: Tensor, density: float) -> Tensor:
     k = int(math.ceil(density * delta.numel()))
     if k <= 0:
         return torch.zeros_like(delta)
-    flat = delta.abs().flatten()
-    threshold = torch.topk(flat, k, sorted=False).values.min()
-    return delta * (delta.abs() >= threshold)
+    keep = torch.zeros(delta.numel(), dtype=torch.bool, device=delta.device)
+    keep[torch.topk(delta.abs().flatten(), k, sorted=False).indices] = True
+    return delta * keep.view(delta.shape)
 
 
 def _sign_consensus(deltas: Sequence[Tensor], weights: Sequence[float], normalize: bool) -> Tensor:
