@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+import torch
 import torch.nn as nn
 
 from ..errors import CollectionError
@@ -184,7 +185,7 @@ RECIPES: dict[str, Recipe] = {
                     "varying width, depth, activation, learning rate, weight decay and seed. Each run saves its "
                     "trajectory with train/test loss and accuracy.",
         grid=MLP_GRID,
-        sizes={"tiny": ZooSize(2, 20, 10), "small": ZooSize(48, 400, 20),
+        sizes={"tiny": ZooSize(2, 20, 10), "small": ZooSize(64, 400, 20),
                "medium": ZooSize(512, 1000, 25), "large": ZooSize(4096, 1000, 25)},
         sample=_sample_mlp, model=_model_mlp, train=_train_digits(flat=True),
         metrics=("train_loss", "train_acc", "test_loss", "test_acc")),
@@ -204,7 +205,7 @@ RECIPES: dict[str, Recipe] = {
                     "sources (first 1M characters in sorted file order, 90/10 train/val), varying d_model, "
                     "n_layer, n_head, attention implementation, learning rate and seed.",
         grid=GPT_GRID,
-        sizes={"tiny": ZooSize(2, 10, 5), "small": ZooSize(8, 150, 25),
+        sizes={"tiny": ZooSize(2, 10, 5), "small": ZooSize(12, 200, 25),
                "medium": ZooSize(128, 1000, 50), "large": ZooSize(512, 2000, 50)},
         sample=_sample_gpt, model=_model_gpt, train=_train_gpt,
         metrics=("train_loss", "val_loss")),
@@ -228,19 +229,18 @@ def _check_same_config(coll: "CheckpointCollection", run_id: str, config: Mappin
 
 
 def build_zoo(recipe: str, out: str | Path, size: str = "small", seed: int = 0,
-              progress: bool = True) -> "CheckpointCollection":
+              progress: bool = True, threads: int | None = 1) -> "CheckpointCollection":
     """Train the runs of ``recipe`` at ``size`` into the collection at ``out`` (created if needed), and return it.
 
     Finished runs are skipped, after checking that their stored hyperparameters match; an
     interrupted run is retrained from scratch over its partial checkpoints, which reproduces them
     because training is deterministic. A run whose loss turns non-finite stops early: it is
     finished with a trajectory that ends before ``hp.steps``.
+
+    ``threads`` sets ``torch.set_num_threads`` while building (restored afterwards): these models
+    are too small to gain from intra-op threads, and one thread per build keeps a shared machine
+    responsive and lets several builds run side by side. ``None`` leaves torch's setting alone.
     """
-    from tqdm.auto import tqdm
-
-    from ..collections import CheckpointCollection
-    from ..space import WeightSpace
-
     try:
         r = RECIPES[recipe]
     except KeyError:
@@ -248,13 +248,30 @@ def build_zoo(recipe: str, out: str | Path, size: str = "small", seed: int = 0,
     if size not in r.sizes:
         raise ValueError(f"unknown zoo size {size!r}; choose one of {', '.join(r.sizes)}")
     zs = r.sizes[size]
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _build(r, zs, out, size, seed, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _build(r: Recipe, zs: ZooSize, out: str | Path, size: str, seed: int, progress: bool) -> "CheckpointCollection":
+    from tqdm.auto import tqdm
+
+    from ..collections import CheckpointCollection
+    from ..space import WeightSpace
+
+    recipe = r.name
     coll = CheckpointCollection.create(out, name=f"{recipe}-{size}", description=r.description, exist_ok=True)
     spaces: dict[tuple, WeightSpace] = {}
+    existing = set(coll.runs())
     bar = tqdm(range(zs.runs), desc=f"{recipe} ({size})", unit="run", disable=not progress)
     for i in bar:
         run_id = r.run_id(i, seed)
         config = {**r.config(i, seed), "steps": zs.steps, "save_every": zs.save_every}
-        started = run_id in coll.runs()
+        started = run_id in existing
         if started:
             _check_same_config(coll, run_id, config)
             if coll.is_finished(run_id):

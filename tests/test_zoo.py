@@ -1,0 +1,127 @@
+"""Zoo recipes: every recipe at size tiny builds a collection that reopens with the expected runs, steps and metrics."""
+import json
+
+import pytest
+import torch
+
+from weightspace import CollectionError
+from weightspace.collections import CheckpointCollection
+from weightspace.tasks.zoo import RECIPES, build_zoo
+
+
+@pytest.fixture(scope="module")
+def zoos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoos")
+    return {name: (root / name, build_zoo(name, root / name, size="tiny", progress=False)) for name in RECIPES}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_tiny_zoo_reopens(zoos, name):
+    path, _ = zoos[name]
+    recipe, size = RECIPES[name], RECIPES[name].sizes["tiny"]
+    coll = CheckpointCollection.open(path)
+    assert coll.runs() == [recipe.run_id(i) for i in range(size.runs)]
+    want_steps = sorted({0, size.steps, *range(0, size.steps + 1, size.save_every)})
+    for run in coll.runs():
+        assert coll.is_finished(run)
+        assert coll.steps(run) == want_steps
+        for step in want_steps:
+            row = coll.row(run, step)
+            assert set(recipe.metrics) <= row.keys()
+            assert all(isinstance(row[m], float) for m in recipe.metrics)
+            assert row["hp.recipe"] == name and row["hp.steps"] == size.steps
+            assert row["hp.lr"] > 0 and isinstance(row["hp.seed"], int)
+    assert len(coll) == size.runs * len(want_steps)
+    json.dumps(coll.rows(), allow_nan=False)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_checkpoints_load_into_the_model(zoos, name):
+    path, _ = zoos[name]
+    recipe = RECIPES[name]
+    coll = CheckpointCollection.open(path)
+    run = coll.runs()[-1]
+    last = coll.steps(run)[-1]
+    row = coll.row(run, last)
+    config = {k[3:]: v for k, v in row.items() if k.startswith("hp.")}
+    model = recipe.model(config)
+    sd = coll.load(run, last)
+    model.load_state_dict(sd)
+    first = coll.load(run, 0)
+    fresh = recipe.model(config).state_dict()
+    assert all(torch.equal(first[k], fresh[k]) for k in fresh)
+    assert any(not torch.equal(first[k], sd[k]) for k in sd)
+    assert coll.space(row).num_params > 0
+
+
+def test_classifier_metrics_are_consistent(zoos):
+    coll = CheckpointCollection.open(zoos["digits-mlp"][0])
+    for row in coll.rows():
+        assert 0.0 <= row["train_acc"] <= 1.0 and 0.0 <= row["test_acc"] <= 1.0
+        assert row["train_loss"] > 0
+
+
+def test_rerun_skips_finished_runs(zoos, tmp_path):
+    path, _ = zoos["digits-mlp"]
+    before = {p: p.stat().st_mtime_ns for p in path.rglob("*.safetensors")}
+    build_zoo("digits-mlp", path, size="tiny", progress=False)
+    after = {p: p.stat().st_mtime_ns for p in path.rglob("*.safetensors")}
+    assert before == after
+
+
+def test_rerun_resumes_an_interrupted_run(tmp_path):
+    path = tmp_path / "zoo"
+    coll = build_zoo("digits-cnn", path, size="tiny", progress=False)
+    run = coll.runs()[0]
+    reference = {s: coll.load(run, s) for s in coll.steps(run)}
+    shard = path / "metadata" / f"{run}.jsonl"
+    rows = [json.loads(line) for line in shard.read_text().splitlines()]
+    shard.write_text("".join(json.dumps({**r, "finished": False}) + "\n" for r in rows[:1]))
+    assert not CheckpointCollection.open(path).is_finished(run)
+    coll = build_zoo("digits-cnn", path, size="tiny", progress=False)
+    assert coll.is_finished(run) and list(reference) == coll.steps(run)
+    for step, sd in reference.items():
+        again = coll.load(run, step)
+        assert all(torch.equal(sd[k], again[k]) for k in sd), step
+
+
+def test_other_size_into_same_folder_is_refused(zoos):
+    with pytest.raises(CollectionError, match="other hyperparameters"):
+        build_zoo("digits-mlp", zoos["digits-mlp"][0], size="small", progress=False)
+
+
+def test_configs_are_deterministic_and_seeded():
+    r = RECIPES["digits-mlp"]
+    assert r.config(3) == r.config(3)
+    assert r.config(3, seed=1) != r.config(3)
+    assert r.run_id(7) == "mlp-0007" and r.run_id(7, seed=2) == "mlp-s2-0007"
+    assert len({json.dumps(r.config(i)) for i in range(20)}) == 20
+
+
+def test_unknown_recipe_and_size(tmp_path):
+    with pytest.raises(ValueError, match="digits-mlp"):
+        build_zoo("imagenet", tmp_path / "z")
+    with pytest.raises(ValueError, match="tiny"):
+        build_zoo("digits-mlp", tmp_path / "z", size="huge")
+
+
+def test_threads_restored(tmp_path):
+    n = torch.get_num_threads()
+    build_zoo("tiny-gpt", tmp_path / "z", size="tiny", progress=False)
+    assert torch.get_num_threads() == n
+
+
+def test_scripts_run(tmp_path):
+    import runpy
+    import sys
+
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "datasets" / "digits_mlp.py"
+    argv = sys.argv
+    sys.argv = [str(script), "--out", str(tmp_path / "z"), "--size", "tiny", "--quiet"]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert len(CheckpointCollection.open(tmp_path / "z").runs()) == 2
