@@ -12,6 +12,8 @@ from pathlib import Path
 COMMAND_MODULES = [
     "weightspace.commands.zoo",
     "weightspace.commands.graph",
+    "weightspace.commands.align",
+    "weightspace.commands.merge",
     "weightspace.commands.demo",
 ]
 
