@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..errors import WeightSpaceError
 from ..graph import EDGE_TYPES, NODE_TYPES
-from .layers import AGGREGATORS, SCALERS, NeuralGraphLayer, mlp
+from .layers import AGGREGATORS, DEFAULT_SCALERS, NeuralGraphLayer, mlp
 
 
 class IncompatibleGraph(WeightSpaceError):
@@ -35,7 +35,7 @@ class MetanetConfig:
     max_positions: int = 128
     positional: str = "fixed"
     aggregators: Sequence[str] = field(default_factory=lambda: list(AGGREGATORS))
-    scalers: Sequence[str] = field(default_factory=lambda: list(SCALERS))
+    scalers: Sequence[str] = field(default_factory=lambda: list(DEFAULT_SCALERS))
     update_edges: bool = True
 
     def __post_init__(self) -> None:

@@ -1,0 +1,138 @@
+"""Train and evaluate property predictors on checkpoint collections."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..errors import WeightSpaceError
+from ..nn import IncompatibleGraph
+from ..training import TrainConfig, Trainer, TrainResult
+from ..utils import atomic_write_text
+from .data import GraphStore
+from .model import PropertyPredictor
+
+SPLIT_FILE = "split.json"
+MODEL_DIR = "model"
+
+
+def regression_metrics(pred: np.ndarray, true: np.ndarray, names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Kendall tau (scipy) and R^2 (scikit-learn) per target."""
+    from scipy.stats import kendalltau
+    from sklearn.metrics import r2_score
+
+    out = {}
+    for k, name in enumerate(names):
+        p, t = np.asarray(pred)[:, k], np.asarray(true)[:, k]
+        tau = kendalltau(p, t).statistic if len(t) > 1 else math.nan
+        out[name] = {"tau": float(tau), "r2": float(r2_score(t, p)) if len(t) > 1 else math.nan}
+    return out
+
+
+def mse_loss(model: nn.Module, batch: Any, y: Tensor) -> Tensor:
+    """Mean squared error of standardised predictions."""
+    m = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return torch.nn.functional.mse_loss(model(batch).float(), m.normalize(y))
+
+
+@torch.no_grad()
+def predict_store(model: PropertyPredictor, store: GraphStore, batch_size: int = 128,
+                  device: torch.device | str | None = None) -> np.ndarray:
+    """Predictions ``[M, K]`` for every item of ``store``, in item order."""
+    if list(model.targets) != list(store.target_names):
+        raise WeightSpaceError(f"the model predicts {model.targets}, the data has targets {store.target_names}")
+    device = device or next(model.parameters()).device
+    model.eval()
+    out = torch.empty(len(store), len(model.targets))
+    for s in range(0, len(store), batch_size):
+        idx = torch.arange(s, min(s + batch_size, len(store)))
+        batch, _ = store.batch(idx, device)
+        order = torch.cat([idx[store.block_of[idx] == b] for b in store.block_of[idx].unique()])
+        out[order] = model.predict(batch).cpu()
+    return out.numpy()
+
+
+def evaluate_predictor(model: PropertyPredictor, store: GraphStore, **kw: Any) -> dict[str, dict[str, float]]:
+    """Kendall tau and R^2 per target on ``store``."""
+    return regression_metrics(predict_store(model, store, **kw), store.targets.numpy(), store.target_names)
+
+
+def check_compatible(model: PropertyPredictor, store: GraphStore, allow_new_architectures: bool = True) -> None:
+    """Raise :class:`IncompatibleGraph` if the model cannot read the store's graphs (or, when
+    ``allow_new_architectures`` is false, if an architecture was not among those it was trained on)."""
+    cfg = model.backbone.config
+    for b in store.blocks:
+        lay = b.space.layout
+        problems = []
+        if lay.edge_features > cfg.edge_features:
+            problems.append(f"{lay.edge_features} values per edge > {cfg.edge_features}")
+        if lay.node_features > cfg.node_features:
+            problems.append(f"{lay.node_features} values per node > {cfg.node_features}")
+        if int(lay.pos_id.max()) >= cfg.max_positions:
+            problems.append(f"fixed units up to position {int(lay.pos_id.max())} >= {cfg.max_positions}")
+        if not allow_new_architectures and model.arch_ids and b.arch_id not in model.arch_ids:
+            problems.append("not among the architectures it was trained on")
+        if problems:
+            raise IncompatibleGraph(f"architecture {b.arch_id} ({b.space.name}) does not fit this predictor: "
+                                    + "; ".join(problems))
+
+
+@dataclass
+class PredictorRun:
+    """What :func:`train_predictor` produced."""
+
+    model: PropertyPredictor
+    train: GraphStore
+    test: GraphStore
+    result: TrainResult
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def train_predictor(data: GraphStore, out_dir: str | Path | None = None, *, model_config: dict[str, Any] | None = None,
+                    train_config: TrainConfig | None = None, test_fraction: float = 0.2, split_seed: int = 0,
+                    test: GraphStore | None = None, resume: bool = True) -> PredictorRun:
+    """Split ``data`` by run (no run in both parts), train a :class:`PropertyPredictor`, evaluate it on held-out runs.
+
+    ``out_dir`` receives resumable checkpoints, ``split.json`` (held-out runs), the final model
+    (``model/``, loadable with ``PropertyPredictor.from_pretrained``), ``metrics.json`` and ``loss.png``.
+    """
+    cfg = train_config or TrainConfig()
+    if test is None:
+        train, test = data.split_by_run(test_fraction, split_seed)
+    else:
+        train = data
+    mean = train.targets.mean(0)
+    std = train.targets.std(0).clamp(min=1e-6) if len(train) > 1 else torch.ones_like(mean)
+    mc = {"edge_features": max(9, data.edge_features), "node_features": max(4, data.node_features),
+          "max_positions": max(128, data.max_position + 1), **(model_config or {})}
+    torch.manual_seed(cfg.seed)
+    model = PropertyPredictor(targets=data.target_names, target_mean=mean.tolist(), target_std=std.tolist(),
+                              arch_ids=sorted(set(train.arch_ids)), **mc)
+    check_compatible(model, data)
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        res = evaluate_predictor(m, test)
+        return {f"eval_{t}_{k}": v for t, d in res.items() for k, v in d.items()}
+
+    out = Path(out_dir) if out_dir is not None else None
+    trainer = Trainer(model, mse_loss, train, cfg, out, eval_fn=eval_fn, resume=resume)
+    if out is not None and trainer.rank == 0:
+        split = {"test_runs": sorted(set(zip(test.sources, test.run_ids))),
+                 "train_runs": sorted(set(zip(train.sources, train.run_ids)))}
+        atomic_write_text(out / SPLIT_FILE, json.dumps(split, indent=1))
+    result = trainer.fit()
+    metrics = evaluate_predictor(model, test) if len(test) else {}
+    if out is not None and trainer.rank == 0:
+        model.save_pretrained(out / MODEL_DIR)
+        atomic_write_text(out / "metrics.json", json.dumps(
+            {"test": metrics, "graphs_per_second": result.graphs_per_second, "seconds": result.seconds,
+             "train_checkpoints": len(train), "test_checkpoints": len(test), "train_config": asdict(cfg)},
+            indent=1))
+    return PredictorRun(model, train, test, result, metrics)

@@ -1,0 +1,130 @@
+"""Baselines for property prediction that do not pass messages over the neural graph.
+
+- StatNN (Unterthiner et al., "Predicting Neural Network Accuracy from Weights", 2020): per-tensor
+  weight statistics (mean, variance and quantiles) fed to gradient-boosted trees.
+- An MLP on the flat weight vector.
+
+The flat MLP needs every checkpoint to have the same architecture (its input layout depends on
+it); :class:`NotApplicable` says so otherwise. StatNN matches tensors by name across architectures. A DeepSets-style invariant baseline is a
+:class:`~weightspace.predict.PropertyPredictor` with ``layers=0`` (per-unit and per-weight
+embeddings, pooled, then an MLP).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import WeightSpaceError
+from .data import GraphStore
+
+QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+class NotApplicable(WeightSpaceError):
+    """A baseline cannot be applied to this data (e.g. a flat-vector model on several architectures)."""
+
+
+def _single_arch(store: GraphStore, what: str) -> int:
+    used = store.block_of.unique().tolist()
+    if len(used) != 1:
+        raise NotApplicable(f"{what} needs one architecture; the data mixes {len(used)} "
+                            f"({', '.join(store.blocks[b].arch_id for b in used)})")
+    return used[0]
+
+
+def flat_matrix(store: GraphStore) -> np.ndarray:
+    """``[M, P]`` flat weight vectors, in item order (one architecture only)."""
+    b = _single_arch(store, "a flat-weight model")
+    flat, items = store.flat(b)
+    out = torch.empty_like(flat)
+    out[torch.argsort(items)] = flat
+    return out.numpy()
+
+
+def statnn_features(store: GraphStore) -> tuple[list[str], np.ndarray]:
+    """StatNN features: for every parameter tensor, its mean, variance and the 0/25/50/75/100% quantiles.
+
+    Columns are named ``<key>:<stat>``. Architectures that share parameter names (e.g. CNNs of
+    different widths) share columns; a tensor an architecture lacks gives NaN, which the
+    gradient-boosted trees handle natively.
+    """
+    q = torch.tensor(QUANTILES, dtype=torch.float64)
+    stat_names = ["mean", "var"] + [f"q{int(100 * x)}" for x in QUANTILES]
+    names: dict[str, int] = {}
+    per_block: list[tuple[torch.Tensor, list[str], torch.Tensor]] = []
+    for b in store.block_of.unique().tolist():
+        space = store.blocks[b].space
+        flat, items = store.flat(b)
+        cols, feats, off = [], [], 0
+        for k in space.canonical_keys:
+            n = torch.Size(space.params[k].shape).numel()
+            t = flat[:, off:off + n].double()
+            off += n
+            if not space.params[k].dtype.is_floating_point or n == 0:
+                continue
+            feats += [t.mean(1, keepdim=True), t.var(1, keepdim=True, unbiased=False), torch.quantile(t, q, dim=1).T]
+            cols += [f"{k}:{s}" for s in stat_names]
+        for c in cols:
+            names.setdefault(c, len(names))
+        per_block.append((items, cols, torch.cat(feats, 1)))
+    X = np.full((len(store), len(names)), np.nan, dtype=np.float32)
+    for items, cols, f in per_block:
+        X[np.ix_(items.numpy(), [names[c] for c in cols])] = f.float().numpy()
+    return list(names), X
+
+
+def _align(names: list[str], got: tuple[list[str], np.ndarray]) -> np.ndarray:
+    cols, X = got
+    index = {c: i for i, c in enumerate(cols)}
+    out = np.full((X.shape[0], len(names)), np.nan, dtype=np.float32)
+    for j, c in enumerate(names):
+        if c in index:
+            out[:, j] = X[:, index[c]]
+    return out
+
+
+class StatNN:
+    """StatNN (Unterthiner et al. 2020): gradient-boosted trees on per-tensor weight statistics, one per target."""
+
+    def __init__(self, seed: int = 0, max_iter: int = 300) -> None:
+        self.seed, self.max_iter = seed, max_iter
+        self.models: list = []
+        self.columns: list[str] = []
+
+    def fit(self, store: GraphStore) -> "StatNN":
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        self.columns, X = statnn_features(store)
+        Y = store.targets.numpy()
+        self.models = [HistGradientBoostingRegressor(max_iter=self.max_iter, learning_rate=0.05,
+                                                     random_state=self.seed).fit(X, Y[:, k])
+                       for k in range(Y.shape[1])]
+        return self
+
+    def predict(self, store: GraphStore) -> np.ndarray:
+        X = _align(self.columns, statnn_features(store))
+        return np.stack([m.predict(X) for m in self.models], 1)
+
+
+class FlatMLP:
+    """An MLP on the standardised flat weight vector (scikit-learn, early stopping)."""
+
+    def __init__(self, seed: int = 0, hidden: tuple[int, ...] = (256, 256), max_iter: int = 300) -> None:
+        self.seed, self.hidden, self.max_iter = seed, hidden, max_iter
+
+    def fit(self, store: GraphStore) -> "FlatMLP":
+        from sklearn.neural_network import MLPRegressor
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        X, Y = flat_matrix(store), store.targets.numpy()
+        self.y_mean, self.y_std = Y.mean(0), Y.std(0) + 1e-8
+        self.model = make_pipeline(StandardScaler(), MLPRegressor(
+            hidden_layer_sizes=self.hidden, max_iter=self.max_iter, early_stopping=True, random_state=self.seed,
+            alpha=1e-3, learning_rate_init=1e-3))
+        self.model.fit(X, (Y - self.y_mean) / self.y_std)
+        return self
+
+    def predict(self, store: GraphStore) -> np.ndarray:
+        p = self.model.predict(flat_matrix(store))
+        return p.reshape(len(store), -1) * self.y_std + self.y_mean

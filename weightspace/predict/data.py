@@ -1,0 +1,226 @@
+"""Checkpoints and their metrics, precomputed once into per-architecture tensors for fast batching.
+
+Each architecture is traced once (its :class:`WeightSpace` comes from the collection); every
+checkpoint becomes one row of a ``[n, P]`` flat parameter matrix. A batch of graphs is then a
+single gather per architecture through the precomputed graph layout, with no per-checkpoint
+Python work and no re-tracing.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch
+
+from ..errors import CollectionError
+
+if TYPE_CHECKING:
+    from ..collections import CheckpointCollection
+    from ..space import WeightSpace
+
+DERIVED_TARGETS: dict[str, tuple[tuple[str, ...], Callable[[Mapping[str, Any]], float]]] = {
+    "gap": (("train_acc", "test_acc"), lambda r: r["train_acc"] - r["test_acc"]),
+}
+"""Targets computed from metrics: ``gap`` is the generalisation gap, train minus test accuracy."""
+
+
+class MissingMetric(CollectionError):
+    """A collection has no value of a requested target metric."""
+
+
+def target_value(row: Mapping[str, Any], name: str) -> float:
+    """The value of target ``name`` in a metadata row (NaN when the row lacks it)."""
+    needed, fn = DERIVED_TARGETS.get(name, ((name,), lambda r: r[name]))
+    vals = [row.get(k) for k in needed]
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) or v is None for v in vals):
+        return math.nan
+    return float(fn(row))
+
+
+def available_metrics(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Numeric metric columns present in ``rows`` plus the derived targets they allow."""
+    skip = {"step", "num_bytes", "finished"}
+    cols: set[str] = set()
+    for r in rows:
+        cols.update(k for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and not k.startswith("hp.") and k not in skip)
+    cols.update(t for t, (need, _) in DERIVED_TARGETS.items() if set(need) <= cols)
+    return sorted(cols)
+
+
+@dataclass
+class ArchBlock:
+    """The checkpoints of one architecture as a ``[n, P]`` flat matrix (graph layout order)."""
+
+    arch_id: str
+    space: "WeightSpace"
+    flat: Tensor
+
+
+class GraphStore:
+    """Checkpoints of one or several architectures with targets, batched as PyG graphs by gathers.
+
+    ``items[i]`` is ``(block, row in block)``; ``targets`` is ``[M, K]``; ``run_ids`` name each item's run.
+    """
+
+    def __init__(self, blocks: list[ArchBlock], block_of: Tensor, row_of: Tensor, targets: Tensor,
+                 target_names: list[str], run_ids: list[str], steps: list[int], sources: list[str]) -> None:
+        self.blocks = blocks
+        self.block_of, self.row_of = block_of, row_of
+        self.targets, self.target_names = targets, target_names
+        self.run_ids, self.steps, self.sources = run_ids, steps, sources
+
+    def __len__(self) -> int:
+        return len(self.run_ids)
+
+    def __repr__(self) -> str:
+        archs = ", ".join(f"{b.space.name or 'model'} {b.arch_id} ({int((self.block_of == i).sum())})"
+                          for i, b in enumerate(self.blocks))
+        return f"GraphStore({len(self)} checkpoints of {len(set(self.run_ids))} runs; {archs}; targets {self.target_names})"
+
+    @property
+    def arch_ids(self) -> list[str]:
+        return [b.arch_id for b in self.blocks]
+
+    @property
+    def edge_features(self) -> int:
+        return max(b.space.layout.edge_features for b in self.blocks)
+
+    @property
+    def node_features(self) -> int:
+        return max(b.space.layout.node_features for b in self.blocks)
+
+    @property
+    def max_position(self) -> int:
+        return max(int(b.space.layout.pos_id.max()) for b in self.blocks)
+
+    def subset(self, indices: Sequence[int] | Tensor) -> "GraphStore":
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        il = idx.tolist()
+        return GraphStore(self.blocks, self.block_of[idx], self.row_of[idx], self.targets[idx], self.target_names,
+                          [self.run_ids[i] for i in il], [self.steps[i] for i in il], [self.sources[i] for i in il])
+
+    def split_by_run(self, test_fraction: float = 0.2, seed: int = 0) -> tuple["GraphStore", "GraphStore"]:
+        """Train and test stores with no run in both (runs are shuffled with ``seed``)."""
+        runs = sorted(set(zip(self.sources, self.run_ids)))
+        random.Random(seed).shuffle(runs)
+        n_test = max(1, round(test_fraction * len(runs)))
+        test_runs = set(runs[:n_test])
+        if n_test >= len(runs):
+            raise CollectionError(f"cannot split {len(runs)} runs into train and test")
+        keys = list(zip(self.sources, self.run_ids))
+        te = [i for i, k in enumerate(keys) if k in test_runs]
+        tr = [i for i, k in enumerate(keys) if k not in test_runs]
+        return self.subset(tr), self.subset(te)
+
+    def select_runs(self, runs: Iterable[tuple[str, str] | str]) -> "GraphStore":
+        """Items whose run is in ``runs`` (run ids or ``(source, run_id)`` pairs)."""
+        want = {r if isinstance(r, tuple) else (None, r) for r in runs}
+        idx = [i for i, (s, r) in enumerate(zip(self.sources, self.run_ids)) if (s, r) in want or (None, r) in want]
+        return self.subset(idx)
+
+    def flat(self, block: int) -> tuple[Tensor, Tensor]:
+        """Flat parameter rows of one architecture in this store, with the item indices they belong to."""
+        items = torch.nonzero(self.block_of == block).flatten()
+        return self.blocks[block].flat[self.row_of[items]], items
+
+    def batch(self, indices: Sequence[int] | Tensor, device: torch.device | str = "cpu") -> tuple[Batch, Tensor]:
+        """One PyG ``Batch`` of the given items (grouped by architecture) and their ``[B, K]`` targets in batch order."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        blocks = self.block_of[idx]
+        parts: dict[str, list[Tensor]] = {k: [] for k in ("x", "edge_attr", "edge_index", "edge_type", "node_type",
+                                                          "pos_id", "batch")}
+        order, counts = [], []
+        F = max(self.blocks[int(b)].space.layout.edge_features for b in blocks.unique())
+        Fn = max(self.blocks[int(b)].space.layout.node_features for b in blocks.unique())
+        n_off, g_off = 0, 0
+        for b in blocks.unique().tolist():
+            sel = idx[blocks == b]
+            order.append(sel)
+            layout = self.blocks[b].space.layout
+            flat = self.blocks[b].flat[self.row_of[sel]].to(device)
+            B, N, E = len(sel), layout.num_nodes, layout.num_edges
+            g = layout.graph_from_flat(flat)
+            ea = g.edge_attr.transpose(0, 1).reshape(B * E, 1, layout.edge_features)
+            x = g.x.transpose(0, 1).reshape(B * N, 1, layout.node_features)
+            parts["edge_attr"].append(torch.nn.functional.pad(ea, (0, F - ea.shape[-1])))
+            parts["x"].append(torch.nn.functional.pad(x, (0, Fn - x.shape[-1])))
+            offs = (torch.arange(B, device=device) * N + n_off).repeat_interleave(E)
+            parts["edge_index"].append(layout.edge_index.to(device).repeat(1, B) + offs)
+            parts["edge_type"].append(layout.edge_type.to(device).repeat(B))
+            parts["node_type"].append(layout.node_type.to(device).repeat(B))
+            parts["pos_id"].append(layout.pos_id.to(device).repeat(B))
+            parts["batch"].append(torch.arange(g_off, g_off + B, device=device).repeat_interleave(N))
+            counts.append(torch.full((B,), N, dtype=torch.long))
+            n_off += B * N
+            g_off += B
+        cat = {k: torch.cat(v, 1 if k == "edge_index" else 0) for k, v in parts.items()}
+        ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cat(counts).cumsum(0)]).to(device)
+        batch = Batch(**cat, ptr=ptr)
+        batch._num_graphs = g_off
+        order_t = torch.cat(order)
+        return batch, self.targets[order_t].to(device)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_collections(cls, collections: Sequence["CheckpointCollection"] | "CheckpointCollection",
+                         targets: Sequence[str], *, where: Callable[[dict[str, Any]], bool] | None = None,
+                         arch_ids: Sequence[str] | None = None, progress: bool = True) -> "GraphStore":
+        """Load every checkpoint (optionally filtered) of one or several collections with its targets.
+
+        Raises :class:`MissingMetric` naming the available metrics when a target is absent from a
+        collection; rows where a target is missing are skipped.
+        """
+        from tqdm.auto import tqdm
+
+        from ..collections import CheckpointCollection
+
+        if isinstance(collections, CheckpointCollection):
+            collections = [collections]
+        targets = list(targets)
+        if not targets:
+            raise MissingMetric("at least one target metric is needed")
+        block_index: dict[str, int] = {}
+        rows_per_block: list[list[Tensor]] = []
+        blocks: list[ArchBlock] = []
+        block_of, row_of, ys, run_ids, steps, sources = [], [], [], [], [], []
+        for coll in collections:
+            rows = coll.select(where) if where is not None else coll.rows()
+            if arch_ids is not None:
+                rows = [r for r in rows if r["arch_id"] in arch_ids]
+            if not rows:
+                raise CollectionError(f"collection {coll.source} has no checkpoints to use"
+                                      + (f" with architectures {list(arch_ids)}" if arch_ids is not None else ""))
+            vals = [[target_value(r, t) for t in targets] for r in rows]
+            for k, t in enumerate(targets):
+                if all(math.isnan(v[k]) for v in vals):
+                    raise MissingMetric(f"collection {coll.source} has no metric {t!r}; available: "
+                                        f"{available_metrics(rows) or 'none'}")
+            for r, v in tqdm(list(zip(rows, vals)), desc=f"loading {coll.name}", unit="ckpt",
+                             disable=not progress):
+                if any(math.isnan(x) for x in v):
+                    continue
+                a = r["arch_id"]
+                if a not in block_index:
+                    block_index[a] = len(blocks)
+                    blocks.append(ArchBlock(a, coll.space(a), torch.empty(0)))
+                    rows_per_block.append([])
+                b = block_index[a]
+                space = blocks[b].space
+                sd = coll.load(r["run_id"], r["step"])
+                space.check(sd, source=f"run {r['run_id']!r} step {r['step']} of {coll.source}")
+                rows_per_block[b].append(space.layout.flatten([sd])[0, :space.layout.num_values].float())
+                block_of.append(b)
+                row_of.append(len(rows_per_block[b]) - 1)
+                ys.append(v)
+                run_ids.append(r["run_id"])
+                steps.append(int(r["step"]))
+                sources.append(coll.source)
+        for b, rws in zip(blocks, rows_per_block):
+            b.flat = torch.stack(rws)
+        return cls(blocks, torch.tensor(block_of, dtype=torch.long), torch.tensor(row_of, dtype=torch.long),
+                   torch.tensor(ys, dtype=torch.float32), targets, run_ids, steps, sources)

@@ -1,0 +1,299 @@
+"""A small trainer shared by every metanetwork: devices, DDP, resumable safetensors checkpoints, logs and plots."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..errors import WeightSpaceError
+from ..utils import atomic_write, atomic_write_text, resolve_device
+from .distributed import init_distributed
+
+LATEST = "latest.json"
+RESUME_IGNORED = ("progress", "checkpoint_every", "log_every", "eval_every", "device", "plot")
+
+
+class CheckpointMismatch(WeightSpaceError):
+    """A training checkpoint was written with a different configuration than the one resuming it."""
+
+
+class BatchSource(Protocol):
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: Tensor, device: torch.device | str = "cpu") -> tuple[Any, Tensor]: ...
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. ``batch_size`` is the global batch, split evenly across processes."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: int = 50
+    min_lr_ratio: float = 0.05
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 200
+    log_every: int = 10
+    eval_every: int = 0
+    progress: bool = True
+    plot: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class TrainResult:
+    step: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    graphs_per_second: float = 0.0
+    out_dir: Path | None = None
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio * lr``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> Tensor:
+    """The global batch of step ``step``: a fixed function of (seed, step), so resuming needs no RNG state."""
+    per_epoch = max(1, n // batch_size)
+    epoch, pos = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    if batch_size > n:
+        return perm
+    return perm[pos * batch_size:(pos + 1) * batch_size]
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _model_config(model: nn.Module) -> dict[str, Any]:
+    cfg = getattr(model, "_hub_mixin_config", None)
+    if cfg is None and hasattr(model, "config"):
+        c = model.config
+        cfg = c.to_dict() if hasattr(c, "to_dict") else (asdict(c) if hasattr(c, "__dataclass_fields__") else c)
+    return json.loads(json.dumps(cfg or {}, default=str))
+
+
+def save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    """Optimizer state as safetensors (tensors) with its non-tensor state in the file's metadata."""
+    from safetensors.torch import save_file
+
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, Tensor):
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    meta = {"param_groups": json.dumps(sd["param_groups"]), "scalars": json.dumps(scalars)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def load_optimizer(opt: torch.optim.Optimizer, path: Path, device: torch.device) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        pid, name = k.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    for k, v in json.loads(meta["scalars"]).items():
+        pid, name = k.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+
+
+def save_model(model: nn.Module, directory: Path) -> None:
+    """``save_pretrained`` when the model has it (safetensors + config.json), else bare safetensors."""
+    if hasattr(model, "save_pretrained"):
+        model.save_pretrained(directory)
+    else:
+        from safetensors.torch import save_model as st_save
+
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write(directory / "model.safetensors", lambda tmp: st_save(model, str(tmp)))
+
+
+def load_model_weights(model: nn.Module, directory: Path, device: torch.device) -> None:
+    from safetensors.torch import load_model as st_load
+
+    st_load(model, str(directory / "model.safetensors"), device=str(device))
+
+
+def plot_history(history: list[dict[str, float]], path: Path, title: str = "training loss") -> Path:
+    """PNG of the loss curve (and any eval metrics) over steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [h["step"] for h in history if "loss" in h]
+    ax.plot(steps, [h["loss"] for h in history if "loss" in h], label="train loss")
+    evals = [h for h in history if "eval_loss" in h]
+    if evals:
+        ax.plot([h["step"] for h in evals], [h["eval_loss"] for h in evals], "o-", label="held-out loss")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+class Trainer:
+    """Trains ``model`` on a :class:`BatchSource` with AdamW, a warm-up + cosine schedule and gradient clipping.
+
+    - ``device="auto"`` uses CUDA with bf16 autocast when present, else the CPU.
+    - Under torchrun (``WORLD_SIZE`` > 1) it wraps the model in DDP; each process takes an equal
+      slice of every global batch, so N processes follow the same trajectory as one.
+    - Every ``checkpoint_every`` steps it writes ``out_dir/ckpt-<step>/`` (model safetensors +
+      config, optimizer safetensors, trainer state JSON) and points ``latest.json`` at it; a new
+      Trainer on the same ``out_dir`` resumes there, refusing a checkpoint of another configuration.
+    - The batch of each step is a function of the seed and step only, so a fixed seed gives the
+      same run and a resumed run equals an uninterrupted one.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any, Tensor], Tensor], data: BatchSource,
+                 config: TrainConfig, out_dir: str | Path | None = None, *,
+                 eval_fn: Callable[[nn.Module], dict[str, float]] | None = None, resume: bool = True) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.rank, self.world = init_distributed(self.device)
+        if config.batch_size % self.world:
+            raise ValueError(f"batch_size {config.batch_size} must be divisible by the {self.world} processes")
+        self.model = model.to(self.device)
+        self.loss_fn, self.data, self.eval_fn = loss_fn, data, eval_fn
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        if resume and self.out_dir is not None and (self.out_dir / LATEST).exists():
+            self._resume()
+        self.ddp: nn.Module = self.model
+        if self.world > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {"step": self.step, "config": asdict(self.config), "model_config": _model_config(self.model),
+                "model_class": type(self.model).__name__, "history": self.history}
+
+    def save_checkpoint(self) -> Path | None:
+        """Write the checkpoint of the current step (rank 0 only); older checkpoints are removed."""
+        if self.out_dir is None or self.rank != 0:
+            return None
+        d = self.out_dir / f"ckpt-{self.step:08d}"
+        if d.exists():
+            shutil.rmtree(d)
+        save_model(self.model, d)
+        save_optimizer(self.opt, d / "optimizer.safetensors")
+        atomic_write_text(d / "trainer_state.json", json.dumps(self._state(), indent=1))
+        atomic_write_text(self.out_dir / LATEST, json.dumps({"checkpoint": d.name, "step": self.step}))
+        for old in self.out_dir.glob("ckpt-*"):
+            if old != d and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+        return d
+
+    def _resume(self) -> None:
+        assert self.out_dir is not None
+        latest = json.loads((self.out_dir / LATEST).read_text())
+        d = self.out_dir / latest["checkpoint"]
+        try:
+            state = json.loads((d / "trainer_state.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CheckpointMismatch(f"cannot read training checkpoint {d}: {e}") from e
+        mine, theirs = asdict(self.config), state["config"]
+        diff = {k: (theirs.get(k), v) for k, v in mine.items() if k not in RESUME_IGNORED and theirs.get(k) != v}
+        if state.get("model_class") != type(self.model).__name__:
+            diff["model_class"] = (state.get("model_class"), type(self.model).__name__)
+        mc = _model_config(self.model)
+        diff.update({f"model.{k}": (state["model_config"].get(k), v) for k, v in mc.items()
+                     if state["model_config"].get(k) != v})
+        if diff:
+            lines = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            raise CheckpointMismatch(f"checkpoint {d} does not match this configuration ({lines}); use another "
+                                     f"output folder or resume=False")
+        load_model_weights(self.model, d, self.device)
+        load_optimizer(self.opt, d / "optimizer.safetensors", self.device)
+        self.step = int(state["step"])
+        self.history = list(state["history"])
+
+    # ------------------------------------------------------------------ loop
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def fit(self, stop_at: int | None = None) -> TrainResult:
+        """Train until ``config.steps`` (or ``stop_at``, to simulate an interruption) and return the history."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step",
+                   disable=not cfg.progress or self.rank != 0)
+        n_graphs, t0 = 0, time.perf_counter()
+        self.model.train()
+        running: list[float] = []
+        while self.step < end:
+            idx = batch_indices(self.step, len(self.data), cfg.batch_size, cfg.seed)
+            local = idx[self.rank::self.world]
+            batch, y = self.data.batch(local, self.device)
+            for g in self.opt.param_groups:
+                g["lr"] = lr_at(self.step, cfg)
+            with self._autocast():
+                loss = self.loss_fn(self.ddp, batch, y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.opt.step()
+            self.step += 1
+            n_graphs += len(idx)
+            running.append(float(loss.detach()))
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == end:
+                rec = {"step": self.step, "loss": sum(running) / len(running), "lr": lr_at(self.step - 1, cfg)}
+                running = []
+                if self.eval_fn is not None and cfg.eval_every and (self.step % cfg.eval_every == 0
+                                                                     or self.step == cfg.steps):
+                    self.model.eval()
+                    rec.update(self.eval_fn(self.model))
+                    self.model.train()
+                self.history.append(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4g}")
+            if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
+                self.save_checkpoint()
+        bar.close()
+        self.model.eval()
+        seconds = time.perf_counter() - t0
+        if self.out_dir is not None and self.rank == 0 and cfg.plot and self.history:
+            plot_history(self.history, self.out_dir / "loss.png")
+        return TrainResult(self.step, self.history, seconds, n_graphs / seconds if seconds > 0 else 0.0,
+                           self.out_dir)
