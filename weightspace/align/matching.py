@@ -198,7 +198,17 @@ class _WeightMatcher:
         t = t.permute(*dims, *rest)
         return t.reshape(*t.shape[:len(dims)], -1)
 
-    def step(self, g: int, perm: Mapping[int, Tensor]) -> tuple[dict[int, Tensor], float, float]:
+    def admissible(self, g: int, solved: set[int]) -> list[int]:
+        """Pieces of ``g`` whose other permutable groups are all in ``solved``."""
+        ok = []
+        for i in self.uses.get(g, []):
+            tops = {self.parent.get(x, x) for x in self.pa[i][1]}
+            if all(t == g or t in solved or not self.space.groups[t].permutable for t in tops):
+                ok.append(i)
+        return ok
+
+    def step(self, g: int, perm: Mapping[int, Tensor], only: list[int] | None = None
+             ) -> tuple[dict[int, Tensor], float, float]:
         """Best permutation of block ``g`` (and its nested groups) with every other group held fixed.
 
         Returns the block's new permutations, their score and the score of the current ones.
@@ -207,7 +217,7 @@ class _WeightMatcher:
         n = self.space.groups[g].size
         direct = torch.zeros(n, n, dtype=torch.float64)
         inner: dict[int, Tensor] = {}
-        for i in self.uses.get(g, []):
+        for i in (self.uses.get(g, []) if only is None else only):
             ta, labels = self.pa[i]
             if g not in labels:
                 continue
@@ -255,6 +265,11 @@ def weight_matching(space: WeightSpace, sd_a: StateDict, sd_b: StateDict, *, max
     A group is re-solved only when a group it shares a tensor with has changed since its last solve
     (otherwise its assignment problem, and so its solution, is unchanged).
 
+    Without ``init``, the descent starts from a propagation pass: groups are solved one at a time,
+    each from the tensors whose other groups are fixed (inputs, outputs, vocabulary) or already
+    solved, starting with the best-determined. A planted permutation is then recovered exactly
+    in the first pass; random coordinate descent refines from there.
+
     ``fixed`` groups are held at the given permutation and never optimised. Returns a permutation
     for :meth:`WeightSpace.permute` applied to ``sd_b``.
     """
@@ -274,6 +289,17 @@ def weight_matching(space: WeightSpace, sd_a: StateDict, sd_b: StateDict, *, max
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=max_iter, desc="weight matching", unit="sweep")
+    if init is None:
+        solved = set(frozen)
+        todo = list(order)
+        while todo:
+            evidence = {g: m.admissible(g, solved) for g in todo}
+            energy = {g: sum(float(m.pa[i][0].float().pow(2).sum()) for i in evidence[g]) for g in todo}
+            g = max(todo, key=lambda x: energy[x])
+            new, _, _ = m.step(g, perm, only=evidence[g] if energy[g] > 0 else None)
+            perm.update(new)
+            solved.add(g)
+            todo.remove(g)
     neighbours = {g: {m.parent.get(x, x) for i in m.uses[g] for x in m.pa[i][1]} - {g} for g in order}
     dirty = set(order)
     objective = m.objective(perm)

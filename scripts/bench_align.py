@@ -1,0 +1,192 @@
+"""Benchmark alignment: planted permutations, barriers of independently trained digits models, runtime vs ``rebasin``.
+
+Writes the ``bench_align`` section of BENCHMARKS.md. The PyPI ``rebasin`` package (0.0.47) is
+only used here, never a project dependency: install it outside the project, e.g.
+``pip install --no-deps --target /tmp/ws_bench_env rebasin==0.0.47 torchview graphviz``, and pass
+``--rebasin-path /tmp/ws_bench_env``.
+
+    python scripts/bench_align.py [--quick] [--rebasin-path DIR] [--threads N]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+
+import torch
+
+from weightspace import WeightSpace
+from weightspace.align import interpolation_curve, weight_matching
+from weightspace.bench import markdown_table, write_section
+from weightspace.tasks import build, digits_split, evaluate_classifier, example_input, train_classifier
+
+
+def _same(p, q) -> bool:
+    return all(torch.equal(p[g], q[g]) for g in p)
+
+
+def planted(widths: list[int], noises: list[float], trials: int) -> tuple[str, list]:
+    """(a) B = permute(A, random) + noise * std(tensor) * N(0, 1): exact recovery rate of weight matching."""
+    configs = {
+        "mlp": lambda w: dict(family="mlp", widths=(w, w, w)),
+        "cnn_bn": lambda w: dict(family="cnn", channels=(w // 4, w // 2, w), batchnorm=True),
+        "resnet": lambda w: dict(family="resnet", widths=(w // 4, w // 2, w)),
+        "gpt": lambda w: dict(family="gpt", d_model=w, n_head=max(2, w // 64), block_size=8),
+    }
+    rows = []
+    for fam, cfg in configs.items():
+        for w in widths:
+            kw = cfg(w)
+            family = kw.pop("family")
+            model = build(family, seed=0, **kw)
+            sd = model.state_dict()
+            g = torch.Generator().manual_seed(0)
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+                    m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            sd = model.state_dict()
+            space = WeightSpace.from_module(model, example_input(model))
+            for noise in noises:
+                ok, secs = 0, []
+                for t in range(trials):
+                    gen = torch.Generator().manual_seed(100 + t)
+                    perm = space.random_permutation(gen)
+                    sd_b = space.permute(sd, perm)
+                    if noise:
+                        sd_b = {k: v + noise * v.float().std().nan_to_num(0) * torch.randn(v.shape, generator=gen)
+                                if v.is_floating_point() and v.numel() > 1 and k not in space.aliases else v
+                                for k, v in sd_b.items()}
+                        for k, src in space.aliases.items():
+                            if k in sd_b:
+                                sd_b[k] = sd_b[src]
+                    t0 = time.perf_counter()
+                    found = weight_matching(space, sd, sd_b, seed=t)
+                    secs.append(time.perf_counter() - t0)
+                    ok += _same(space.inverse(perm), found)
+                rows.append([fam, w, space.num_params, noise, f"{ok}/{trials}", f"{sum(secs) / len(secs):.3f}"])
+                print(rows[-1], flush=True)
+    table = markdown_table(["family", "width", "params", "noise (x tensor std)", "exact recovery", "mean s"], rows)
+    return table, rows
+
+
+def _train_pair(family: str, kw: dict, steps: int, data) -> list:
+    out = []
+    for seed in (0, 1):
+        m = build(family, seed=seed, **kw)
+        train_classifier(m, data, steps=steps, lr=3e-3, seed=seed)
+        out.append(m.eval())
+    return out
+
+
+def barriers(mults: list[int], steps: int) -> str:
+    """(b) Loss barrier of pairs of independently trained digits models, naive and after weight matching."""
+    data = digits_split()
+    batches = [(data.x_train[i:i + 256], data.y_train[i:i + 256]) for i in range(0, 1024, 256)]
+    ev = lambda net: evaluate_classifier(net, data.x_val, data.y_val)
+    rows = []
+    for family, base in (("mlp", lambda k: dict(widths=(32 * k, 32 * k))),
+                         ("cnn", lambda k: dict(channels=(8 * k, 16 * k, 16 * k), batchnorm=True))):
+        for k in mults:
+            kw = base(k)
+            a, b = _train_pair(family, kw, steps, data)
+            space = WeightSpace.from_module(a, data.x_train[:2])
+            sa, sb = a.state_dict(), b.state_dict()
+            t0 = time.perf_counter()
+            perm = weight_matching(space, sa, sb)
+            secs = time.perf_counter() - t0
+            naive = interpolation_curve(a, sa, sb, ev, space=space, bn="reset", data=batches)
+            aligned = interpolation_curve(a, sa, space.permute(sb, perm), ev, space=space, bn="reset", data=batches)
+            rows.append([family, f"{k}x {kw}", f"{naive.losses[0]:.3f}/{naive.losses[-1]:.3f}",
+                         f"{naive.barrier:.3f}", f"{aligned.barrier:.3f}", f"{naive.acc_barrier:.3f}",
+                         f"{aligned.acc_barrier:.3f}", f"{secs:.2f}"])
+            print(rows[-1], flush=True)
+    return markdown_table(["family", "width", "endpoint losses", "loss barrier naive", "loss barrier aligned",
+                           "acc barrier naive", "acc barrier aligned", "matching s"], rows)
+
+
+def versus_rebasin(steps: int, quick: bool) -> str:
+    """(c) Same trained pair, same thread count: our weight matching vs rebasin's PermutationCoordinateDescent."""
+    try:
+        from rebasin import PermutationCoordinateDescent
+    except Exception as e:
+        return f"`rebasin` could not be imported here ({e}); no comparison was run."
+    data = digits_split()
+    batches = [(data.x_train[i:i + 256], data.y_train[i:i + 256]) for i in range(0, 1024, 256)]
+    ev = lambda net: evaluate_classifier(net, data.x_val, data.y_val)
+    cases = [("MLP 64-512-512-512-10", "mlp", dict(widths=(512, 512, 512)))]
+    if not quick:
+        cases.append(("MLP 64-1024-1024-1024-10", "mlp", dict(widths=(1024, 1024, 1024))))
+    cases += [("CNN+BN (32,64,64)", "cnn", dict(channels=(32, 64, 64), batchnorm=True)),
+              ("ResNet (16,64)", "resnet", dict(widths=(16, 64)))]
+    rows = []
+    for label, family, kw in cases:
+        a, b = _train_pair(family, kw, steps, data)
+        x = data.x_train[:2]
+        space = WeightSpace.from_module(a, x)
+        sa, sb = a.state_dict(), b.state_dict()
+        t0 = time.perf_counter()
+        perm = weight_matching(space, sa, sb)
+        ours_s = time.perf_counter() - t0
+        ours = interpolation_curve(a, sa, space.permute(sb, perm), ev, space=space, bn="reset", data=batches)
+        b2 = build(family, seed=0, **kw)
+        b2.load_state_dict(sb)
+        t0 = time.perf_counter()
+        try:
+            pcd = PermutationCoordinateDescent(a, b2, x)
+            pcd.rebasin()
+            theirs_s = time.perf_counter() - t0
+            theirs = interpolation_curve(a, sa, b2.state_dict(), ev, space=space, bn="reset", data=batches)
+            tb, ta = f"{theirs.barrier:.3f}", f"{theirs_s:.3f}"
+            speed = f"{theirs_s / ours_s:.1f}x"
+        except Exception as e:
+            tb, ta, speed = "-", f"failed: {type(e).__name__}", "-"
+        rows.append([label, f"{ours_s:.3f}", ta, speed, f"{ours.barrier:.3f}", tb])
+        print(rows[-1], flush=True)
+    gpt = build("gpt", seed=0)
+    gpt_b = build("gpt", seed=1)
+    try:
+        PermutationCoordinateDescent(gpt, gpt_b, example_input(gpt)).rebasin()
+        note = "ran without an exception"
+        y0 = build("gpt", seed=1)(example_input(gpt))
+        y1 = gpt_b(example_input(gpt))
+        note += f"; max |output change| of B after its permutation: {float((y0 - y1).abs().max()):.3g}"
+    except Exception as e:
+        note = f"raised {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+    rows.append(["TinyGPT (2 layers, 2 heads, d=32)", "see planted table", note, "-", "-", "-"])
+    return markdown_table(["model (trained pair on digits)", "ours s", "rebasin s", "speedup", "barrier ours",
+                           "barrier rebasin"], rows)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rebasin-path", default=None)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--out", default="BENCHMARKS.md")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.rebasin_path:
+        sys.path.append(args.rebasin_path)
+    widths = [32, 128] if args.quick else [32, 128, 512]
+    noises = [0.0, 0.1, 0.5, 1.0]
+    parts = [f"Run with `python scripts/bench_align.py {' '.join(sys.argv[1:])}`, {args.threads} thread(s).\n",
+             "### (a) Planted permutations (weight matching, no data)\n"]
+    table, _ = planted(widths, noises, 3 if args.quick else 5)
+    parts.append(table)
+    parts.append("\n### (b) Loss barriers of independently trained digits models (BN stats reset)\n")
+    parts.append(barriers([1, 2, 4] if args.quick else [1, 2, 4, 8], args.steps))
+    parts.append("\n### (c) Runtime vs the PyPI `rebasin` package 0.0.47\n")
+    try:
+        parts.append(versus_rebasin(args.steps, args.quick))
+    except Exception:
+        parts.append("comparison crashed:\n```\n" + traceback.format_exc()[-1500:] + "\n```")
+    write_section("bench_align", "## Alignment (scripts/bench_align.py)\n\n" + "\n".join(parts), args.out)
+    print("\n".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
