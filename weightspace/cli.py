@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "weightspace.commands.align",
     "weightspace.commands.merge",
     "weightspace.commands.demo",
+    "weightspace.commands.predict",
 ]
 
 

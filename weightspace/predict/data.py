@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -195,6 +196,7 @@ class GraphStore:
             if not rows:
                 raise CollectionError(f"collection {coll.source} has no checkpoints to use"
                                       + (f" with architectures {list(arch_ids)}" if arch_ids is not None else ""))
+            source = coll.source if str(coll.source).startswith("hf://") else str(Path(coll.root).resolve())
             vals = [[target_value(r, t) for t in targets] for r in rows]
             for k, t in enumerate(targets):
                 if all(math.isnan(v[k]) for v in vals):
@@ -219,7 +221,7 @@ class GraphStore:
                 ys.append(v)
                 run_ids.append(r["run_id"])
                 steps.append(int(r["step"]))
-                sources.append(coll.source)
+                sources.append(source)
         for b, rws in zip(blocks, rows_per_block):
             b.flat = torch.stack(rws)
         return cls(blocks, torch.tensor(block_of, dtype=torch.long), torch.tensor(row_of, dtype=torch.long),
