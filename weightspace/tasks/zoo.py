@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CollectionError
-from .data import digits_flat_split, digits_split, stdlib_corpus
+from .data import digits_split, stdlib_corpus
 from .models import build, example_input
 from .train import Callback, TrainResult, train_classifier, train_lm
 
