@@ -185,7 +185,7 @@ RECIPES: dict[str, Recipe] = {
                     "varying width, depth, activation, learning rate, weight decay and seed. Each run saves its "
                     "trajectory with train/test loss and accuracy.",
         grid=MLP_GRID,
-        sizes={"tiny": ZooSize(2, 20, 10), "small": ZooSize(64, 400, 20),
+        sizes={"tiny": ZooSize(2, 100, 25), "small": ZooSize(64, 400, 20),
                "medium": ZooSize(512, 1000, 25), "large": ZooSize(4096, 1000, 25)},
         sample=_sample_mlp, model=_model_mlp, train=_train_digits(flat=True),
         metrics=("train_loss", "train_acc", "test_loss", "test_acc")),
