@@ -133,8 +133,9 @@ class GraphMetanetwork(nn.Module):
         cfg = self.config
         edge_index = data.edge_index
         N, E = data.x.shape[0], edge_index.shape[1]
-        ea = pad_last(data.edge_attr.float(), cfg.edge_features).reshape(E, -1)
-        x = pad_last(data.x.float(), cfg.node_features).reshape(N, -1)
+        dtype = self.edge_in.weight.dtype
+        ea = pad_last(data.edge_attr.to(dtype), cfg.edge_features).reshape(E, -1)
+        x = pad_last(data.x.to(dtype), cfg.node_features).reshape(N, -1)
         e = self.edge_in(ea) + self.edge_type_emb(data.edge_type)
         h = self.node_in(x) + self.node_type_emb(data.node_type)
         if cfg.positional != "none":

@@ -39,7 +39,10 @@ def regression_metrics(pred: np.ndarray, true: np.ndarray, names: Sequence[str])
 def mse_loss(model: nn.Module, batch: Any, y: Tensor) -> Tensor:
     """Mean squared error of standardised predictions."""
     m = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    return torch.nn.functional.mse_loss(model(batch).float(), m.normalize(y))
+    pred = model(batch)
+    if pred.dtype in (torch.bfloat16, torch.float16):
+        pred = pred.float()
+    return torch.nn.functional.mse_loss(pred, m.normalize(y.to(pred.dtype)))
 
 
 @torch.no_grad()

@@ -124,7 +124,9 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path, device: torch.device)
     for k, v in json.loads(meta["scalars"]).items():
         pid, name = k.split(".", 1)
         state.setdefault(int(pid), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    groups = [{k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in g.items()}
+              for g in json.loads(meta["param_groups"])]
+    opt.load_state_dict({"state": state, "param_groups": groups})
 
 
 def save_model(model: nn.Module, directory: Path) -> None:

@@ -1,0 +1,137 @@
+"""Training infrastructure: determinism, resume after interruption, DDP equivalence, config checks."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from test_predict import make_collection
+from weightspace.collections import CheckpointCollection
+from weightspace.predict import GraphStore, PropertyPredictor
+from weightspace.predict.api import mse_loss
+from weightspace.training import (CheckpointMismatch, TrainConfig, Trainer, free_port, load_optimizer,
+                                  save_optimizer)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("zoo") / "c"
+    make_collection(root, mlp_runs=6, cnn_runs=2, steps=2)
+    return root
+
+
+def load_store(root: Path) -> GraphStore:
+    return GraphStore.from_collections(CheckpointCollection.open(root), ["test_acc"], progress=False)
+
+
+def new_model(seed: int = 0, double: bool = False) -> PropertyPredictor:
+    torch.manual_seed(seed)
+    model = PropertyPredictor(targets=["test_acc"], hidden=8, layers=1, target_mean=[0.5], target_std=[0.2])
+    return model.double() if double else model
+
+
+def config(**kw) -> TrainConfig:
+    return TrainConfig(**{"steps": 6, "batch_size": 4, "lr": 1e-2, "warmup": 2, "progress": False,
+                          "checkpoint_every": 2, "log_every": 1, "device": "cpu", **kw})
+
+
+def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0 if atol == 0 else 1e-5, msg=k)
+
+
+def test_fixed_seed_gives_the_same_run(zoo):
+    torch.set_num_threads(1)
+    store = load_store(zoo)
+    runs = []
+    for _ in range(2):
+        m = new_model()
+        res = Trainer(m, mse_loss, store, config(checkpoint_every=0)).fit()
+        runs.append((params(m), [h["loss"] for h in res.history]))
+    assert_same(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1]
+    m = new_model()
+    Trainer(m, mse_loss, store, config(checkpoint_every=0, seed=1)).fit()
+    assert any(not torch.equal(v, runs[0][0][k]) for k, v in params(m).items())
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, zoo):
+    torch.set_num_threads(1)
+    store = load_store(zoo)
+    full = new_model()
+    Trainer(full, mse_loss, store, config(), tmp_path / "full").fit()
+
+    Trainer(new_model(), mse_loss, store, config(), tmp_path / "cut").fit(stop_at=3)
+    latest = json.loads((tmp_path / "cut" / "latest.json").read_text())
+    assert latest["step"] == 2
+    ckpt = tmp_path / "cut" / latest["checkpoint"]
+    assert {p.name for p in ckpt.iterdir()} >= {"model.safetensors", "config.json", "optimizer.safetensors",
+                                               "trainer_state.json"}
+    resumed_model = new_model(seed=123)
+    trainer = Trainer(resumed_model, mse_loss, store, config(), tmp_path / "cut")
+    assert trainer.step == 2
+    trainer.fit()
+    assert_same(params(resumed_model), params(full))
+    assert (tmp_path / "cut" / "loss.png").exists()
+
+    with pytest.raises(CheckpointMismatch, match="lr: checkpoint 0.01 vs now 0.02"):
+        Trainer(new_model(), mse_loss, store, config(lr=2e-2), tmp_path / "cut")
+    with pytest.raises(CheckpointMismatch, match="model.hidden"):
+        other = PropertyPredictor(targets=["test_acc"], hidden=4, layers=1)
+        Trainer(other, mse_loss, store, config(), tmp_path / "cut")
+
+
+def test_optimizer_state_round_trips_through_safetensors(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    save_optimizer(opt, tmp_path / "opt.safetensors")
+    opt2 = torch.optim.AdamW(model.parameters(), lr=0.5)
+    load_optimizer(opt2, tmp_path / "opt.safetensors", torch.device("cpu"))
+    a, b = opt.state_dict(), opt2.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for pid in a["state"]:
+        for k, v in a["state"][pid].items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(b["state"][pid][k]))
+
+
+def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = new_model(double=True)
+        trainer = Trainer(model, mse_loss, load_store(Path(root)), config(checkpoint_every=0, plot=False))
+        assert trainer.world == world
+        trainer.fit()
+        if rank == 0:
+            torch.save(params(model), out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, zoo):
+    """In float64, so that Adam's normalisation cannot blow up float32 summation-order noise of ~1e-7."""
+    torch.set_num_threads(1)
+    single = new_model(double=True)
+    Trainer(single, mse_loss, load_store(zoo), config(checkpoint_every=0)).fit()
+    out = tmp_path / "ddp.pt"
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(zoo), str(out)), nprocs=2, join=True)
+    assert_same(torch.load(out, weights_only=True), params(single), atol=1e-9)
+
+
+def test_batch_must_split_evenly_across_processes(zoo, monkeypatch):
+    import weightspace.training.trainer as tr
+
+    monkeypatch.setattr(tr, "init_distributed", lambda device: (0, 3))
+    with pytest.raises(ValueError, match="divisible"):
+        Trainer(new_model(), mse_loss, load_store(zoo), config(batch_size=4))
