@@ -42,3 +42,10 @@ def test_graph_inspect_reports_bad_input(tmp_path, capsys):
 def test_entry_point_runs():
     r = subprocess.run([sys.executable, "-m", "weightspace.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "graph" in r.stdout and "zoo" in r.stdout
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "round trip bit-exact: True" in out and "only relabels the graph's nodes: True" in out
+    assert (tmp_path / "demo" / "curves.png").stat().st_size > 1000

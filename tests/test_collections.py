@@ -136,6 +136,7 @@ def test_to_graphs(filled: CheckpointCollection, space: WeightSpace) -> None:
 
 
 def test_dataset_card(filled: CheckpointCollection, space: WeightSpace) -> None:
+    filled.update_card()
     text = (filled.root / "README.md").read_text()
     assert text.startswith("---\n")
     front = yaml.safe_load(text.split("---\n")[1])

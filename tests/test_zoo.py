@@ -124,4 +124,5 @@ def test_scripts_run(tmp_path):
         runpy.run_path(str(script), run_name="__main__")
     finally:
         sys.argv = argv
-    assert len(CheckpointCollection.open(tmp_path / "z").runs()) == 2
+    expected = RECIPES["digits-mlp"].sizes["tiny"].runs
+    assert len(CheckpointCollection.open(tmp_path / "z").runs()) == expected

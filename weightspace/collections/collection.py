@@ -431,14 +431,17 @@ class CheckpointCollection:
         self._shards[run_id] = _Shard((st.st_ino, st.st_mtime_ns, st.st_size), full)
 
     def finish(self, run_id: str) -> None:
-        """Mark ``run_id`` finished (and refresh the dataset card)."""
+        """Mark ``run_id`` finished.
+
+        The dataset card summarises every row, so it is refreshed by :meth:`update_card`,
+        :meth:`push_to_hub` and the zoo builder once at the end, not per run (which would be quadratic).
+        """
         self._writable()
         shard = self._shard(run_id)
         if not shard.rows:
             raise CollectionError(f"cannot finish run {run_id!r}: it has no checkpoints in {self.source}")
         if not shard.finished:
             self._write_shard(run_id, [{**r, "finished": True} for r in shard.rows])
-        self.update_card()
 
     def run_writer(self, run_id: str, *, space: "WeightSpace", hparams: Mapping[str, Any] | None = None,
                    allow_nonfinite: bool = False, overwrite: bool = False) -> RunWriter:

@@ -43,10 +43,28 @@ def run(args: argparse.Namespace) -> int:
     same = torch.equal(space.to_graph(moved).x, data.x[:, -1:][space.node_permutation(perm)])
     print(f"\n4. A random permutation of {len(perm)} hidden groups moves the weights but only relabels the "
           f"graph's nodes: {same}")
-    graphs = coll.to_graphs()
+    graphs = coll.to_graphs(progress=False)
     print(f"\n5. The whole collection as {len(graphs)} graphs; test accuracy of the last checkpoints:")
     for r in coll.rows():
         if r["step"] == coll.steps(r["run_id"])[-1]:
-            acc = {k: v for k, v in r.items() if "acc" in k}
-            print(f"   {r['run_id']}: {acc}")
+            print(f"   {r['run_id']}: train_acc {r['train_acc']:.3f}, test_acc {r['test_acc']:.3f}")
+    print(f"   training curves: {plot_curves(coll, out / 'curves.png')}")
     return 0 if exact and same else 1
+
+
+def plot_curves(coll, path: Path) -> Path:
+    """Test accuracy against step for every run of a collection, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run in coll.runs():
+        rows = [coll.row(run, s) for s in coll.steps(run)]
+        ax.plot([r["step"] for r in rows], [r["test_acc"] for r in rows], marker="o", label=run)
+    ax.set(xlabel="step", ylabel="test accuracy", title=coll.name)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

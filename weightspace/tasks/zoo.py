@@ -185,7 +185,7 @@ RECIPES: dict[str, Recipe] = {
                     "varying width, depth, activation, learning rate, weight decay and seed. Each run saves its "
                     "trajectory with train/test loss and accuracy.",
         grid=MLP_GRID,
-        sizes={"tiny": ZooSize(2, 100, 25), "small": ZooSize(64, 400, 20),
+        sizes={"tiny": ZooSize(4, 100, 25), "small": ZooSize(64, 400, 20),
                "medium": ZooSize(512, 1000, 25), "large": ZooSize(4096, 1000, 25)},
         sample=_sample_mlp, model=_model_mlp, train=_train_digits(flat=True),
         metrics=("train_loss", "train_acc", "test_loss", "test_acc")),
@@ -286,4 +286,5 @@ def _build(r: Recipe, zs: ZooSize, out: str | Path, size: str, seed: int, progre
                 bar.set_postfix({k: round(v, 3) for k, v in metrics.items()}, refresh=False)
 
             r.train(model, config, zs, save)
+    coll.update_card()
     return coll
