@@ -73,6 +73,15 @@ def evaluate_classifier(model: nn.Module, x: Tensor, y: Tensor, batch_size: int 
     return loss / len(y), correct / len(y)
 
 
+def _record(result: "TrainResult", metrics: dict, model: nn.Module, callback) -> None:
+    """Append one evaluation to the history and hand it to the callback with the model in eval mode."""
+    result.history.append(metrics)
+    if callback is not None:
+        model.eval()
+        callback(metrics["step"], model, {k: v for k, v in metrics.items() if k != "step"})
+        model.train()
+
+
 def train_classifier(model: nn.Module, data: ClassificationData, steps: int, lr: float = 1e-3,
                      weight_decay: float = 0.0, batch_size: int = 64, seed: int = 0, optimizer: str = "adamw",
                      eval_every: int | None = None, callback: Callback | None = None,
@@ -98,11 +107,7 @@ def train_classifier(model: nn.Module, data: ClassificationData, steps: int, lr:
         test_loss, test_acc = evaluate_classifier(model, data.x_val, data.y_val)
         metrics = {"step": step, "train_loss": train_loss, "train_acc": train_acc,
                    "test_loss": test_loss, "test_acc": test_acc}
-        result.history.append(metrics)
-        if callback is not None:
-            model.eval()
-            callback(step, model, {k: v for k, v in metrics.items() if k != "step"})
-            model.train()
+        _record(result, metrics, model, callback)
 
     evaluate(0)
     order, pos = torch.randperm(n, generator=g), 0
@@ -166,11 +171,7 @@ def train_lm(model: nn.Module, corpus: CharCorpus, steps: int, lr: float = 3e-3,
         metrics = {"step": step,
                    "train_loss": evaluate_lm(model, train_ids, block_size, batch_size, eval_batches),
                    "val_loss": evaluate_lm(model, val_ids, block_size, batch_size, eval_batches)}
-        result.history.append(metrics)
-        if callback is not None:
-            model.eval()
-            callback(step, model, {k: v for k, v in metrics.items() if k != "step"})
-            model.train()
+        _record(result, metrics, model, callback)
 
     evaluate(0)
     for step in range(1, steps + 1):

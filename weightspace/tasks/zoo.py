@@ -288,3 +288,18 @@ def _build(r: Recipe, zs: ZooSize, out: str | Path, size: str, seed: int, progre
             r.train(model, config, zs, save)
     coll.update_card()
     return coll
+
+
+def script_main(recipe: str, argv: list[str] | None = None) -> "CheckpointCollection":
+    """Command line of the ``datasets/<recipe>.py`` scripts: ``--out``, ``--size``, ``--seed``, ``--quiet``."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=RECIPES[recipe].description)
+    p.add_argument("--out", required=True, help="collection folder (created, or resumed when it exists)")
+    p.add_argument("--size", default="small", choices=SIZES)
+    p.add_argument("--seed", type=int, default=0, help="recipe seed: which configurations are sampled")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    coll = build_zoo(recipe, args.out, size=args.size, seed=args.seed, progress=not args.quiet)
+    print(repr(coll))
+    return coll
