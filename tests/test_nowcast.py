@@ -1,0 +1,253 @@
+"""Nowcasting: windows, scaling, baselines, NowcastOptimizer (guard, schedulers, errors), NiNo/WNN."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from weightspace.errors import NonFiniteWeights
+from weightspace.nowcast import (LAWA, WNN, LineFit, NiNo, NowcastError, NowcastOptimizer, ParamLayout,
+                                 TrajectoryWindows, horizon_schedule, scale, unscale)
+from weightspace.tasks.models import MLP, build, example_input
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _toy(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = MLP(in_features=8, widths=[16], out_features=3)
+    x = torch.randn(128, 8)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    return model, x, y
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    from weightspace.collections import CheckpointCollection
+    from weightspace.space import WeightSpace
+
+    root = tmp_path_factory.mktemp("zoo")
+    coll = CheckpointCollection.create(root / "c", name="toy")
+    for r, width in enumerate([4, 4, 6]):
+        torch.manual_seed(r)
+        m = MLP(in_features=5, widths=[width], out_features=2)
+        space = WeightSpace.from_module(m, torch.randn(2, 5))
+        with coll.run_writer(f"run-{r}", space=space, hparams={"width": width}) as w:
+            for step in range(9 + r):
+                with torch.no_grad():
+                    for p in m.parameters():
+                        p.add_(0.01 * (step + 1))
+                w.append(step * 10, m.state_dict(), metrics={"loss": 1.0 / (step + 1)})
+    return CheckpointCollection.open(root / "c")
+
+
+# ----------------------------------------------------------------------------- windows and scaling
+
+def test_windows_shapes_mask_and_lazy(zoo):
+    W = TrajectoryWindows([zoo], context=3, horizons=4)
+    assert len(W) == sum(n - 3 for n in (9, 10, 11))
+    w = W.window(0)
+    assert w.context.shape[0] == 3 and w.future.shape[0] == 4
+    assert w.mask.all()
+    last = W.window(int(W.num_windows[0]) - 1)
+    assert last.mask.tolist() == [True, False, False, False]
+    sd = zoo.load("run-0", 20)
+    assert torch.equal(w.context[-1][:sd["net.0.weight"].numel()], sd["net.0.weight"].reshape(-1))
+    assert len(W._cache) <= W.cache_runs
+    b1, _ = W.batch(torch.tensor([5, 7]))
+    b2, _ = W.batch(torch.tensor([5, 7]))
+    assert all(torch.equal(a.context, b.context) for a, b in zip(b1, b2))
+
+
+def test_collection_weighting(zoo):
+    W = TrajectoryWindows([zoo, zoo], context=3, horizons=2, runs=[["run-0", "run-1", "run-2"], ["run-0"]])
+    coll_of = torch.tensor([r.coll for r in W.runs])
+    w = W.run_weights
+    assert math.isclose(float(w[coll_of == 0].sum()), 0.5) and math.isclose(float(w[coll_of == 1].sum()), 0.5)
+
+
+def test_scaling_round_trip_and_residual_targets(zoo):
+    W = TrajectoryWindows([zoo], context=4, horizons=3)
+    w = W.window(2)
+    ctx = w.context.double()
+    lay = w.layout
+    mean, std = lay.stats(ctx)
+    for a, numel in zip(torch.tensor([0] + lay.numels).cumsum(0).tolist(), lay.numels):
+        seg = ctx[:, a:a + numel]
+        assert torch.allclose(mean[a], seg.mean(), atol=1e-12)
+        assert torch.allclose(std[a], seg.std(unbiased=False), atol=1e-12)
+    assert torch.equal(unscale(scale(ctx, mean, std), mean, std), ctx) or \
+        torch.allclose(unscale(scale(ctx, mean, std), mean, std), ctx, atol=1e-14, rtol=0)
+    y, mean32, std32 = w.targets()
+    assert torch.allclose(w.context[-1] + y * std32, w.future, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- baselines
+
+def test_linefit_extrapolates_a_line_exactly():
+    t = torch.arange(5, dtype=torch.float64)[:, None]
+    a, b = torch.randn(1, 7, dtype=torch.float64), torch.randn(1, 7, dtype=torch.float64)
+    ctx = a + b * t
+    for k in (1, 3, 40):
+        assert torch.allclose(LineFit(5).nowcast(ctx, k), (a + b * (4 + k))[0], atol=1e-12)
+
+
+def test_lawa_averages_latest_states():
+    ctx = torch.randn(5, 11)
+    assert torch.allclose(LAWA(5).nowcast(ctx, 7), ctx.mean(0))
+
+
+def test_horizon_schedule():
+    assert horizon_schedule(40) == [40, 33, 26, 21, 16, 11, 8, 5, 3, 1]
+    s = horizon_schedule(16)
+    assert s[0] == 16 and s[-1] == 1 and s == sorted(s, reverse=True)
+
+
+# ----------------------------------------------------------------------------- NowcastOptimizer
+
+class _Const:
+    """A nowcaster that returns fixed values (to check what the optimizer does with them)."""
+
+    needs_space = False
+    max_horizon = None
+
+    def __init__(self, context: int, fn) -> None:
+        self.context, self.fn, self.seen = context, fn, []
+
+    def nowcast(self, context, k, layout):
+        self.seen.append((context.clone(), k))
+        return self.fn(context)
+
+
+def _train(opt, model, x, y, steps, sched=None):
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+
+
+def test_period_smaller_than_context_raises():
+    model, _, _ = _toy()
+    with pytest.raises(NowcastError, match="period"):
+        NowcastOptimizer(model, torch.optim.Adam(model.parameters()), LineFit(5), period=4)
+
+
+def test_context_states_and_jump_schedule():
+    model, x, y = _toy()
+    snaps = {}
+    nc = _Const(3, lambda c: c[-1])
+    opt = NowcastOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.1), nc, period=9, horizons=[5, 2])
+    lay = ParamLayout.from_module(model)
+    for s in range(1, 28):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        snaps[s] = lay.flatten(model).clone()
+    assert [j.step for j in opt.jumps] == [9, 18, 27] and [j.k for j in opt.jumps] == [5, 2, 2]
+    ctx, _ = nc.seen[1]
+    assert all(torch.equal(ctx[i], snaps[s]) for i, s in enumerate([12, 15, 18]))
+
+
+def test_guard_rolls_back_a_harmful_nowcast():
+    model, x, y = _toy()
+    lay = ParamLayout.from_module(model)
+    harmful = _Const(2, lambda c: c[-1] + 5.0 * torch.randn_like(c[-1]))
+    guard = lambda: F.cross_entropy(model(x), y)  # noqa: E731
+    opt = NowcastOptimizer(model, torch.optim.Adam(model.parameters(), lr=1e-2), harmful, period=4, guard=guard)
+    _train(opt, model, x, y, 3)
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    opt.base.step()
+    before = lay.flatten(model).clone()
+    opt.num_steps += 1
+    opt._record()
+    j = opt.jump()
+    assert not j.accepted and j.loss_after > j.loss_before and "rose" in j.reason
+    assert torch.equal(lay.flatten(model), before)
+    assert opt.rollbacks == [j]
+    nan = _Const(2, lambda c: torch.full_like(c[-1], float("nan")))
+    opt2 = NowcastOptimizer(model, torch.optim.Adam(model.parameters(), lr=1e-2), nan, period=4)
+    _train(opt2, model, x, y, 4)
+    assert not opt2.jumps[0].accepted and torch.isfinite(lay.flatten(model)).all()
+
+
+def test_helpful_nowcast_is_kept_and_state_reset():
+    model, x, y = _toy()
+    opt = NowcastOptimizer(model, torch.optim.Adam(model.parameters(), lr=1e-2), LineFit(4), period=8,
+                           guard=lambda: F.cross_entropy(model(x), y), guard_tolerance=10.0, reset_state=True)
+    _train(opt, model, x, y, 8)
+    assert opt.jumps[0].accepted and len(opt.state) == 0
+    _train(opt, model, x, y, 1)
+    assert len(opt.state) > 0
+
+
+def test_works_with_lr_scheduler_and_state_dict():
+    model, x, y = _toy()
+    base = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    opt = NowcastOptimizer(model, base, LineFit(5), period=10)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.5)
+    l0 = F.cross_entropy(model(x), y).item()
+    _train(opt, model, x, y, 20, sched)
+    assert math.isclose(base.param_groups[0]["lr"], 1e-2 * 0.5 ** 4)
+    assert len(opt.jumps) == 2 and F.cross_entropy(model(x), y).item() < l0
+    assert opt.state_dict()["state"].keys() == base.state_dict()["state"].keys()
+
+
+def test_nan_parameters_raise_a_clear_error():
+    model, x, y = _toy()
+    opt = NowcastOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.1), LineFit(2), period=2)
+    with torch.no_grad():
+        model.net[0].weight[0, 0] = float("nan")
+    with pytest.raises(NonFiniteWeights, match="net.0.weight"):
+        _train(opt, model, x, y, 1)
+
+
+# ----------------------------------------------------------------------------- learned nowcasters
+
+@pytest.mark.parametrize("cls", [WNN, NiNo])
+def test_learned_nowcaster_in_optimizer_any_family(cls):
+    torch.manual_seed(0)
+    nc = cls(context=3, horizons=4) if cls is WNN else cls(context=3, horizons=4, hidden=8, layers=1,
+                                                           decoder_hidden=16)
+    for fam, kw in [("cnn", dict(channels=(4, 4, 4), batchnorm=True)),
+                    ("gpt", dict(vocab_size=11, block_size=8, d_model=8, n_layer=1, n_head=2))]:
+        model = build(fam, seed=0, **kw)
+        inp = example_input(model)
+        opt = NowcastOptimizer(model, torch.optim.Adam(model.parameters(), lr=1e-3), nc, period=3,
+                               example_input=inp)
+        for _ in range(6):
+            opt.zero_grad()
+            model(inp).float().pow(2).mean().backward()
+            opt.step()
+        assert len(opt.jumps) == 2 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_nino_refuses_unseen_parameter_types():
+    nc = NiNo(context=3, horizons=2, hidden=8, layers=1, decoder_hidden=8, edge_types=["linear"],
+              node_types=["input", "linear", "output"])
+    model = build("cnn", seed=0, channels=(4, 4, 4))
+    with pytest.raises(NowcastError, match="not meta-trained on.*conv"):
+        opt = NowcastOptimizer(model, torch.optim.Adam(model.parameters()), nc, period=3,
+                               example_input=example_input(model))
+        nc.nowcast(torch.zeros(3, opt.layout.num_values), 1, opt.layout)
+    with pytest.raises(NowcastError, match="example_input"):
+        NowcastOptimizer(model, torch.optim.Adam(model.parameters()), nc, period=3)
+
+
+def test_learned_nowcaster_save_load_round_trip(tmp_path):
+    nc = WNN(context=3, horizons=2, hidden=8)
+    nc.save_pretrained(tmp_path / "wnn")
+    back = WNN.from_pretrained(tmp_path / "wnn")
+    assert back.context == 3 and back.max_horizon == 2
+    assert all(torch.equal(a, b) for a, b in zip(nc.state_dict().values(), back.state_dict().values()))

@@ -1,0 +1,141 @@
+"""Flat parameter vectors of a live model, per-tensor scaling, and the interface every nowcaster shares."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, Sequence, runtime_checkable
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..errors import NonFiniteWeights, WeightSpaceError
+
+if TYPE_CHECKING:
+    from ..space import WeightSpace
+
+STD_FLOOR = 1e-6
+NINO_HORIZONS = (40, 33, 26, 21, 16, 11, 8, 5, 3, 1)
+"""NiNo's decaying horizon schedule (Knyazev et al. 2025), in units of the context spacing."""
+
+
+class NowcastError(WeightSpaceError):
+    """A nowcaster cannot be used as asked (wrong context, unknown parameter types, bad schedule)."""
+
+
+def horizon_schedule(max_horizon: int, jumps: int = len(NINO_HORIZONS)) -> list[int]:
+    """NiNo's decaying schedule ``[40 33 26 ... 1]`` rescaled so that its first horizon is ``max_horizon``."""
+    if max_horizon < 1:
+        raise NowcastError(f"max_horizon must be >= 1, got {max_horizon}")
+    base = list(NINO_HORIZONS)
+    if jumps != len(base):
+        idx = torch.linspace(0, len(base) - 1, jumps).round().long().tolist()
+        base = [base[i] for i in idx]
+    return [max(1, round(k * max_horizon / NINO_HORIZONS[0])) for k in base]
+
+
+class ParamLayout:
+    """Tensor boundaries of a flat parameter vector, and the way between it and a live model.
+
+    Built from a :class:`WeightSpace` (its graph layout's canonical order, buffers included, so
+    graph nowcasters can use it) or from a module's parameters alone (baselines need no trace).
+    Only trainable parameters are ever written back into the model.
+    """
+
+    def __init__(self, keys: Sequence[str], numels: Sequence[int], space: "WeightSpace | None" = None) -> None:
+        self.keys, self.numels, self.space = list(keys), [int(n) for n in numels], space
+        self.num_values = sum(self.numels)
+        self.segment = torch.repeat_interleave(torch.arange(len(self.numels)), torch.tensor(self.numels, dtype=torch.long)) \
+            if self.numels else torch.zeros(0, dtype=torch.long)
+        self._counts = torch.tensor(self.numels, dtype=torch.float64).clamp_min(1)
+        self._param_slices: list[tuple[str, int, int]] | None = None
+
+    @classmethod
+    def from_space(cls, space: "WeightSpace") -> "ParamLayout":
+        lay = space.layout
+        return cls(lay.keys, lay.numels, space)
+
+    @classmethod
+    def from_module(cls, model: nn.Module) -> "ParamLayout":
+        named = list(model.named_parameters())
+        return cls([n for n, _ in named], [p.numel() for _, p in named])
+
+    def bind(self, model: nn.Module) -> list[tuple[nn.Parameter, int, int]]:
+        """``(parameter, start, end)`` of each trainable parameter in the flat vector (tied ones once)."""
+        params = dict(model.named_parameters())
+        sd_aliases = self.space.aliases if self.space is not None else {}
+        starts = torch.tensor([0] + self.numels).cumsum(0).tolist()
+        where = {k: (starts[i], starts[i + 1]) for i, k in enumerate(self.keys)}
+        out, seen = [], set()
+        for name, p in params.items():
+            key = name if name in where else sd_aliases.get(name)
+            if key not in where:
+                raise NowcastError(f"parameter {name!r} of the model is not in its flat layout; was the WeightSpace "
+                                   f"traced from another architecture?")
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            out.append((p, *where[key]))
+        return out
+
+    def flatten(self, model: nn.Module, out: Tensor | None = None) -> Tensor:
+        """The model's current values as one ``[P]`` vector (float32 unless the model is float64)."""
+        sd = model.state_dict(keep_vars=False)
+        parts = [sd[k].detach().reshape(-1) for k in self.keys]
+        dtype = torch.float64 if any(t.dtype == torch.float64 for t in parts) else torch.float32
+        if out is None:
+            out = torch.empty(self.num_values, dtype=dtype, device=parts[0].device if parts else "cpu")
+        if parts:
+            torch.cat([t if t.dtype == out.dtype else t.to(out.dtype) for t in parts], out=out)
+        return out
+
+    def check_finite(self, flat: Tensor, what: str) -> None:
+        bad = ~torch.isfinite(flat)
+        if bool(bad.any()):
+            first = int(self.segment[bad.nonzero()[0, 0]].item())
+            raise NonFiniteWeights(f"{what}: {int(bad.sum())} non-finite values (first in {self.keys[first]!r}); "
+                                   f"training diverged before the nowcast, lower the learning rate")
+
+    def stats(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-tensor mean and std over all context states (NiNo's scaling), expanded to ``[P]``."""
+        seg = self.segment.to(context.device)
+        n = len(self.numels)
+        c = context.shape[0]
+        x = context.double()
+        counts = self._counts.to(context.device) * c
+        mean = torch.zeros(n, dtype=torch.float64, device=context.device).index_add_(0, seg, x.sum(0)) / counts
+        sq = torch.zeros(n, dtype=torch.float64, device=context.device).index_add_(
+            0, seg, ((x - mean[seg]) ** 2).sum(0)) / counts
+        std = sq.sqrt().clamp_min(STD_FLOOR)
+        return mean[seg].to(context.dtype), std[seg].to(context.dtype)
+
+    def segment_mean(self, values: Tensor) -> Tensor:
+        """Mean of ``values [..., P]`` over each tensor, expanded back to ``[..., P]``."""
+        seg = self.segment.to(values.device)
+        n = len(self.numels)
+        flat = values.reshape(-1, values.shape[-1])
+        sums = torch.zeros(flat.shape[0], n, dtype=values.dtype, device=values.device).index_add_(1, seg, flat)
+        return (sums / self._counts.to(values.device, values.dtype))[:, seg].view(values.shape)
+
+
+def scale(values: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """Standardise values ``[..., P]`` with per-tensor statistics."""
+    return (values - mean) / std
+
+
+def unscale(values: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    return values * std + mean
+
+
+@runtime_checkable
+class Nowcaster(Protocol):
+    """What :class:`NowcastOptimizer` needs: ``context`` states in, a jump ``k`` spacings ahead out.
+
+    ``nowcast(context [c, P], k, layout)`` returns the predicted ``[P]`` flat parameters.
+    ``needs_space`` says whether the layout must come from a traced :class:`WeightSpace`;
+    ``max_horizon`` is the largest ``k`` it was trained for (``None``: any).
+    """
+
+    context: int
+    needs_space: bool
+    max_horizon: int | None
+
+    def nowcast(self, context: Tensor, k: int, layout: ParamLayout) -> Tensor: ...

@@ -1,0 +1,196 @@
+"""Learned nowcasters: NiNo (graph metanetwork, Knyazev et al. 2025) and WNN (per-parameter MLP, Jang et al. 2023).
+
+Both read the same per-value features of ``c`` context states and predict scaled residuals on
+the last state for horizons ``1..K``:
+
+- values are standardised per tensor with the context's mean/std (NiNo's scaling);
+- each tensor's recent motion ``tau`` (mean absolute change per spacing, in scaled units) makes the
+  features ``(s_i - s_last) / tau`` and the outputs ``delta / tau`` free of the learning rate's scale,
+  so a model trained on one set of optimiser settings transfers to others.
+
+WNN (Jang et al., "Learning to Boost Training by Periodic Nowcasting Near Future Weights", ICML
+2023) maps these features to the K residuals with an MLP shared by every parameter. NiNo ("Accelerating
+Training with Neuron Interaction and Nowcasting Networks", ICLR 2025) first runs the features through
+a permutation-equivariant graph metanetwork over the model's neural graph; each weight's output
+then also sees the embedding of its edge (weights) or node (biases, norm parameters), i.e. what the
+neurons it connects are doing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+from huggingface_hub import PyTorchModelHubMixin
+from torch import Tensor
+
+from ..graph.layout import EDGE_TYPES, NODE_TYPES
+from ..nn import GraphMetanetwork, IncompatibleGraph, MetanetConfig
+from ..nn.layers import mlp
+from .core import NowcastError, ParamLayout
+
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+TAU_FLOOR = 1e-6
+FEATURE_CLIP = 50.0
+
+
+def value_features(context: Tensor, layout: ParamLayout) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-value features ``[c + 1, P]`` and the ``mean``, ``std``, ``tau`` ``[P]`` that undo them.
+
+    Features: ``(s_i - s_last) / tau`` for the ``c - 1`` earlier states, the scaled last state
+    ``s_last``, and ``log tau`` of the value's tensor.
+    """
+    mean, std = layout.stats(context)
+    s = (context - mean) / std
+    c = s.shape[0]
+    motion = (s[-1] - s[0]).abs() / max(c - 1, 1)
+    tau = layout.segment_mean(motion).clamp_min(TAU_FLOOR)
+    rel = ((s[:-1] - s[-1]) / tau).clamp(-FEATURE_CLIP, FEATURE_CLIP)
+    feats = torch.cat([rel, s[-1:].clamp(-FEATURE_CLIP, FEATURE_CLIP), tau.log()[None]], 0)
+    return feats, mean, std, tau
+
+
+class _ValueNowcaster(nn.Module):
+    """Shared parts of the learned nowcasters: features, the per-value decoder, ``nowcast``."""
+
+    needs_space = False
+
+    def _init_common(self, context: int, horizons: int, hidden: int) -> None:
+        if context < 2:
+            raise NowcastError(f"a learned nowcaster needs at least 2 context states, got {context}")
+        self.context, self.max_horizon, self.hidden = context, horizons, hidden
+
+    def host_embedding(self, feats: Tensor, layout: ParamLayout) -> Tensor | None:
+        return None
+
+    def forward(self, windows: Sequence[Any]) -> list[Tensor]:
+        """Scaled residual predictions ``[K, P]`` for each window (anything with ``context`` and ``layout``)."""
+        outs = []
+        for w in windows:
+            feats, _, _, tau = value_features(w.context, w.layout)
+            dtype = next(self.parameters()).dtype
+            feats = feats.to(dtype)
+            host = self.host_embedding(feats, w.layout)
+            inp = feats.t() if host is None else torch.cat([feats.t(), host], 1)
+            outs.append(self.decoder(inp).t().float() * tau)
+        return outs
+
+    @torch.no_grad()
+    def nowcast(self, context: Tensor, k: int, layout: ParamLayout) -> Tensor:
+        """Predicted ``[P]`` parameters ``k`` context spacings after the last state (``k`` clipped to ``K``)."""
+        if context.shape[0] != self.context:
+            raise NowcastError(f"{type(self).__name__} takes {self.context} context states, got {context.shape[0]}")
+        was = self.training
+        self.eval()
+        try:
+            from types import SimpleNamespace
+
+            device = next(self.parameters()).device
+            ctx = context.to(device=device, dtype=torch.float32)
+            pred = self.forward([SimpleNamespace(context=ctx, layout=layout)])[0]
+            _, std = layout.stats(ctx)
+            k = int(min(max(k, 1), self.max_horizon))
+            return (ctx[-1] + pred[k - 1] * std).to(context.device, context.dtype)
+        finally:
+            self.train(was)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None = None, **kwargs: Any):
+        """Load weights saved by ``save_pretrained``: the packaged checkpoint by default, else a folder or Hub id."""
+        path = pretrained_model_name_or_path
+        if path is None:
+            path = PRETRAINED_DIR / cls.pretrained_name
+            if not (path / "config.json").is_file():
+                raise NowcastError(f"no packaged {cls.__name__} checkpoint at {path}; train one with "
+                                   f"`weightspace nowcast train` and pass its folder")
+        return super().from_pretrained(str(path), **kwargs)
+
+
+class WNN(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
+          tags=["weightspace", "nowcasting", "wnn"]):
+    """Per-parameter MLP nowcaster with no graph (Jang et al. 2023, Weight Nowcaster Network)."""
+
+    pretrained_name = "wnn"
+
+    def __init__(self, context: int = 5, horizons: int = 16, hidden: int = 64, layers: int = 3) -> None:
+        super().__init__()
+        self._init_common(context, horizons, hidden)
+        self.decoder = mlp([context + 1] + [hidden] * (layers - 1) + [horizons])
+
+
+class NiNo(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
+           tags=["weightspace", "nowcasting", "nino", "graph-neural-network"]):
+    """Neuron Interaction and Nowcasting network (Knyazev et al. 2025) on weightspace's neural graphs.
+
+    A :class:`~weightspace.nn.GraphMetanetwork` embeds every edge (weight, or conv kernel of F
+    weights) and node (unit, with its bias and norm parameters) from the context's per-value
+    features; each value's K residuals come from its own features plus its host's embedding
+    (values outside the graph get a learned "no host" embedding). ``edge_types``/``node_types``
+    record what meta-training saw; other parameter types are refused with a clear message.
+    """
+
+    needs_space = True
+    pretrained_name = "nino"
+
+    def __init__(self, context: int = 5, horizons: int = 16, hidden: int = 32, layers: int = 3,
+                 decoder_hidden: int = 64, edge_features: int = 9, node_features: int = 4,
+                 max_positions: int = 128, edge_types: Sequence[str] = EDGE_TYPES,
+                 node_types: Sequence[str] = NODE_TYPES) -> None:
+        super().__init__()
+        self._init_common(context, horizons, decoder_hidden)
+        self.edge_types, self.node_types = list(edge_types), list(node_types)
+        self.metanet = GraphMetanetwork(MetanetConfig(hidden=hidden, layers=layers, states=context + 1,
+                                                      edge_features=edge_features, node_features=node_features,
+                                                      max_positions=max_positions))
+        self.no_host = nn.Parameter(torch.zeros(hidden))
+        self.edge_proj = nn.Linear(hidden, hidden)
+        self.node_proj = nn.Linear(hidden, hidden)
+        self.decoder = mlp([context + 1 + hidden, decoder_hidden, decoder_hidden, horizons])
+        self._hosts: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def _host_index(self, layout: ParamLayout) -> tuple[Tensor, Tensor]:
+        """Per value: 0 edge / 1 node / 2 outside the graph, and the edge or node index."""
+        space = layout.space
+        key = space.fingerprint
+        if key not in self._hosts:
+            lay = space.layout
+            inv = lay.inverse
+            EF, NF = lay.num_edges * lay.edge_features, lay.num_nodes * lay.node_features
+            kind = torch.where(inv < EF, 0, torch.where(inv < EF + NF, 1, 2))
+            idx = torch.where(kind == 0, inv // lay.edge_features,
+                              torch.where(kind == 1, (inv - EF) // lay.node_features, 0))
+            self._hosts[key] = (kind, idx)
+        return self._hosts[key]
+
+    def check_space(self, layout: ParamLayout) -> None:
+        """Refuse architectures with parameter types meta-training never saw."""
+        space = layout.space
+        if space is None:
+            raise NowcastError("NiNo needs the model's WeightSpace: pass example_input (or space=) to "
+                               "NowcastOptimizer")
+        lay = space.layout
+        used_e = {EDGE_TYPES[t] for t in lay.edge_type.unique().tolist()}
+        used_n = {NODE_TYPES[t] for t in lay.node_type.unique().tolist()}
+        new = sorted(used_e - set(self.edge_types)) + sorted(used_n - set(self.node_types))
+        if new:
+            raise NowcastError(f"{space.name} has parameter types this NiNo was not meta-trained on: {new} "
+                               f"(trained on edges {self.edge_types}, nodes {self.node_types}); meta-train on a "
+                               f"zoo with such layers or use a baseline nowcaster")
+
+    def host_embedding(self, feats: Tensor, layout: ParamLayout) -> Tensor:
+        self.check_space(layout)
+        lay = layout.space.layout
+        graph = lay.graph_from_flat(feats)
+        try:
+            enc = self.metanet(graph)
+        except IncompatibleGraph as e:
+            raise NowcastError(f"{layout.space.name} does not fit this NiNo: {e}") from e
+        kind, idx = (t.to(feats.device) for t in self._host_index(layout))
+        edge = self.edge_proj(enc.edge)
+        node = self.node_proj(enc.node)
+        out = self.no_host.expand(len(kind), -1).clone()
+        is_e, is_n = kind == 0, kind == 1
+        out[is_e] = edge[idx[is_e]]
+        out[is_n] = node[idx[is_n]]
+        return out

@@ -1,0 +1,181 @@
+"""NowcastOptimizer: wrap any optimizer and jump ahead along the trajectory every ``period`` steps."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..errors import NonFiniteWeights
+from .core import Nowcaster, NowcastError, ParamLayout, horizon_schedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Jump:
+    """One nowcast: the step, horizon, guard losses (NaN without a guard) and whether it was kept."""
+
+    step: int
+    k: int
+    accepted: bool
+    loss_before: float = math.nan
+    loss_after: float = math.nan
+    seconds: float = 0.0
+    reason: str = ""
+
+
+class NowcastOptimizer(torch.optim.Optimizer):
+    """Drop-in optimizer that periodically replaces the parameters with a nowcast of the future ones.
+
+    The base optimizer makes every step. Every ``period // context`` steps the model's values are
+    copied (one ``torch.cat``) into a ring of the last ``context`` states in memory; every
+    ``period`` steps the ``nowcaster`` predicts the parameters ``k`` spacings ahead, with ``k``
+    from ``horizons`` (by default NiNo's decaying schedule rescaled to the nowcaster's largest
+    horizon), and the model's trainable parameters are overwritten (buffers are left alone). The
+    ring is then emptied: the next context is collected after the jump, as in NiNo (Knyazev et
+    al. 2025) and WNN (Jang et al. 2023).
+
+    ``guard`` (a callable returning a loss, e.g. on a held-out batch) is evaluated before and
+    after each jump; a jump that makes it non-finite or larger than ``(1 + guard_tolerance)``
+    times the loss before is rolled back and recorded in :attr:`jumps` with ``accepted=False``.
+    ``reset_state`` clears the base optimizer's state (e.g. Adam's moments) after an accepted jump.
+
+    ``param_groups`` and ``state`` are the base optimizer's, so LR schedulers, gradient clipping
+    and ``state_dict`` work on the wrapper as on the base optimizer. The model's
+    :class:`WeightSpace` is traced once, here, when the nowcaster needs a graph.
+    """
+
+    def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, nowcaster: Nowcaster, *,
+                 period: int = 100, horizons: Sequence[int] | None = None, example_input: Any = None,
+                 space: Any = None, guard: Callable[[], float | Tensor] | None = None,
+                 guard_tolerance: float = 0.0, reset_state: bool = False, start: int = 0) -> None:
+        c = int(nowcaster.context)
+        if period < c:
+            raise NowcastError(f"period ({period}) must be at least the nowcaster's context ({c} states): the "
+                               f"context states are taken period // context steps apart")
+        self.model, self.base, self.nowcaster = model, base_optimizer, nowcaster
+        self.period, self.spacing, self.context = period, period // c, c
+        if nowcaster.needs_space and space is None:
+            if example_input is None:
+                raise NowcastError(f"{type(nowcaster).__name__} works on the model's neural graph: pass "
+                                   f"example_input (to trace the model once) or space=")
+            from ..space import WeightSpace
+
+            space = WeightSpace.from_module(model, example_input)
+        self.layout = ParamLayout.from_space(space) if space is not None else ParamLayout.from_module(model)
+        self._bound = self.layout.bind(model)
+        if horizons is None:
+            horizons = horizon_schedule(nowcaster.max_horizon) if nowcaster.max_horizon else \
+                horizon_schedule(16)
+        self.horizons = [int(k) for k in horizons]
+        if not self.horizons or min(self.horizons) < 1:
+            raise NowcastError(f"horizons must be positive integers, got {list(horizons)}")
+        self.guard, self.guard_tolerance, self.reset_state = guard, guard_tolerance, reset_state
+        self.start = start
+        self.jumps: list[Jump] = []
+        self.num_steps = 0
+        self._ring: Tensor | None = None
+        self._filled = 0
+        super().__init__([p for p, _, _ in self._bound], dict(base_optimizer.defaults))
+        self.param_groups = base_optimizer.param_groups
+        self.state = base_optimizer.state
+        self.defaults = base_optimizer.defaults
+
+    # ------------------------------------------------------------------ optimizer interface
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.base.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.base.load_state_dict(state_dict)
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = self.base.step(closure) if closure is not None else self.base.step()
+        self.num_steps += 1
+        t = self.num_steps - self.start
+        if t > 0:
+            phase = t % self.period or self.period
+            ahead = self.period - phase
+            if ahead % self.spacing == 0 and ahead < self.context * self.spacing:
+                self._record()
+            if phase == self.period and self._filled >= self.context:
+                self.jump()
+        return loss
+
+    # ------------------------------------------------------------------ nowcasting
+    def _record(self) -> None:
+        flat = self.layout.flatten(self.model)
+        self.layout.check_finite(flat, f"parameters at step {self.num_steps}")
+        if self._ring is None or self._ring.shape[1] != flat.numel() or self._ring.device != flat.device:
+            self._ring = flat.new_empty(self.context, flat.numel())
+            self._filled = 0
+        if self._filled < self.context:
+            self._ring[self._filled] = flat
+            self._filled += 1
+        else:
+            self._ring = torch.roll(self._ring, -1, 0)
+            self._ring[-1] = flat
+
+    def _write(self, flat: Tensor) -> None:
+        with torch.no_grad():
+            for p, a, b in self._bound:
+                p.copy_(flat[a:b].view_as(p))
+
+    def _guard_loss(self) -> float:
+        with torch.no_grad():
+            v = self.guard()
+        return float(v.detach()) if isinstance(v, Tensor) else float(v)
+
+    def jump(self) -> Jump:
+        """Nowcast now from the states collected so far (called automatically every ``period`` steps)."""
+        if self._ring is None or self._filled < self.context:
+            raise NowcastError(f"a nowcast needs {self.context} collected states, have {self._filled}")
+        t0 = time.perf_counter()
+        k = self.horizons[min(len(self.jumps), len(self.horizons) - 1)]
+        ctx = self._ring
+        before = self._guard_loss() if self.guard is not None else math.nan
+        pred = self.nowcaster.nowcast(ctx, k, self.layout)
+        rec = Jump(self.num_steps, k, True, before)
+        if not bool(torch.isfinite(pred).all()):
+            rec.accepted, rec.reason = False, "nowcast is not finite"
+        else:
+            self._write(pred)
+            if self.guard is not None:
+                rec.loss_after = self._guard_loss()
+                if not math.isfinite(rec.loss_after):
+                    rec.accepted, rec.reason = False, "guard loss is not finite after the jump"
+                elif rec.loss_after > before + self.guard_tolerance * abs(before):
+                    rec.accepted, rec.reason = False, f"guard loss rose from {before:.4g} to {rec.loss_after:.4g}"
+            if not rec.accepted:
+                self._write(ctx[-1])
+        if rec.accepted and self.reset_state:
+            self.base.state.clear()
+        if not rec.accepted:
+            log.info("nowcast at step %d (k=%d) rolled back: %s", rec.step, k, rec.reason)
+        self._filled = 0
+        rec.seconds = time.perf_counter() - t0
+        self.jumps.append(rec)
+        return rec
+
+    @property
+    def rollbacks(self) -> list[Jump]:
+        return [j for j in self.jumps if not j.accepted]
+
+    @property
+    def nowcast_seconds(self) -> float:
+        return sum(j.seconds for j in self.jumps)
+
+    def __repr__(self) -> str:
+        return (f"NowcastOptimizer({type(self.base).__name__}, {self.nowcaster!r}, period={self.period}, "
+                f"context={self.context}, jumps={len(self.jumps)}, rollbacks={len(self.rollbacks)})")
+
+
+__all__ = ["NowcastOptimizer", "Jump", "NonFiniteWeights"]
