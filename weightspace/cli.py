@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "weightspace.commands.merge",
     "weightspace.commands.demo",
     "weightspace.commands.predict",
+    "weightspace.commands.nowcast",
 ]
 
 

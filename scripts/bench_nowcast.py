@@ -1,0 +1,295 @@
+"""Nowcasting benchmark: steps for Adam vs NiNo, WNN, linefit and LAWA to reach Adam's validation target.
+
+Tasks are all outside meta-training (see :data:`TASKS`). For each task and seed, every method trains
+the same seeded model on the same batches with AdamW; nowcasting methods wrap it in a
+:class:`NowcastOptimizer` (period 100, context 5, NiNo's decaying horizon schedule rescaled to the
+nowcaster's K). The target is Adam's validation metric averaged over the last 5% of its budget (mean
+over seeds); steps-to-target is the first evaluation at or past it, median over seeds.
+
+    python scripts/bench_nowcast.py --nino runs/nino/model --wnn runs/wnn/model
+    weightspace nowcast bench --seeds 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from weightspace.bench import markdown_table, write_section
+from weightspace.nowcast import LAWA, WNN, LineFit, NiNo, NowcastOptimizer
+from weightspace.tasks.data import char_batch, digits_split, stdlib_corpus, tabular_split
+from weightspace.tasks.models import build, example_input
+from weightspace.tasks.train import evaluate_classifier, evaluate_lm
+from weightspace.utils import atomic_write_text
+
+PERIOD = 100
+METHODS = ("adam", "nino", "nino-noguard", "nino-reset", "wnn", "linefit", "lawa")
+
+
+@dataclass
+class Task:
+    name: str
+    description: str
+    family: str
+    kwargs: dict[str, Any]
+    data: str
+    steps: int
+    lr: float
+    batch_size: int = 128
+    higher_better: bool = True
+    metric: str = "val acc"
+
+
+TASKS = [
+    Task("digits-mlp-wide-deep", "digits MLP 64-192x4-10 (meta-training: width 16-128, depth 1-3)", "mlp",
+         dict(in_features=64, widths=[192] * 4, out_features=10, activation="relu"), "digits-flat", 1000, 1e-3),
+    Task("digits-cnn-16-32-32", "digits CNN 16/32/32 channels, NiNo's FM-16 (meta-training: 4-16)", "cnn",
+         dict(channels=(16, 32, 32), batchnorm=False, activation="relu"), "digits", 1000, 1e-3),
+    Task("tiny-gpt-d96", "char GPT d_model 96, 2 layers, 4 heads (meta-training: d_model 32-64)", "gpt",
+         dict(vocab_size=97, block_size=32, n_layer=2, n_head=4, d_model=96, attention="separate",
+              tie_embeddings=True, mlp_ratio=4), "stdlib", 600, 1e-3, 16, False, "val loss"),
+    Task("breast-cancer-mlp", "MLP 30-64-64-2 on breast_cancer (never seen)", "mlp",
+         dict(in_features=30, widths=[64, 64], out_features=2, activation="tanh"), "breast_cancer", 600, 3e-4, 64),
+]
+
+
+@lru_cache(maxsize=None)
+def _data(name: str):
+    if name == "digits-flat":
+        return digits_split(0, flat=True)
+    if name == "digits":
+        return digits_split(0)
+    if name == "stdlib":
+        corpus = stdlib_corpus(max_chars=1_000_000)
+        return corpus
+    return tabular_split(name)
+
+
+def _task_fns(task: Task, model: nn.Module, seed: int) -> tuple[Callable[[], torch.Tensor], Callable[[], float],
+                                                                 Callable[[], torch.Tensor]]:
+    """``train_loss()`` (next minibatch), ``evaluate()`` (validation metric) and ``guard()`` (fixed train batch)."""
+    data = _data(task.data)
+    g = torch.Generator().manual_seed(seed)
+    if task.family == "gpt":
+        gx, gy = char_batch(data.train_ids, task.kwargs["block_size"], 64, torch.Generator().manual_seed(999))
+
+        def train_loss() -> torch.Tensor:
+            x, y = char_batch(data.train_ids, task.kwargs["block_size"], task.batch_size, g)
+            return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+
+        def evaluate() -> float:
+            return evaluate_lm(model, data.val_ids, task.kwargs["block_size"], 32, 4)
+
+        def guard() -> torch.Tensor:
+            return F.cross_entropy(model(gx).flatten(0, 1), gy.flatten())
+        return train_loss, evaluate, guard
+    n = len(data.y_train)
+    bs = min(task.batch_size, n)
+    state = {"order": torch.randperm(n, generator=g), "pos": 0}
+    guard_idx = torch.randperm(n, generator=torch.Generator().manual_seed(999))[:512]
+
+    def train_loss() -> torch.Tensor:
+        if state["pos"] + bs > n:
+            state["order"], state["pos"] = torch.randperm(n, generator=g), 0
+        idx = state["order"][state["pos"]:state["pos"] + bs]
+        state["pos"] += bs
+        return F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+
+    def evaluate() -> float:
+        return evaluate_classifier(model, data.x_val, data.y_val)[1]
+
+    def guard() -> torch.Tensor:
+        was = model.training
+        model.eval()
+        out = F.cross_entropy(model(data.x_train[guard_idx]), data.y_train[guard_idx])
+        model.train(was)
+        return out
+    return train_loss, evaluate, guard
+
+
+def run_one(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> dict[str, Any]:
+    model = build(task.family, seed=seed, **task.kwargs)
+    train_loss, evaluate, guard = _task_fns(task, model, seed)
+    base = torch.optim.AdamW(model.parameters(), lr=task.lr, weight_decay=0.0)
+    opt: torch.optim.Optimizer = base
+    if method != "adam":
+        nc = nowcasters[method.split("-")[0]]
+        opt = NowcastOptimizer(model, base, nc, period=PERIOD, example_input=example_input(model),
+                               guard=None if method.endswith("noguard") else guard,
+                               reset_state=method.endswith("reset"))
+    eval_every = max(1, task.steps // 50)
+    curve = [(0, evaluate())]
+    step_seconds = 0.0
+    model.train()
+    for step in range(1, task.steps + 1):
+        t0 = time.perf_counter()
+        loss = train_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if task.family == "gpt":
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step_seconds += time.perf_counter() - t0
+        if step % eval_every == 0 or step == task.steps:
+            curve.append((step, evaluate()))
+            model.train()
+    jumps = getattr(opt, "jumps", [])
+    now_s = sum(j.seconds for j in jumps)
+    return {"task": task.name, "method": method, "seed": seed, "curve": curve, "train_seconds": step_seconds - now_s,
+            "nowcast_seconds": now_s, "jumps": len(jumps), "rollbacks": sum(not j.accepted for j in jumps),
+            "rollback_steps": [j.step for j in jumps if not j.accepted]}
+
+
+def steps_to(curve: list[tuple[int, float]], target: float, higher: bool) -> float:
+    for s, v in curve:
+        if (v >= target) if higher else (v <= target):
+            return s
+    return math.inf
+
+
+def summarize(results: list[dict[str, Any]], tasks: list[Task]) -> tuple[str, dict[str, Any]]:
+    by = {}
+    for r in results:
+        by.setdefault((r["task"], r["method"]), []).append(r)
+    methods = [m for m in METHODS if any(k[1] == m for k in by)]
+    rows, summary = [], {}
+    ratio_rows = []
+    for t in tasks:
+        adam = by.get((t.name, "adam"), [])
+        if not adam:
+            continue
+        tail = []
+        for r in adam:
+            pts = [v for s, v in r["curve"] if s >= 0.95 * t.steps]
+            tail.append(sum(pts) / len(pts))
+        target = sum(tail) / len(tail)
+        cells = [t.name, f"{t.metric} {target:.4g}"]
+        med = {}
+        for m in methods:
+            rs = by.get((t.name, m), [])
+            if not rs:
+                cells.append("-")
+                continue
+            st = [steps_to(r["curve"], target, t.higher_better) for r in rs]
+            md = statistics.median(st)
+            med[m] = md
+            reached = sum(math.isfinite(s) for s in st)
+            extra = f" ({reached}/{len(st)})" if reached < len(st) else ""
+            cells.append(("never" if not math.isfinite(md) else f"{md:.0f}") + extra)
+        rows.append(cells)
+        ratios = {m: (med["adam"] / med[m] if math.isfinite(med[m]) and math.isfinite(med["adam"]) else
+                      (math.inf if math.isfinite(med[m]) else 0.0)) for m in med}
+        summary[t.name] = {"target": target, "median_steps": med, "ratios": ratios}
+        nino_runs = by.get((t.name, "nino"), [])
+        share = (statistics.median(r["nowcast_seconds"] / max(r["train_seconds"] + r["nowcast_seconds"], 1e-9)
+                                   for r in nino_runs) if nino_runs else math.nan)
+        rb = sum(r["rollbacks"] for r in nino_runs)
+        nj = sum(r["jumps"] for r in nino_runs)
+        final = {m: statistics.median(r["curve"][-1][1] for r in by.get((t.name, m), [])) for m in methods
+                 if by.get((t.name, m))}
+        ratio_rows.append([t.name] + [f"{ratios[m]:.2f}x" if m in ratios else "-" for m in methods[1:]]
+                          + [f"{100 * share:.1f}%", f"{rb}/{nj}", f"{final.get('adam', math.nan):.4g}",
+                             f"{final.get('nino', math.nan):.4g}", f"{final.get('nino-noguard', math.nan):.4g}"])
+        summary[t.name].update(nowcast_share=share, rollbacks=rb, jumps=nj, final=final)
+    table1 = markdown_table(["task", "target"] + [f"{m} steps" for m in methods], rows)
+    table2 = markdown_table(["task"] + [f"{m} speed-up" for m in methods[1:]]
+                            + ["NiNo time share", "NiNo rollbacks", "Adam final", "NiNo final", "NiNo no-guard final"],
+                            ratio_rows)
+    return table1 + "\n\n" + table2, summary
+
+
+def plot(results: list[dict[str, Any]], tasks: list[Task], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
+    for ax, t in zip(axes[0], tasks):
+        for m in METHODS:
+            rs = [r for r in results if r["task"] == t.name and r["method"] == m]
+            if not rs:
+                continue
+            steps = [s for s, _ in rs[0]["curve"]]
+            med = [statistics.median(r["curve"][i][1] for r in rs) for i in range(len(steps))]
+            ax.plot(steps, med, label=m, lw=1.2)
+        ax.axvline(PERIOD, color="0.85", lw=0.5)
+        ax.set_title(t.name, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel(t.metric)
+        if t.higher_better:
+            lo = min(r["curve"][len(r["curve"]) // 5][1] for r in results if r["task"] == t.name)
+            ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(1)
+    tasks = [t for t in TASKS if args.tasks is None or t.name in args.tasks.split(",")]
+    if args.quick:
+        for t in tasks:
+            t.steps = 300
+    methods = args.methods.split(",") if getattr(args, "methods", None) else list(METHODS)
+    nowcasters = {"nino": NiNo.from_pretrained(args.nino), "wnn": WNN.from_pretrained(args.wnn),
+                  "linefit": LineFit(5), "lawa": LAWA(5)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    raw_path = out / "results.json"
+    results = json.loads(raw_path.read_text()) if raw_path.exists() and getattr(args, "resume", False) else []
+    done = {(r["task"], r["method"], r["seed"]) for r in results}
+    from tqdm.auto import tqdm
+
+    todo = [(t, m, s) for t in tasks for s in range(args.seeds) for m in methods if (t.name, m, s) not in done]
+    for t, m, s in tqdm(todo, desc="bench_nowcast", unit="run"):
+        results.append(run_one(t, m, s, nowcasters))
+        atomic_write_text(raw_path, json.dumps(results))
+    tables, summary = summarize(results, tasks)
+    plot(results, tasks, out / "nowcast_curves.png")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
+    speedups = [summary[t.name]["ratios"].get("nino", math.nan) for t in tasks if t.name in summary]
+    body = (f"Steps to reach Adam's validation target (Adam's metric averaged over the last 5% of its budget, "
+            f"mean over seeds), median over {args.seeds} seeds; `(r/n)`: only r of n seeds reached it. "
+            f"AdamW, weight decay 0; nowcasters wrap it with NowcastOptimizer (period {PERIOD}, context 5, "
+            f"horizons `{nowcasters['nino'].max_horizon and __import__('weightspace.nowcast', fromlist=['x']).horizon_schedule(nowcasters['nino'].max_horizon)}` "
+            f"context spacings of {PERIOD // 5} steps). All nowcasters run with the guard (loss on a fixed "
+            f"training batch before/after each jump; worse jumps are rolled back) except `nino-noguard`; "
+            f"`nino-reset` also clears Adam's moments after each accepted jump. No task was seen in "
+            f"meta-training:\n\n" + "\n".join(f"- `{t.name}`: {t.description}; {t.steps} steps, lr {t.lr}, "
+                                                f"batch {t.batch_size}" for t in tasks)
+            + "\n\n" + tables + f"\n\nMean NiNo speed-up over tasks: "
+            f"{statistics.mean(speedups) if speedups else math.nan:.2f}x. Curves: `{out / 'nowcast_curves.png'}`.")
+    write_section("bench_nowcast", "## Nowcasting (scripts/bench_nowcast.py)\n\n" + body, args.benchmarks)
+    print(tables)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nino", default=None)
+    p.add_argument("--wnn", default=None)
+    p.add_argument("--tasks", default=None)
+    p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out", default="bench_nowcast")
+    p.add_argument("--benchmarks", default="BENCHMARKS.md")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--resume", action="store_true", help="keep results already in OUT/results.json")
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

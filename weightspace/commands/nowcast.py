@@ -1,0 +1,88 @@
+"""``weightspace nowcast train|bench``: meta-train a NiNo/WNN nowcaster, and benchmark nowcasters against Adam.
+
+``train`` runs under torchrun too (``torchrun --nproc_per_node 2 train/nowcast.py train ...``).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    nc = sub.add_parser("nowcast", help="nowcast training trajectories (NiNo, WNN, linefit, LAWA)").add_subparsers(
+        dest="action", required=True)
+    t = nc.add_parser("train", help="meta-train a nowcaster on trajectories of checkpoint collections")
+    t.add_argument("--collection", action="append", required=True,
+                   help="collection folder or hf:// URI (repeat to mix zoos)")
+    t.add_argument("--out", required=True, help="output folder (re-running resumes from its last checkpoint)")
+    t.add_argument("--model", choices=("nino", "wnn"), default="nino")
+    t.add_argument("--context", type=int, default=5)
+    t.add_argument("--horizons", type=int, default=16, help="K: future states predicted, in context spacings")
+    t.add_argument("--stride", type=int, default=1, help="saved checkpoints between context states")
+    t.add_argument("--hidden", type=int, default=32)
+    t.add_argument("--layers", type=int, default=3)
+    t.add_argument("--decoder-hidden", type=int, default=64)
+    t.add_argument("--weighting", choices=("collection", "window", "sqrt"), default="collection")
+    t.add_argument("--steps", type=int, default=1500)
+    t.add_argument("--batch-size", type=int, default=4)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto", help="auto (CUDA with bf16 autocast when present), cpu, cuda:0")
+    t.add_argument("--checkpoint-every", type=int, default=100)
+    t.add_argument("--eval-every", type=int, default=100)
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=train)
+
+    b = nc.add_parser("bench", help="steps-to-target of Adam vs nowcasters on held-out tasks (BENCHMARKS.md)")
+    b.add_argument("--nino", default=None, help="NiNo folder or Hub id (default: the packaged checkpoint)")
+    b.add_argument("--wnn", default=None, help="WNN folder or Hub id (default: the packaged checkpoint)")
+    b.add_argument("--tasks", default=None, help="comma-separated subset of task names")
+    b.add_argument("--seeds", type=int, default=3)
+    b.add_argument("--out", default="bench_nowcast", help="folder for the plot and raw JSON")
+    b.add_argument("--benchmarks", default="BENCHMARKS.md")
+    b.add_argument("--quick", action="store_true", help="shorter budgets (smoke test)")
+    b.set_defaults(func=bench)
+
+
+def train(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..collections import CheckpointCollection
+    from ..nowcast.train import NowcastTrainSpec, train_nowcaster
+    from ..training import TrainConfig, is_main_process
+
+    colls = [CheckpointCollection.open(p) for p in args.collection]
+    spec = NowcastTrainSpec(model=args.model, context=args.context, horizons=args.horizons, stride=args.stride,
+                            hidden=args.hidden, layers=args.layers, decoder_hidden=args.decoder_hidden,
+                            weighting=args.weighting)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                      seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every,
+                      eval_every=args.eval_every, warmup=min(50, args.steps // 10), progress=not args.no_progress)
+    torch.manual_seed(args.seed)
+    _, result = train_nowcaster(colls, args.out, spec, cfg)
+    if is_main_process():
+        last = [h for h in result.history if "eval_loss" in h]
+        print(f"trained {result.step} steps in {result.seconds:.0f} s")
+        if last:
+            h = last[-1]
+            print(f"held-out scaled L1: {args.model} {h['eval_loss']:.4f}, linefit {h['eval_linefit']:.4f}, "
+                  f"no change {h['eval_zero']:.4f}")
+        print(f"model: {Path(args.out) / 'model'}; loss curve: {Path(args.out) / 'loss.png'}")
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_nowcast.py"
+    if path.is_file():
+        spec = importlib.util.spec_from_file_location("bench_nowcast", path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["bench_nowcast"] = mod
+        spec.loader.exec_module(mod)
+        return mod.run(args)
+    from ..errors import WeightSpaceError
+
+    raise WeightSpaceError(f"the nowcast benchmark lives in scripts/bench_nowcast.py of a source checkout ({path})")
