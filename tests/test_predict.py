@@ -116,8 +116,9 @@ def test_baselines(store):
         assert pred.shape == (len(test), 2) and np.isfinite(pred).all()
     statnn = StatNN(max_iter=20).fit(store)
     assert statnn.predict(store).shape == (len(store), 2), "StatNN matches tensors by name across architectures"
-    with pytest.raises(NotApplicable, match="one architecture"):
-        FlatMLP().fit(store)
+    cnn_only = store.subset(torch.nonzero(store.block_of == 1).flatten())
+    with pytest.raises(NotApplicable, match="does not fit the flat layout"):
+        FlatMLP(hidden=(8,), max_iter=5).fit(train).predict(cnn_only)
     m = regression_metrics(np.array([[1.0], [2.0], [3.0]]), np.array([[1.0], [2.0], [3.0]]), ["a"])
     assert m["a"] == {"tau": pytest.approx(1.0), "r2": pytest.approx(1.0)}
 

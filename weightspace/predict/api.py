@@ -113,12 +113,13 @@ def train_predictor(data: GraphStore, out_dir: str | Path | None = None, *, mode
         train = data
     mean = train.targets.mean(0)
     std = train.targets.std(0).clamp(min=1e-6) if len(train) > 1 else torch.ones_like(mean)
-    mc = {"edge_features": max(9, data.edge_features), "node_features": max(4, data.node_features),
-          "max_positions": max(128, data.max_position + 1), **(model_config or {})}
+    both = GraphStore.concat([train, test]) if len(test) else train
+    mc = {"edge_features": max(9, both.edge_features), "node_features": max(4, both.node_features),
+          "max_positions": max(128, both.max_position + 1), **(model_config or {})}
     torch.manual_seed(cfg.seed)
     model = PropertyPredictor(targets=data.target_names, target_mean=mean.tolist(), target_std=std.tolist(),
                               arch_ids=sorted(set(train.arch_ids)), **mc)
-    check_compatible(model, data)
+    check_compatible(model, both)
 
     def eval_fn(m: nn.Module) -> dict[str, float]:
         res = evaluate_predictor(m, test)

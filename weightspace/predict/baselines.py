@@ -4,8 +4,9 @@
   weight statistics (mean, variance and quantiles) fed to gradient-boosted trees.
 - An MLP on the flat weight vector.
 
-The flat MLP needs every checkpoint to have the same architecture (its input layout depends on
-it); :class:`NotApplicable` says so otherwise. StatNN matches tensors by name across architectures. A DeepSets-style invariant baseline is a
+Both match tensors by state_dict name, so they apply to zoos of one family with varying widths
+(the flat vector zero-pads each tensor to its widest shape); :class:`NotApplicable` says when
+they cannot apply (e.g. a flat layout across MLPs and CNNs). A DeepSets-style invariant baseline is a
 :class:`~weightspace.predict.PropertyPredictor` with ``layers=0`` (per-unit and per-weight
 embeddings, pooled, then an MLP).
 """
@@ -24,21 +25,48 @@ class NotApplicable(WeightSpaceError):
     """A baseline cannot be applied to this data (e.g. a flat-vector model on several architectures)."""
 
 
-def _single_arch(store: GraphStore, what: str) -> int:
+def flat_matrix(store: GraphStore, layout: dict[str, tuple[int, ...]] | None = None) -> tuple[dict, np.ndarray]:
+    """``[M, D]`` flat weight vectors in item order, every tensor zero-padded to its largest shape in the data.
+
+    Tensors are matched by state_dict name, so CNNs of different widths share one layout (each
+    tensor in the corner of the widest one's). ``layout`` (name -> padded shape) reuses a fitted
+    layout; a tensor it lacks, or one that does not fit it, raises :class:`NotApplicable`.
+    """
     used = store.block_of.unique().tolist()
-    if len(used) != 1:
-        raise NotApplicable(f"{what} needs one architecture; the data mixes {len(used)} "
-                            f"({', '.join(store.blocks[b].arch_id for b in used)})")
-    return used[0]
-
-
-def flat_matrix(store: GraphStore) -> np.ndarray:
-    """``[M, P]`` flat weight vectors, in item order (one architecture only)."""
-    b = _single_arch(store, "a flat-weight model")
-    flat, items = store.flat(b)
-    out = torch.empty_like(flat)
-    out[torch.argsort(items)] = flat
-    return out.numpy()
+    spaces = {b: store.blocks[b].space for b in used}
+    if layout is None:
+        layout = {}
+        for sp in spaces.values():
+            for k in sp.canonical_keys:
+                shape = tuple(sp.params[k].shape)
+                if not sp.params[k].dtype.is_floating_point:
+                    continue
+                if k in layout and len(layout[k]) != len(shape):
+                    raise NotApplicable(f"a flat-weight model needs tensors of one rank per name; {k!r} has shapes "
+                                        f"{layout[k]} and {shape} (architectures of different families)")
+                layout[k] = tuple(max(a, b) for a, b in zip(layout.get(k, shape), shape))
+    offsets, D = {}, 0
+    for k, shape in layout.items():
+        offsets[k] = D
+        D += int(np.prod(shape))
+    out = np.zeros((len(store), D), dtype=np.float32)
+    for b, sp in spaces.items():
+        src, dst, off = [], [], 0
+        for k in sp.canonical_keys:
+            shape = tuple(sp.params[k].shape)
+            n = int(np.prod(shape))
+            if sp.params[k].dtype.is_floating_point:
+                if k not in layout or len(layout[k]) != len(shape) or any(a > c for a, c in zip(shape, layout[k])):
+                    raise NotApplicable(f"tensor {k!r} {shape} of architecture {store.blocks[b].arch_id} does not fit "
+                                        f"the flat layout fitted on the training data")
+                grid = np.indices(shape).reshape(len(shape), -1) if shape else np.zeros((0, 1), dtype=int)
+                dst.append(offsets[k] + (np.ravel_multi_index(grid, layout[k]) if shape else np.zeros(1, dtype=int)))
+                src.append(off + np.arange(n))
+            off += n
+        flat, items = store.flat(b)
+        s_idx, d_idx = np.concatenate(src), np.concatenate(dst)
+        out[np.ix_(items.numpy(), d_idx)] = flat.numpy()[:, s_idx]
+    return layout, out
 
 
 def statnn_features(store: GraphStore) -> tuple[list[str], np.ndarray]:
@@ -117,7 +145,8 @@ class FlatMLP:
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        X, Y = flat_matrix(store), store.targets.numpy()
+        self.layout, X = flat_matrix(store)
+        Y = store.targets.numpy()
         self.y_mean, self.y_std = Y.mean(0), Y.std(0) + 1e-8
         self.model = make_pipeline(StandardScaler(), MLPRegressor(
             hidden_layer_sizes=self.hidden, max_iter=self.max_iter, early_stopping=True, random_state=self.seed,
@@ -126,5 +155,5 @@ class FlatMLP:
         return self
 
     def predict(self, store: GraphStore) -> np.ndarray:
-        p = self.model.predict(flat_matrix(store))
+        p = self.model.predict(flat_matrix(store, self.layout)[1])
         return p.reshape(len(store), -1) * self.y_std + self.y_mean

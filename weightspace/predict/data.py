@@ -168,6 +168,21 @@ class GraphStore:
 
     # ------------------------------------------------------------------ construction
     @classmethod
+    def concat(cls, stores: Sequence["GraphStore"]) -> "GraphStore":
+        """One store holding the items of several (e.g. zoos of different architectures)."""
+        if len({tuple(s.target_names) for s in stores}) != 1:
+            raise CollectionError(f"cannot concatenate stores with targets {[s.target_names for s in stores]}")
+        blocks, block_of, offset = [], [], 0
+        for s in stores:
+            blocks += s.blocks
+            block_of.append(s.block_of + offset)
+            offset += len(s.blocks)
+        return cls(blocks, torch.cat(block_of), torch.cat([s.row_of for s in stores]),
+                   torch.cat([s.targets for s in stores]), stores[0].target_names,
+                   [r for s in stores for r in s.run_ids], [x for s in stores for x in s.steps],
+                   [x for s in stores for x in s.sources])
+
+    @classmethod
     def from_collections(cls, collections: Sequence["CheckpointCollection"] | "CheckpointCollection",
                          targets: Sequence[str], *, where: Callable[[dict[str, Any]], bool] | None = None,
                          arch_ids: Sequence[str] | None = None, progress: bool = True) -> "GraphStore":

@@ -1,0 +1,192 @@
+"""Benchmark: predicting test accuracy and the generalisation gap from weights (issue 3).
+
+For the digits CNN zoo, the digits MLP zoo and their union (mixed architectures), it trains the
+graph metanetwork and every baseline on the same run-level split and reports Kendall tau and
+R^2 on held-out runs, training throughput and data-loading cost, and a scatter plot of predicted
+against true test accuracy. Results go to the ``predict`` section of BENCHMARKS.md.
+
+    python scripts/bench_predict.py --size small            # builds the zoos if missing
+    python scripts/bench_predict.py --cnn-zoo Z1 --mlp-zoo Z2 --steps 3000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from weightspace.bench import markdown_table, write_section
+from weightspace.collections import CheckpointCollection
+from weightspace.predict import (FlatMLP, GraphStore, NotApplicable, StatNN, predict_store, regression_metrics,
+                                 train_predictor)
+from weightspace.training import TrainConfig
+from weightspace.utils import atomic_write
+
+ROOT = Path(__file__).resolve().parent
+TARGETS = ["test_acc", "gap"]
+
+
+def open_zoo(recipe: str, path: Path | None, size: str, build: bool) -> CheckpointCollection:
+    path = path or ROOT / ".cache" / f"{recipe}-{size}"
+    if path.exists() and not build:
+        return CheckpointCollection.open(path)
+    from weightspace.tasks.zoo import build_zoo
+
+    return build_zoo(recipe, path, size=size, seed=0)
+
+
+def scatter(pred: np.ndarray, true: np.ndarray, title: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(true, pred, s=6, alpha=0.5)
+    lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set_xlabel("true test accuracy")
+    ax.set_ylabel("predicted test accuracy")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def fmt(m: dict[str, dict[str, float]] | None, t: str, k: str) -> str:
+    return "n/a" if m is None else f"{m[t][k]:.3f}"
+
+
+def run_setting(name: str, store: GraphStore, args: argparse.Namespace, out: Path) -> tuple[list[list], dict]:
+    train, test = store.split_by_run(args.test_fraction, args.seed)
+    print(f"[{name}] {store}\n  train {len(train)} checkpoints of {len(set(train.run_ids))} runs, "
+          f"test {len(test)} of {len(set(test.run_ids))} runs", flush=True)
+    true = test.targets.numpy()
+    results: dict[str, dict | None] = {}
+    extra: dict = {}
+    for label, make in (("StatNN (per-tensor stats + GBT)", lambda: StatNN(seed=args.seed)),
+                        ("MLP on flat weights", lambda: FlatMLP(seed=args.seed))):
+        t0 = time.perf_counter()
+        try:
+            results[label] = regression_metrics(make().fit(train).predict(test), true, TARGETS)
+        except NotApplicable as e:
+            print(f"  {label}: n/a ({e})")
+            results[label] = None
+        print(f"  {label}: {results[label]} ({time.perf_counter() - t0:.1f}s)", flush=True)
+    steps = {"digits-mlp": args.steps_mlp, "mixed": args.steps_mixed}.get(name) or args.steps
+    cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      warmup=min(100, steps // 10), checkpoint_every=0, progress=args.progress,
+                      log_every=25, device=args.device)
+    for label, mc in (("DeepSets-style (no message passing)", {"hidden": args.hidden, "layers": 0}),
+                      ("NG-GNN metanetwork (ours)", {"hidden": args.hidden, "layers": args.layers})):
+        run = train_predictor(train, out / f"{name}-{mc['layers']}", model_config=mc, train_config=cfg, test=test,
+                              resume=False)
+        results[label] = run.metrics
+        print(f"  {label}: {run.metrics} ({run.result.graphs_per_second:.0f} graphs/s, "
+              f"{run.result.seconds:.0f}s)", flush=True)
+        if mc["layers"]:
+            pred = predict_store(run.model, test)
+            fig = scatter(pred[:, 0], true[:, 0], f"{name}: metanetwork, held-out runs\n"
+                          f"tau {run.metrics['test_acc']['tau']:.3f}, R2 {run.metrics['test_acc']['r2']:.3f}",
+                          ROOT / "figures" / f"predict_{name}.png")
+            extra = {"graphs_per_second": run.result.graphs_per_second, "seconds": run.result.seconds,
+                     "figure": fig, "train": len(train), "test": len(test),
+                     "runs": (len(set(train.run_ids)), len(set(test.run_ids))), "archs": len(store.blocks)}
+    rows = [[name, label, fmt(m, "test_acc", "tau"), fmt(m, "test_acc", "r2"), fmt(m, "gap", "tau"),
+             fmt(m, "gap", "r2")] for label, m in results.items()]
+    return rows, extra
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cnn-zoo", type=Path, default=None)
+    p.add_argument("--mlp-zoo", type=Path, default=None)
+    p.add_argument("--size", default="small", help="zoo size to build when a zoo path is not given")
+    p.add_argument("--build", action="store_true", help="build (or resume building) the zoos")
+    p.add_argument("--min-step", type=int, default=1, help="skip checkpoints before this step (step 0 is the init)")
+    p.add_argument("--max-params", type=int, default=6000,
+                   help="skip architectures with more parameters (MLP graphs of width 128 cost ~40k edges each)")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps-mlp", type=int, default=0, help="steps on the MLP zoo (default: --steps)")
+    p.add_argument("--steps-mixed", type=int, default=0, help="steps on the mixed collection (default: --steps)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--settings", default="digits-cnn,digits-mlp,mixed")
+    p.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench_predict")
+    p.add_argument("--progress", action="store_true")
+    p.add_argument("--no-write", action="store_true", help="print results without touching BENCHMARKS.md")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    cnn = open_zoo("digits-cnn", args.cnn_zoo, args.size, args.build)
+    mlp = open_zoo("digits-mlp", args.mlp_zoo, args.size, args.build)
+
+    stores, load = {}, {}
+    for name, coll in (("digits-cnn", cnn), ("digits-mlp", mlp)):
+        def usable(r: dict, coll: CheckpointCollection = coll) -> bool:
+            return (r["step"] >= args.min_step and bool(r.get("finished"))
+                    and coll.space(r["arch_id"]).num_params <= args.max_params)
+
+        t0 = time.perf_counter()
+        stores[name] = GraphStore.from_collections([coll], TARGETS, where=usable, progress=args.progress)
+        load[name] = time.perf_counter() - t0
+    stores["mixed"] = GraphStore.concat([stores["digits-cnn"], stores["digits-mlp"]])
+    bench_idx = torch.randperm(len(stores["mixed"]))[:args.batch_size]
+    t0 = time.perf_counter()
+    for _ in range(20):
+        stores["mixed"].batch(bench_idx)
+    batch_rate = 20 * args.batch_size / (time.perf_counter() - t0)
+
+    rows, extras = [], {}
+    for name in args.settings.split(","):
+        r, extras[name] = run_setting(name, stores[name], args, args.work)
+        rows += r
+    header = ["collection", "model", "τ test acc", "R² test acc", "τ gap", "R² gap"]
+    lines = [
+        "Predicting a checkpoint's test accuracy and generalisation gap (train − test accuracy) from its "
+        "weights, on held-out runs (split by run: no run in both train and test). "
+        f"Checkpoints from step {args.min_step} on of finished runs of architectures with at most {args.max_params} "
+        f"parameters; zoos: `{cnn.source}`, `{mlp.source}`. "
+        "Kendall τ from `scipy.stats.kendalltau`, R² from `sklearn.metrics.r2_score`.",
+        "",
+        markdown_table(header, rows),
+        "",
+        f"Metanetwork: {args.layers} edge-updating PNA/FiLM layers, hidden {args.hidden}; AdamW, batch {args.batch_size}, "
+        f"steps {args.steps} (CNN) / {args.steps_mlp or args.steps} (MLP) / {args.steps_mixed or args.steps} (mixed) "
+        f"for it and the DeepSets-style model, lr {args.lr}, seed {args.seed}, {args.threads} CPU threads. The flat-weight MLP "
+        "(scikit-learn) zero-pads each tensor, matched by name, to its widest shape in the data; StatNN matches "
+        "per-tensor statistics by name (NaN where a tensor is absent). NG-GNN reports τ 0.934 on CIFAR10-GS "
+        "(ANCHORS.md; a different, larger zoo).",
+        "",
+        markdown_table(["collection", "architectures", "train / test runs", "train / test checkpoints",
+                        "training graphs/s", "train time (s)"],
+                       [[n, e["archs"], f"{e['runs'][0]} / {e['runs'][1]}", f"{e['train']} / {e['test']}",
+                         f"{e['graphs_per_second']:.0f}", f"{e['seconds']:.0f}"] for n, e in extras.items()]),
+        "",
+        f"Data loading: each collection is read once into per-architecture flat tensors "
+        f"({', '.join(f'{n}: {len(stores[n])} checkpoints in {load[n]:.1f}s' for n in load)}); a mixed batch is then "
+        f"assembled by gathers at {batch_rate:.0f} graphs/s, far above the training rate, so loading is not the "
+        "bottleneck.",
+        "",
+        "Predicted vs true test accuracy (metanetwork, held-out runs): "
+        + ", ".join(f"[{n}](scripts/figures/{e['figure'].name})" for n, e in extras.items()),
+    ]
+    body = "\n".join(lines)
+    print(body)
+    atomic_write(args.work / "results.json", lambda tmp: tmp.write_text(json.dumps(
+        {"rows": rows, "extras": {n: {k: str(v) for k, v in e.items()} for n, e in extras.items()}}, indent=1)))
+    if not args.no_write:
+        write_section("predict", "## Property prediction from weights (`scripts/bench_predict.py`)\n\n" + body)
+
+
+if __name__ == "__main__":
+    main()
