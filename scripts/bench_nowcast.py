@@ -34,6 +34,8 @@ from weightspace.tasks.train import evaluate_classifier, evaluate_lm
 from weightspace.utils import atomic_write_text
 
 PERIOD = 100
+GUARD_TOLERANCE = 0.0
+GUARD_DELAY = 10
 METHODS = ("adam", "nino", "nino-noguard", "nino-reset", "wnn", "linefit", "lawa")
 
 
@@ -76,9 +78,13 @@ def _data(name: str):
     return tabular_split(name)
 
 
-def _task_fns(task: Task, model: nn.Module, seed: int) -> tuple[Callable[[], torch.Tensor], Callable[[], float],
+def _task_fns(task: Task, model: nn.Module, seed: int, loss_guard: bool = False) -> tuple[Callable[[], torch.Tensor], Callable[[], float],
                                                                  Callable[[], torch.Tensor]]:
-    """``train_loss()`` (next minibatch), ``evaluate()`` (validation metric) and ``guard()`` (fixed train batch)."""
+    """``train_loss()`` (next minibatch), ``evaluate()`` (validation metric) and ``guard()``.
+
+    The guard looks at a fixed batch of 512 training examples (never validation data): its error
+    rate for classifiers (its cross-entropy with ``loss_guard``), its loss for language models.
+    """
     data = _data(task.data)
     g = torch.Generator().manual_seed(seed)
     if task.family == "gpt":
@@ -112,22 +118,26 @@ def _task_fns(task: Task, model: nn.Module, seed: int) -> tuple[Callable[[], tor
     def guard() -> torch.Tensor:
         was = model.training
         model.eval()
-        out = F.cross_entropy(model(data.x_train[guard_idx]), data.y_train[guard_idx])
+        logits = model(data.x_train[guard_idx])
         model.train(was)
-        return out
+        if loss_guard:
+            return F.cross_entropy(logits, data.y_train[guard_idx])
+        return (logits.argmax(1) != data.y_train[guard_idx]).float().mean()
     return train_loss, evaluate, guard
 
 
 def run_one(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> dict[str, Any]:
     model = build(task.family, seed=seed, **task.kwargs)
-    train_loss, evaluate, guard = _task_fns(task, model, seed)
+    train_loss, evaluate, guard = _task_fns(task, model, seed, loss_guard="gloss" in method.split("-"))
     base = torch.optim.AdamW(model.parameters(), lr=task.lr, weight_decay=0.0)
     opt: torch.optim.Optimizer = base
     if method != "adam":
-        nc = nowcasters[method.split("-")[0]]
-        opt = NowcastOptimizer(model, base, nc, period=PERIOD, example_input=example_input(model),
-                               guard=None if method.endswith("noguard") else guard,
-                               reset_state=method.endswith("reset"))
+        name, *opts = method.split("-")
+        tol = next((float(o[3:]) for o in opts if o.startswith("tol")), GUARD_TOLERANCE)
+        opt = NowcastOptimizer(model, base, nowcasters[name], period=PERIOD, example_input=example_input(model),
+                               guard=None if "noguard" in opts else guard, guard_tolerance=tol,
+                               guard_delay=0 if "now" in opts else GUARD_DELAY,
+                               reset_state="reset" in opts)
     eval_every = max(1, task.steps // 50)
     curve = [(0, evaluate())]
     step_seconds = 0.0
@@ -162,7 +172,8 @@ def summarize(results: list[dict[str, Any]], tasks: list[Task]) -> tuple[str, di
     by = {}
     for r in results:
         by.setdefault((r["task"], r["method"]), []).append(r)
-    methods = [m for m in METHODS if any(k[1] == m for k in by)]
+    found = {k[1] for k in by}
+    methods = [m for m in METHODS if m in found] + sorted(found - set(METHODS))
     rows, summary = [], {}
     ratio_rows = []
     for t in tasks:

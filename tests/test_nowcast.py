@@ -251,3 +251,47 @@ def test_learned_nowcaster_save_load_round_trip(tmp_path):
     back = WNN.from_pretrained(tmp_path / "wnn")
     assert back.context == 3 and back.max_horizon == 2
     assert all(torch.equal(a, b) for a, b in zip(nc.state_dict().values(), back.state_dict().values()))
+
+
+@pytest.mark.parametrize("cls", [NiNo, WNN])
+def test_packaged_pretrained_nowcaster_loads_and_nowcasts(cls):
+    from weightspace.nowcast.model import PRETRAINED_DIR
+
+    if not (PRETRAINED_DIR / cls.pretrained_name / "config.json").is_file():
+        pytest.skip("no packaged checkpoint in this checkout")
+    nc = cls.from_pretrained()
+    model = build("mlp", seed=0, in_features=12, widths=[20, 20], out_features=3)
+    opt = NowcastOptimizer(model, torch.optim.Adam(model.parameters(), lr=1e-3), nc, period=nc.context,
+                           example_input=example_input(model))
+    for _ in range(nc.context):
+        opt.zero_grad()
+        model(example_input(model)).pow(2).mean().backward()
+        opt.step()
+    assert opt.jumps[0].accepted and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_cli_parses_nowcast_commands():
+    from weightspace.cli import build_parser
+
+    args = build_parser().parse_args(["nowcast", "train", "--collection", "x", "--out", "y", "--model", "wnn"])
+    assert args.model == "wnn" and args.horizons == 16 and args.func.__name__ == "train"
+    args = build_parser().parse_args(["nowcast", "bench", "--seeds", "1", "--quick"])
+    assert args.seeds == 1 and args.func.__name__ == "bench"
+
+
+def test_delayed_guard_restores_parameters_and_optimizer_state():
+    model, x, y = _toy()
+    lay = ParamLayout.from_module(model)
+    harmful = _Const(2, lambda c: c[-1] + 5.0 * torch.randn_like(c[-1]))
+    opt = NowcastOptimizer(model, torch.optim.Adam(model.parameters(), lr=1e-3), harmful, period=8,
+                           guard=lambda: F.cross_entropy(model(x), y), guard_delay=2)
+    _train(opt, model, x, y, 8)
+    assert opt.jumps[0].accepted and not torch.equal(lay.flatten(model), harmful.seen[0][0][-1])
+    moments = {id(p): st["exp_avg"].clone() for p, st in opt.state.items()}
+    _train(opt, model, x, y, 2)
+    j = opt.jumps[0]
+    assert not j.accepted and "2 steps after" in j.reason
+    assert torch.equal(lay.flatten(model), harmful.seen[0][0][-1])
+    assert all(torch.equal(st["exp_avg"], moments[id(p)]) for p, st in opt.state.items())
+    with pytest.raises(NowcastError, match="guard_delay"):
+        NowcastOptimizer(model, torch.optim.Adam(model.parameters()), LineFit(2), period=8, guard_delay=4)

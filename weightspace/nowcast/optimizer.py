@@ -42,8 +42,12 @@ class NowcastOptimizer(torch.optim.Optimizer):
     al. 2025) and WNN (Jang et al. 2023).
 
     ``guard`` (a callable returning a loss, e.g. on a held-out batch) is evaluated before and
-    after each jump; a jump that makes it non-finite or larger than ``(1 + guard_tolerance)``
-    times the loss before is rolled back and recorded in :attr:`jumps` with ``accepted=False``.
+    after each jump; a jump that makes it non-finite or larger than ``before + guard_tolerance *
+    |before|`` is rolled back and recorded in :attr:`jumps` with ``accepted=False`` (and logged).
+    With ``guard_delay`` d > 0 the verdict comes d base steps after the jump, and a rollback
+    restores the pre-jump parameters and base optimizer state: a nowcast usually costs accuracy at
+    once and pays off a few steps later (Knyazev et al. 2025 observe the same), so an immediate
+    verdict rejects jumps that help. Measured in ``scripts/bench_nowcast.py``.
     ``reset_state`` clears the base optimizer's state (e.g. Adam's moments) after an accepted jump.
 
     ``param_groups`` and ``state`` are the base optimizer's, so LR schedulers, gradient clipping
@@ -54,7 +58,8 @@ class NowcastOptimizer(torch.optim.Optimizer):
     def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, nowcaster: Nowcaster, *,
                  period: int = 100, horizons: Sequence[int] | None = None, example_input: Any = None,
                  space: Any = None, guard: Callable[[], float | Tensor] | None = None,
-                 guard_tolerance: float = 0.0, reset_state: bool = False, start: int = 0) -> None:
+                 guard_tolerance: float = 0.0, guard_delay: int = 0, reset_state: bool = False,
+                 start: int = 0) -> None:
         c = int(nowcaster.context)
         if period < c:
             raise NowcastError(f"period ({period}) must be at least the nowcaster's context ({c} states): the "
@@ -76,7 +81,12 @@ class NowcastOptimizer(torch.optim.Optimizer):
         self.horizons = [int(k) for k in horizons]
         if not self.horizons or min(self.horizons) < 1:
             raise NowcastError(f"horizons must be positive integers, got {list(horizons)}")
+        if not 0 <= guard_delay < self.spacing:
+            raise NowcastError(f"guard_delay ({guard_delay}) must be in [0, period // context = {self.spacing}): the "
+                               f"verdict must come before the next context state is collected")
         self.guard, self.guard_tolerance, self.reset_state = guard, guard_tolerance, reset_state
+        self.guard_delay = guard_delay
+        self._pending: tuple[Jump, int, Tensor, dict] | None = None
         self.start = start
         self.jumps: list[Jump] = []
         self.num_steps = 0
@@ -100,6 +110,8 @@ class NowcastOptimizer(torch.optim.Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = self.base.step(closure) if closure is not None else self.base.step()
         self.num_steps += 1
+        if self._pending is not None and self.num_steps >= self._pending[1]:
+            self._verdict()
         t = self.num_steps - self.start
         if t > 0:
             phase = t % self.period or self.period
@@ -148,12 +160,13 @@ class NowcastOptimizer(torch.optim.Optimizer):
             rec.accepted, rec.reason = False, "nowcast is not finite"
         else:
             self._write(pred)
-            if self.guard is not None:
+            if self.guard is not None and self.guard_delay:
+                state = {p: {n: v.clone() if isinstance(v, Tensor) else v for n, v in st.items()}
+                         for p, st in self.base.state.items()}
+                self._pending = (rec, self.num_steps + self.guard_delay, ctx[-1].clone(), state)
+            elif self.guard is not None:
                 rec.loss_after = self._guard_loss()
-                if not math.isfinite(rec.loss_after):
-                    rec.accepted, rec.reason = False, "guard loss is not finite after the jump"
-                elif rec.loss_after > before + self.guard_tolerance * abs(before):
-                    rec.accepted, rec.reason = False, f"guard loss rose from {before:.4g} to {rec.loss_after:.4g}"
+                rec.accepted, rec.reason = self._judge(before, rec.loss_after)
             if not rec.accepted:
                 self._write(ctx[-1])
         if rec.accepted and self.reset_state:
@@ -164,6 +177,29 @@ class NowcastOptimizer(torch.optim.Optimizer):
         rec.seconds = time.perf_counter() - t0
         self.jumps.append(rec)
         return rec
+
+    def _judge(self, before: float, after: float) -> tuple[bool, str]:
+        if not math.isfinite(after):
+            return False, "guard loss is not finite after the jump"
+        if after > before + self.guard_tolerance * abs(before):
+            return False, f"guard loss rose from {before:.4g} to {after:.4g}"
+        return True, ""
+
+    def _verdict(self) -> None:
+        """Delayed guard: ``guard_delay`` steps after a jump, keep it or restore the pre-jump parameters and state."""
+        assert self._pending is not None
+        t0 = time.perf_counter()
+        rec, _, params, state = self._pending
+        self._pending = None
+        rec.loss_after = self._guard_loss()
+        rec.accepted, rec.reason = self._judge(rec.loss_before, rec.loss_after)
+        if not rec.accepted:
+            self._write(params)
+            self.base.state.clear()
+            self.base.state.update(state)
+            rec.reason += f" ({self.guard_delay} steps after the jump)"
+            log.info("nowcast at step %d (k=%d) rolled back: %s", rec.step, rec.k, rec.reason)
+        rec.seconds += time.perf_counter() - t0
 
     @property
     def rollbacks(self) -> list[Jump]:
