@@ -238,9 +238,13 @@ def test_nino_refuses_unseen_parameter_types():
               node_types=["input", "linear", "output"])
     model = build("cnn", seed=0, channels=(4, 4, 4))
     with pytest.raises(NowcastError, match="not meta-trained on.*conv"):
-        opt = NowcastOptimizer(model, torch.optim.Adam(model.parameters()), nc, period=3,
-                               example_input=example_input(model))
-        nc.nowcast(torch.zeros(3, opt.layout.num_values), 1, opt.layout)
+        NowcastOptimizer(model, torch.optim.Adam(model.parameters()), nc, period=3,
+                         example_input=example_input(model))
+    wide = build("mlp", seed=0, in_features=300, widths=[8], out_features=2)
+    nc2 = NiNo(context=3, horizons=2, hidden=8, layers=1, decoder_hidden=8)
+    opt = NowcastOptimizer(wide, torch.optim.Adam(wide.parameters()), nc2, period=3,
+                           example_input=example_input(wide))
+    assert torch.isfinite(nc2.nowcast(torch.randn(3, opt.layout.num_values), 1, opt.layout)).all()
     with pytest.raises(NowcastError, match="example_input"):
         NowcastOptimizer(model, torch.optim.Adam(model.parameters()), nc, period=3)
 

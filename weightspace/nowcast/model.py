@@ -177,11 +177,17 @@ class NiNo(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
             raise NowcastError(f"{space.name} has parameter types this NiNo was not meta-trained on: {new} "
                                f"(trained on edges {self.edge_types}, nodes {self.node_types}); meta-train on a "
                                f"zoo with such layers or use a baseline nowcaster")
+        cfg = self.metanet.config
+        if lay.edge_features > cfg.edge_features or lay.node_features > cfg.node_features:
+            raise NowcastError(f"{space.name} has {lay.edge_features} values per edge and {lay.node_features} per "
+                               f"node (e.g. a kernel larger than 3x3); this NiNo takes at most "
+                               f"{cfg.edge_features} and {cfg.node_features}")
 
     def host_embedding(self, feats: Tensor, layout: ParamLayout) -> Tensor:
         self.check_space(layout)
         lay = layout.space.layout
         graph = lay.graph_from_flat(feats)
+        graph.pos_id = graph.pos_id.clamp(max=self.metanet.config.max_positions - 1)
         try:
             enc = self.metanet(graph)
         except IncompatibleGraph as e:

@@ -75,6 +75,9 @@ class NowcastOptimizer(torch.optim.Optimizer):
             space = WeightSpace.from_module(model, example_input)
         self.layout = ParamLayout.from_space(space) if space is not None else ParamLayout.from_module(model)
         self._bound = self.layout.bind(model)
+        check = getattr(nowcaster, "check_space", None)
+        if check is not None:
+            check(self.layout)
         if horizons is None:
             horizons = horizon_schedule(nowcaster.max_horizon) if nowcaster.max_horizon else \
                 horizon_schedule(16)
