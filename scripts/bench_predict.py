@@ -61,15 +61,38 @@ def fmt(m: dict[str, dict[str, float]] | None, t: str, k: str) -> str:
     return "n/a" if m is None else f"{m[t][k]:.3f}"
 
 
-def run_setting(name: str, store: GraphStore, args: argparse.Namespace, out: Path) -> tuple[list[list], dict]:
+def load_previous(path: Path) -> tuple[dict, dict]:
+    """Metrics and run facts of an earlier run of this script (``--reuse``): rows not n/a are not recomputed."""
+    import ast
+
+    if not path.exists():
+        return {}, {}
+    saved = json.loads(path.read_text())
+    rows = {(r[0], r[1]): {"test_acc": {"tau": float(r[2]), "r2": float(r[3])},
+                           "gap": {"tau": float(r[4]), "r2": float(r[5])}}
+            for r in saved["rows"] if "n/a" not in r[2:]}
+    extras = {}
+    for n, e in saved["extras"].items():
+        if e:
+            extras[n] = {"graphs_per_second": float(e["graphs_per_second"]), "seconds": float(e["seconds"]),
+                         "figure": Path(e["figure"]), "train": int(e["train"]), "test": int(e["test"]),
+                         "runs": tuple(ast.literal_eval(e["runs"])), "archs": int(e["archs"])}
+    return rows, extras
+
+
+def run_setting(name: str, store: GraphStore, args: argparse.Namespace, out: Path,
+                previous: tuple[dict, dict] = ({}, {})) -> tuple[list[list], dict]:
     train, test = store.split_by_run(args.test_fraction, args.seed)
     print(f"[{name}] {store}\n  train {len(train)} checkpoints of {len(set(train.run_ids))} runs, "
           f"test {len(test)} of {len(set(test.run_ids))} runs", flush=True)
     true = test.targets.numpy()
     results: dict[str, dict | None] = {}
-    extra: dict = {}
+    extra: dict = previous[1].get(name, {})
     for label, make in (("StatNN (per-tensor stats + GBT)", lambda: StatNN(seed=args.seed)),
                         ("MLP on flat weights", lambda: FlatMLP(seed=args.seed))):
+        if (name, label) in previous[0]:
+            results[label] = previous[0][(name, label)]
+            continue
         t0 = time.perf_counter()
         try:
             results[label] = regression_metrics(make().fit(train).predict(test), true, TARGETS)
@@ -83,6 +106,9 @@ def run_setting(name: str, store: GraphStore, args: argparse.Namespace, out: Pat
                       log_every=25, device=args.device)
     for label, mc in (("DeepSets-style (no message passing)", {"hidden": args.hidden, "layers": 0}),
                       ("NG-GNN metanetwork (ours)", {"hidden": args.hidden, "layers": args.layers})):
+        if (name, label) in previous[0] and (mc["layers"] == 0 or extra):
+            results[label] = previous[0][(name, label)]
+            continue
         run = train_predictor(train, out / f"{name}-{mc['layers']}", model_config=mc, train_config=cfg, test=test,
                               resume=False)
         results[label] = run.metrics
@@ -124,6 +150,8 @@ def main() -> None:
     p.add_argument("--settings", default="digits-cnn,digits-mlp,mixed")
     p.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench_predict")
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse results of an earlier run in --work (same data and settings); recompute n/a rows")
     p.add_argument("--no-write", action="store_true", help="print results without touching BENCHMARKS.md")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -146,9 +174,10 @@ def main() -> None:
         stores["mixed"].batch(bench_idx)
     batch_rate = 20 * args.batch_size / (time.perf_counter() - t0)
 
+    previous = load_previous(args.work / "results.json") if args.reuse else ({}, {})
     rows, extras = [], {}
     for name in args.settings.split(","):
-        r, extras[name] = run_setting(name, stores[name], args, args.work)
+        r, extras[name] = run_setting(name, stores[name], args, args.work, previous)
         rows += r
     header = ["collection", "model", "τ test acc", "R² test acc", "τ gap", "R² gap"]
     lines = [

@@ -25,12 +25,17 @@ class NotApplicable(WeightSpaceError):
     """A baseline cannot be applied to this data (e.g. a flat-vector model on several architectures)."""
 
 
+def _flat_key(k: str, shape: tuple[int, ...], layout: dict[str, tuple[int, ...]]) -> str:
+    return k if k in layout and len(layout[k]) == len(shape) else f"{k}[{len(shape)}d]"
+
+
 def flat_matrix(store: GraphStore, layout: dict[str, tuple[int, ...]] | None = None) -> tuple[dict, np.ndarray]:
     """``[M, D]`` flat weight vectors in item order, every tensor zero-padded to its largest shape in the data.
 
-    Tensors are matched by state_dict name, so CNNs of different widths share one layout (each
-    tensor in the corner of the widest one's). ``layout`` (name -> padded shape) reuses a fitted
-    layout; a tensor it lacks, or one that does not fit it, raises :class:`NotApplicable`.
+    Tensors are matched by state_dict name (and rank: a name that is a conv in one architecture
+    and a BatchNorm vector in another gives two slots), so CNNs of different widths share one
+    layout, each tensor in the corner of the widest one's. ``layout`` (slot -> padded shape)
+    reuses a fitted layout; a tensor that does not fit it raises :class:`NotApplicable`.
     """
     used = store.block_of.unique().tolist()
     spaces = {b: store.blocks[b].space for b in used}
@@ -39,12 +44,9 @@ def flat_matrix(store: GraphStore, layout: dict[str, tuple[int, ...]] | None = N
         for sp in spaces.values():
             for k in sp.canonical_keys:
                 shape = tuple(sp.params[k].shape)
-                if not sp.params[k].dtype.is_floating_point:
-                    continue
-                if k in layout and len(layout[k]) != len(shape):
-                    raise NotApplicable(f"a flat-weight model needs tensors of one rank per name; {k!r} has shapes "
-                                        f"{layout[k]} and {shape} (architectures of different families)")
-                layout[k] = tuple(max(a, b) for a, b in zip(layout.get(k, shape), shape))
+                if sp.params[k].dtype.is_floating_point:
+                    key = k if k not in layout else _flat_key(k, shape, layout)
+                    layout[key] = tuple(max(a, b) for a, b in zip(layout.get(key, shape), shape))
     offsets, D = {}, 0
     for k, shape in layout.items():
         offsets[k] = D
@@ -56,11 +58,12 @@ def flat_matrix(store: GraphStore, layout: dict[str, tuple[int, ...]] | None = N
             shape = tuple(sp.params[k].shape)
             n = int(np.prod(shape))
             if sp.params[k].dtype.is_floating_point:
-                if k not in layout or len(layout[k]) != len(shape) or any(a > c for a, c in zip(shape, layout[k])):
+                key = _flat_key(k, shape, layout)
+                if key not in layout or any(a > c for a, c in zip(shape, layout[key])):
                     raise NotApplicable(f"tensor {k!r} {shape} of architecture {store.blocks[b].arch_id} does not fit "
                                         f"the flat layout fitted on the training data")
-                grid = np.indices(shape).reshape(len(shape), -1) if shape else np.zeros((0, 1), dtype=int)
-                dst.append(offsets[k] + (np.ravel_multi_index(grid, layout[k]) if shape else np.zeros(1, dtype=int)))
+                grid = np.indices(shape).reshape(len(shape), -1)
+                dst.append(offsets[key] + (np.ravel_multi_index(grid, layout[key]) if shape else np.zeros(1, int)))
                 src.append(off + np.arange(n))
             off += n
         flat, items = store.flat(b)
@@ -137,7 +140,7 @@ class StatNN:
 class FlatMLP:
     """An MLP on the standardised flat weight vector (scikit-learn, early stopping)."""
 
-    def __init__(self, seed: int = 0, hidden: tuple[int, ...] = (256, 256), max_iter: int = 300) -> None:
+    def __init__(self, seed: int = 0, hidden: tuple[int, ...] = (128,), max_iter: int = 60) -> None:
         self.seed, self.hidden, self.max_iter = seed, hidden, max_iter
 
     def fit(self, store: GraphStore) -> "FlatMLP":
@@ -150,7 +153,7 @@ class FlatMLP:
         self.y_mean, self.y_std = Y.mean(0), Y.std(0) + 1e-8
         self.model = make_pipeline(StandardScaler(), MLPRegressor(
             hidden_layer_sizes=self.hidden, max_iter=self.max_iter, early_stopping=True, random_state=self.seed,
-            alpha=1e-3, learning_rate_init=1e-3))
+            alpha=1e-3, learning_rate_init=1e-3, n_iter_no_change=5))
         self.model.fit(X, (Y - self.y_mean) / self.y_std)
         return self
 
