@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch_geometric.utils import scatter
 
 from ..errors import WeightSpaceError
 from ..graph import EDGE_TYPES, NODE_TYPES
@@ -158,8 +159,6 @@ class GraphHead(nn.Module):
         self.mlp = mlp([3 * hidden, hidden, out_features])
 
     def forward(self, enc: GraphEncoding) -> Tensor:
-        from torch_geometric.utils import scatter
-
         B = enc.num_graphs
         pooled = torch.cat([scatter(enc.node, enc.node_batch, 0, B, reduce="mean"),
                             scatter(enc.node, enc.node_batch, 0, B, reduce="max"),

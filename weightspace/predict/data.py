@@ -65,7 +65,8 @@ class ArchBlock:
 class GraphStore:
     """Checkpoints of one or several architectures with targets, batched as PyG graphs by gathers.
 
-    ``items[i]`` is ``(block, row in block)``; ``targets`` is ``[M, K]``; ``run_ids`` name each item's run.
+    Item ``i`` is row ``row_of[i]`` of ``blocks[block_of[i]]``; ``targets`` is ``[M, K]``; ``run_ids``,
+    ``steps`` and ``sources`` (collection) say where each item came from.
     """
 
     def __init__(self, blocks: list[ArchBlock], block_of: Tensor, row_of: Tensor, targets: Tensor,
