@@ -34,7 +34,7 @@ from weightspace.tasks.train import evaluate_classifier, evaluate_lm
 from weightspace.utils import atomic_write_text
 
 PERIOD = 100
-GUARD_TOLERANCE = 0.0
+GUARD_TOLERANCE = 0.3
 GUARD_DELAY = 10
 METHODS = ("adam", "nino", "nino-noguard", "nino-reset", "wnn", "linefit", "lawa")
 
@@ -82,8 +82,8 @@ def _task_fns(task: Task, model: nn.Module, seed: int, loss_guard: bool = False)
                                                                  Callable[[], torch.Tensor]]:
     """``train_loss()`` (next minibatch), ``evaluate()`` (validation metric) and ``guard()``.
 
-    The guard looks at a fixed batch of 512 training examples (never validation data): its error
-    rate for classifiers (its cross-entropy with ``loss_guard``), its loss for language models.
+    The guard looks at a fixed batch of training examples (never validation data): its
+    cross-entropy (its error rate for classifiers without ``loss_guard``).
     """
     data = _data(task.data)
     g = torch.Generator().manual_seed(seed)
@@ -128,7 +128,7 @@ def _task_fns(task: Task, model: nn.Module, seed: int, loss_guard: bool = False)
 
 def run_one(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> dict[str, Any]:
     model = build(task.family, seed=seed, **task.kwargs)
-    train_loss, evaluate, guard = _task_fns(task, model, seed, loss_guard="gloss" in method.split("-"))
+    train_loss, evaluate, guard = _task_fns(task, model, seed, loss_guard="gerr" not in method.split("-"))
     base = torch.optim.AdamW(model.parameters(), lr=task.lr, weight_decay=0.0)
     opt: torch.optim.Optimizer = base
     if method != "adam":
@@ -137,7 +137,7 @@ def run_one(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> d
         opt = NowcastOptimizer(model, base, nowcasters[name], period=PERIOD, example_input=example_input(model),
                                guard=None if "noguard" in opts else guard, guard_tolerance=tol,
                                guard_delay=0 if "now" in opts else GUARD_DELAY,
-                               reset_state="reset" in opts)
+                               reset_state="reset" in opts, stop=task.steps)
     eval_every = max(1, task.steps // 50)
     curve = [(0, evaluate())]
     step_seconds = 0.0
@@ -158,7 +158,8 @@ def run_one(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> d
     now_s = sum(j.seconds for j in jumps)
     return {"task": task.name, "method": method, "seed": seed, "curve": curve, "train_seconds": step_seconds - now_s,
             "nowcast_seconds": now_s, "jumps": len(jumps), "rollbacks": sum(not j.accepted for j in jumps),
-            "rollback_steps": [j.step for j in jumps if not j.accepted]}
+            "rollback_steps": [j.step for j in jumps if not j.accepted],
+            "guard": [(j.step, j.loss_before, j.loss_after) for j in jumps]}
 
 
 def steps_to(curve: list[tuple[int, float]], target: float, higher: bool) -> float:
@@ -276,10 +277,12 @@ def run(args: argparse.Namespace) -> int:
             f"mean over seeds), median over {args.seeds} seeds; `(r/n)`: only r of n seeds reached it. "
             f"AdamW, weight decay 0; nowcasters wrap it with NowcastOptimizer (period {PERIOD}, context 5, "
             f"horizons `{nowcasters['nino'].max_horizon and __import__('weightspace.nowcast', fromlist=['x']).horizon_schedule(nowcasters['nino'].max_horizon)}` "
-            f"context spacings of {PERIOD // 5} steps). All nowcasters run with the guard (loss on a fixed "
-            f"training batch before/after each jump; worse jumps are rolled back) except `nino-noguard`; "
-            f"`nino-reset` also clears Adam's moments after each accepted jump. No task was seen in "
-            f"meta-training:\n\n" + "\n".join(f"- `{t.name}`: {t.description}; {t.steps} steps, lr {t.lr}, "
+            f"context spacings of {PERIOD // 5} steps; no jump on the last step). All nowcasters run with the "
+            f"same guard except `nino-noguard`: cross-entropy on a fixed training batch just before a jump and "
+            f"{GUARD_DELAY} steps after it; the jump is rolled back (parameters and AdamW state restored) if "
+            f"that loss is non-finite or more than {GUARD_TOLERANCE:.0%} above its pre-jump value. "
+            f"`nino-reset` also clears AdamW's moments after each jump; `nino-now` judges at once "
+            f"(no delay). No task was seen in meta-training:\n\n" + "\n".join(f"- `{t.name}`: {t.description}; {t.steps} steps, lr {t.lr}, "
                                                 f"batch {t.batch_size}" for t in tasks)
             + "\n\n" + tables + f"\n\nMean NiNo speed-up over tasks: "
             f"{statistics.mean(speedups) if speedups else math.nan:.2f}x. Curves: `{out / 'nowcast_curves.png'}`.")

@@ -49,6 +49,8 @@ class NowcastOptimizer(torch.optim.Optimizer):
     once and pays off a few steps later (Knyazev et al. 2025 observe the same), so an immediate
     verdict rejects jumps that help. Measured in ``scripts/bench_nowcast.py``.
     ``reset_state`` clears the base optimizer's state (e.g. Adam's moments) after an accepted jump.
+    Nowcasting happens from step ``start`` and not at or after step ``stop`` (e.g. the last step
+    of a budget, where a jump has no steps left to settle).
 
     ``param_groups`` and ``state`` are the base optimizer's, so LR schedulers, gradient clipping
     and ``state_dict`` work on the wrapper as on the base optimizer. The model's
@@ -59,7 +61,7 @@ class NowcastOptimizer(torch.optim.Optimizer):
                  period: int = 100, horizons: Sequence[int] | None = None, example_input: Any = None,
                  space: Any = None, guard: Callable[[], float | Tensor] | None = None,
                  guard_tolerance: float = 0.0, guard_delay: int = 0, reset_state: bool = False,
-                 start: int = 0) -> None:
+                 start: int = 0, stop: int | None = None) -> None:
         c = int(nowcaster.context)
         if period < c:
             raise NowcastError(f"period ({period}) must be at least the nowcaster's context ({c} states): the "
@@ -90,7 +92,7 @@ class NowcastOptimizer(torch.optim.Optimizer):
         self.guard, self.guard_tolerance, self.reset_state = guard, guard_tolerance, reset_state
         self.guard_delay = guard_delay
         self._pending: tuple[Jump, int, Tensor, dict] | None = None
-        self.start = start
+        self.start, self.stop = start, stop
         self.jumps: list[Jump] = []
         self.num_steps = 0
         self._ring: Tensor | None = None
@@ -121,7 +123,8 @@ class NowcastOptimizer(torch.optim.Optimizer):
             ahead = self.period - phase
             if ahead % self.spacing == 0 and ahead < self.context * self.spacing:
                 self._record()
-            if phase == self.period and self._filled >= self.context:
+            if phase == self.period and self._filled >= self.context and \
+                    (self.stop is None or self.num_steps < self.stop):
                 self.jump()
         return loss
 
