@@ -233,8 +233,12 @@ def plot(results: list[dict[str, Any]], tasks: list[Task], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.4), squeeze=False)
-    for ax, t in zip(axes[0], tasks):
+    cols = min(3, len(tasks))
+    rows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(tasks):]:
+        ax.set_visible(False)
+    for ax, t in zip(axes.flat, tasks):
         for m in METHODS:
             rs = [r for r in results if r["task"] == t.name and r["method"] == m]
             if not rs:
