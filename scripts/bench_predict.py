@@ -80,6 +80,11 @@ def load_previous(path: Path) -> tuple[dict, dict]:
     return rows, extras
 
 
+def save_results(path: Path, rows: list[list], extras: dict) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(
+        {"rows": rows, "extras": {n: {k: str(v) for k, v in e.items()} for n, e in extras.items()}}, indent=1)))
+
+
 def run_setting(name: str, store: GraphStore, args: argparse.Namespace, out: Path,
                 previous: tuple[dict, dict] = ({}, {})) -> tuple[list[list], dict]:
     train, test = store.split_by_run(args.test_fraction, args.seed)
@@ -179,6 +184,7 @@ def main() -> None:
     for name in args.settings.split(","):
         r, extras[name] = run_setting(name, stores[name], args, args.work, previous)
         rows += r
+        save_results(args.work / "results.json", rows, extras)
     header = ["collection", "model", "τ test acc", "R² test acc", "τ gap", "R² gap"]
     lines = [
         "Predicting a checkpoint's test accuracy and generalisation gap (train − test accuracy) from its "
@@ -211,8 +217,6 @@ def main() -> None:
     ]
     body = "\n".join(lines)
     print(body)
-    atomic_write(args.work / "results.json", lambda tmp: tmp.write_text(json.dumps(
-        {"rows": rows, "extras": {n: {k: str(v) for k, v in e.items()} for n, e in extras.items()}}, indent=1)))
     if not args.no_write:
         write_section("predict", "## Property prediction from weights (`scripts/bench_predict.py`)\n\n" + body)
 
