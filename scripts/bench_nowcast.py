@@ -227,6 +227,26 @@ def summarize(results: list[dict[str, Any]], tasks: list[Task]) -> tuple[str, di
     return table1 + "\n\n" + table2, summary
 
 
+def verdict(summary: dict[str, Any]) -> str:
+    """The issue's goals, each checked against the measured numbers."""
+    names = list(summary)
+    sp = [summary[n]["ratios"].get("nino", 0.0) for n in names]
+    beats = [n for n in names if all(summary[n]["ratios"].get("nino", 0.0) > summary[n]["ratios"].get(b, 0.0)
+                                     for b in ("wnn", "linefit", "lawa") if b in summary[n]["ratios"])]
+    shares = [summary[n]["nowcast_share"] for n in names if math.isfinite(summary[n]["nowcast_share"])]
+    worse = [n for n in names if 0 < summary[n]["ratios"].get("nino", 0.0) < 1.0]
+    lines = [
+        f"- Adam-to-NiNo step ratio, mean over tasks: {statistics.mean(sp):.2f}x (goal >= 2.0): "
+        f"{'met' if statistics.mean(sp) >= 2 else 'not met'}.",
+        f"- NiNo beats linefit, WNN and LAWA on {len(beats)} of {len(names)} tasks ({', '.join(beats) or 'none'}; "
+        f"goal: all): {'met' if len(beats) == len(names) else 'not met'}.",
+        f"- Nowcasting share of training wall-clock: {min(shares):.1%} to {max(shares):.1%} (goal <= 2%): "
+        f"{'met' if shares and max(shares) <= 0.02 else 'not met'}.",
+        f"- Guarded NiNo slower than Adam on {len(worse)} task(s) ({', '.join(worse) or 'none'}; goal: none).",
+    ]
+    return "Goals of issue 4, as measured here:\n\n" + "\n".join(lines)
+
+
 def plot(results: list[dict[str, Any]], tasks: list[Task], path: Path) -> None:
     import matplotlib
 
@@ -299,6 +319,7 @@ def run(args: argparse.Namespace) -> int:
             f"reach it). Time share: nowcasting (NiNo forward, guard evaluations, parameter copies) over "
             f"nowcasting plus training steps, median over seeds; evaluation excluded. Mean NiNo speed-up over tasks: "
             f"{statistics.mean(speedups) if speedups else math.nan:.2f}x. Curves: `{out / 'nowcast_curves.png'}`.")
+    body += "\n\n" + verdict(summary)
     write_section("bench_nowcast", "## Nowcasting (scripts/bench_nowcast.py)\n\n" + body, args.benchmarks)
     print(tables)
     return 0
