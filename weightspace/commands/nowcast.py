@@ -41,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--seeds", type=int, default=3)
     b.add_argument("--out", default="bench_nowcast", help="folder for the plot and raw JSON")
     b.add_argument("--benchmarks", default="BENCHMARKS.md")
+    b.add_argument("--methods", default=None,
+                   help="comma-separated methods: adam, nino, wnn, linefit, lawa, each optionally with -noguard, "
+                        "-reset, -now, -tol<x> (default: all of the benchmark's)")
+    b.add_argument("--resume", action="store_true", help="keep the runs already in OUT/results.json")
     b.add_argument("--quick", action="store_true", help="shorter budgets (smoke test)")
     b.set_defaults(func=bench)
 
