@@ -48,4 +48,5 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     assert "round trip bit-exact: True" in out and "only relabels the graph's nodes: True" in out
+    assert "from the weights alone: True" in out
     assert (tmp_path / "demo" / "curves.png").stat().st_size > 1000

@@ -49,7 +49,13 @@ def run(args: argparse.Namespace) -> int:
         if r["step"] == coll.steps(r["run_id"])[-1]:
             print(f"   {r['run_id']}: train_acc {r['train_acc']:.3f}, test_acc {r['test_acc']:.3f}")
     print(f"   training curves: {plot_curves(coll, out / 'curves.png')}")
-    return 0 if exact and same else 1
+
+    from ..align import weight_matching
+    found = weight_matching(space, sds[-1], moved)
+    aligned = space.permute(moved, found)
+    recovered = all(torch.equal(aligned[k], sds[-1][k]) for k in aligned)
+    print(f"\n6. Git Re-Basin weight matching undoes that permutation from the weights alone: {recovered}")
+    return 0 if exact and same and recovered else 1
 
 
 def plot_curves(coll, path: Path) -> Path:
