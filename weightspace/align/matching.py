@@ -126,6 +126,7 @@ def _permute_piece(t: Tensor, labels: Sequence[int], perm: Mapping[int, Tensor],
 
 
 def _lap(cost: np.ndarray) -> tuple[np.ndarray, float]:
+    cost = np.ascontiguousarray(cost, dtype=np.float64)  # scipy copies anything else
     rows, cols = linear_sum_assignment(cost, maximize=True)
     return cols, float(cost[rows, cols].sum())
 
@@ -250,7 +251,7 @@ def _from_names(space: WeightSpace, perm: Mapping[str, Tensor]) -> dict[int, Ten
 
 
 def weight_matching(space: WeightSpace, sd_a: StateDict, sd_b: StateDict, *, max_iter: int = 100,
-                    init: Permutation | None = None, seed: int = 0, fixed: Permutation | None = None, tol: float = 0.0,
+                    init: Permutation | None = None, seed: int = 0, fixed: Permutation | None = None, tol: float = 1e-4,
                     progress: bool = False) -> Permutation:
     """Permutation bringing ``sd_b`` into the basin of ``sd_a`` by weight matching (Ainsworth et al. 2023).
 
@@ -261,7 +262,9 @@ def weight_matching(space: WeightSpace, sd_a: StateDict, sd_b: StateDict, *, max
     matched as blocks: the cost of pairing head ``i`` of A with head ``j`` of B is the value of the
     optimal assignment of the units within the two heads (the nested groups), and an outer
     assignment over heads picks the pairs. A residual stream is a single group. Iterations stop
-    when a full sweep changes nothing, or improves the objective by at most ``tol`` times its value.
+    when a full sweep changes nothing, or improves the objective by at most ``tol`` times its value
+    (``tol=0`` runs to an exact fixed point; on trained digits MLPs the default ``1e-4`` saves a few
+    sweeps and leaves the objective and the barrier unchanged to three decimals).
     A group is re-solved only when a group it shares a tensor with has changed since its last solve
     (otherwise its assignment problem, and so its solution, is unchanged).
 
