@@ -10,14 +10,16 @@ only used here, never a project dependency: install it outside the project, e.g.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
+from pathlib import Path
 import time
 import traceback
 
 import torch
 
 from weightspace import WeightSpace
-from weightspace.align import interpolation_curve, weight_matching
+from weightspace.align import interpolation_curve, plot_interpolation, weight_matching
 from weightspace.bench import markdown_table, write_section
 from weightspace.tasks import build, digits_split, evaluate_classifier, example_input, train_classifier
 
@@ -50,7 +52,7 @@ def planted(widths: list[int], noises: list[float], trials: int) -> tuple[str, l
             space = WeightSpace.from_module(model, example_input(model))
             for noise in noises:
                 ok, secs = 0, []
-                for t in range(trials):
+                for t in range(trials if w <= 128 else min(trials, 3)):
                     gen = torch.Generator().manual_seed(100 + t)
                     perm = space.random_permutation(gen)
                     sd_b = space.permute(sd, perm)
@@ -65,7 +67,7 @@ def planted(widths: list[int], noises: list[float], trials: int) -> tuple[str, l
                     found = weight_matching(space, sd, sd_b, seed=t)
                     secs.append(time.perf_counter() - t0)
                     ok += _same(space.inverse(perm), found)
-                rows.append([fam, w, space.num_params, noise, f"{ok}/{trials}", f"{sum(secs) / len(secs):.3f}"])
+                rows.append([fam, w, space.num_params, noise, f"{ok}/{len(secs)}", f"{sum(secs) / len(secs):.3f}"])
                 print(rows[-1], flush=True)
     table = markdown_table(["family", "width", "params", "noise (x tensor std)", "exact recovery", "mean s"], rows)
     return table, rows
@@ -80,15 +82,20 @@ def _train_pair(family: str, kw: dict, steps: int, data) -> list:
     return out
 
 
-def barriers(mults: list[int], steps: int) -> str:
-    """(b) Loss barrier of pairs of independently trained digits models, naive and after weight matching."""
+def barriers(mults: list[int], steps: int, figure: Path | None = None) -> str:
+    """(b) Loss barrier of pairs of independently trained digits models, naive and after weight matching.
+
+    BatchNorm models are evaluated with their statistics re-estimated along the path (``bn="reset"``)
+    and, for the aligned pair, also after REPAIR. ResNets stop at 4x (training cost).
+    """
     data = digits_split()
     batches = [(data.x_train[i:i + 256], data.y_train[i:i + 256]) for i in range(0, 1024, 256)]
     ev = lambda net: evaluate_classifier(net, data.x_val, data.y_val)
-    rows = []
-    for family, base in (("mlp", lambda k: dict(widths=(32 * k, 32 * k))),
-                         ("cnn", lambda k: dict(channels=(8 * k, 16 * k, 16 * k), batchnorm=True))):
-        for k in mults:
+    rows, curves = [], {}
+    for family, base, ks in (("mlp", lambda k: dict(widths=(32 * k, 32 * k)), mults),
+                             ("cnn", lambda k: dict(channels=(8 * k, 16 * k, 16 * k), batchnorm=True), mults),
+                             ("resnet", lambda k: dict(widths=(16 * k, 64 * k)), [k for k in mults if k <= 4])):
+        for k in ks:
             kw = base(k)
             a, b = _train_pair(family, kw, steps, data)
             space = WeightSpace.from_module(a, data.x_train[:2])
@@ -96,14 +103,59 @@ def barriers(mults: list[int], steps: int) -> str:
             t0 = time.perf_counter()
             perm = weight_matching(space, sa, sb)
             secs = time.perf_counter() - t0
+            sp = space.permute(sb, perm)
             naive = interpolation_curve(a, sa, sb, ev, space=space, bn="reset", data=batches)
-            aligned = interpolation_curve(a, sa, space.permute(sb, perm), ev, space=space, bn="reset", data=batches)
+            aligned = interpolation_curve(a, sa, sp, ev, space=space, bn="reset", data=batches)
+            rep = "-"
+            if family != "mlp":
+                rep = f"{interpolation_curve(a, sa, sp, ev, space=space, bn='repair', data=batches).barrier:.3f}"
+            if k == ks[0]:
+                curves[f"{family} {k}x naive"] = naive
+                curves[f"{family} {k}x aligned"] = aligned
             rows.append([family, f"{k}x {kw}", f"{naive.losses[0]:.3f}/{naive.losses[-1]:.3f}",
-                         f"{naive.barrier:.3f}", f"{aligned.barrier:.3f}", f"{naive.acc_barrier:.3f}",
+                         f"{naive.barrier:.3f}", f"{aligned.barrier:.3f}", rep, f"{naive.acc_barrier:.3f}",
                          f"{aligned.acc_barrier:.3f}", f"{secs:.2f}"])
             print(rows[-1], flush=True)
+    if figure is not None and curves:
+        plot_interpolation(curves, figure, title="digits: naive vs weight-matched interpolation (BN reset)")
     return markdown_table(["family", "width", "endpoint losses", "loss barrier naive", "loss barrier aligned",
-                           "acc barrier naive", "acc barrier aligned", "matching s"], rows)
+                           "aligned + REPAIR", "acc barrier naive", "acc barrier aligned", "matching s"], rows)
+
+
+def _planted_model(family: str, kw: dict):
+    model = build(family, seed=0, **kw)
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model.eval()
+
+
+def rebasin_planted(PCD, trials: int = 3) -> list[list]:
+    """``rebasin`` on planted permutations: B = permute(A). Recovered when B's permuted state_dict equals A's."""
+    rows = []
+    for label, family, kw in (("MLP 64-256-256-256-10", "mlp", dict(widths=(256, 256, 256))),
+                              ("CNN+BN (32,64,64)", "cnn", dict(channels=(32, 64, 64), batchnorm=True))):
+        a = _planted_model(family, kw)
+        x = example_input(a)
+        space = WeightSpace.from_module(a, x)
+        sa = {k: v.clone() for k, v in a.state_dict().items()}
+        theirs = weights = ours = 0
+        for t in range(trials):
+            sb = space.permute(sa, space.random_permutation(torch.Generator().manual_seed(100 + t)))
+            b = copy.deepcopy(a)
+            b.load_state_dict(sb)
+            PCD(copy.deepcopy(a), b, x).rebasin()
+            got = b.state_dict()
+            theirs += all(torch.allclose(got[k].float(), sa[k].float()) for k in sa)
+            weights += all(torch.allclose(got[k].float(), sa[k].float()) for k in sa if "running" not in k)
+            back = space.permute(sb, weight_matching(space, sa, sb, seed=t))
+            ours += all(torch.equal(back[k], sa[k]) for k in sa)
+        rows.append([f"planted: {label}", f"{ours}/{trials} exact", f"{theirs}/{trials} "
+                     f"(weights and biases only: {weights}/{trials})", "-", "-", "-", "-"])
+        print(rows[-1], flush=True)
+    return rows
 
 
 def versus_rebasin(steps: int, quick: bool) -> str:
@@ -125,38 +177,51 @@ def versus_rebasin(steps: int, quick: bool) -> str:
         a, b = _train_pair(family, kw, steps, data)
         x = data.x_train[:2]
         space = WeightSpace.from_module(a, x)
-        sa, sb = a.state_dict(), b.state_dict()
+        sa = {k: v.clone() for k, v in a.state_dict().items()}
+        sb = {k: v.clone() for k, v in b.state_dict().items()}
+        loss_b = ev(b)[0]
         t0 = time.perf_counter()
         perm = weight_matching(space, sa, sb)
         ours_s = time.perf_counter() - t0
         ours = interpolation_curve(a, sa, space.permute(sb, perm), ev, space=space, bn="reset", data=batches)
-        b2 = build(family, seed=0, **kw)
-        b2.load_state_dict(sb)
+        # rebasin permutes model B in place (and traces A): hand it deep copies, never our state_dicts
+        a2, b2 = copy.deepcopy(a), copy.deepcopy(b)
         t0 = time.perf_counter()
         try:
-            pcd = PermutationCoordinateDescent(a, b2, x)
+            pcd = PermutationCoordinateDescent(a2, b2, x)
             pcd.rebasin()
             theirs_s = time.perf_counter() - t0
-            theirs = interpolation_curve(a, sa, b2.state_dict(), ev, space=space, bn="reset", data=batches)
-            tb, ta = f"{theirs.barrier:.3f}", f"{theirs_s:.3f}"
+            srb = {k: v.detach().clone() for k, v in b2.state_dict().items()}
+            changed = sum(not torch.equal(srb[k], sb[k]) for k in sb)
+            theirs = interpolation_curve(a, sa, srb, ev, space=space, bn="reset", data=batches)
+            # A valid permutation leaves B's function unchanged, so the barrier is measured against the
+            # endpoint losses of A and the original B; B's loss after rebasin's permutation is shown beside it.
+            fair = max(v - ((1 - t) * theirs.losses[0] + t * loss_b)
+                       for t, v in zip(theirs.lambdas[:-1], theirs.losses[:-1]))
+            tb = f"{fair:.3f} (B after its permutation: loss {theirs.losses[-1]:.3f} vs {loss_b:.3f}; " \
+                 f"{changed}/{len(sb)} tensors changed)"
+            ta = f"{theirs_s:.3f}"
             speed = f"{theirs_s / ours_s:.1f}x"
         except Exception as e:
             tb, ta, speed = "-", f"failed: {type(e).__name__}", "-"
-        rows.append([label, f"{ours_s:.3f}", ta, speed, f"{ours.barrier:.3f}", tb])
+        rows.append([label, f"{ours_s:.3f}", ta, speed, f"{ours.barrier:.3f}", tb, f"{loss_b:.3f}"])
         print(rows[-1], flush=True)
     gpt = build("gpt", seed=0)
     gpt_b = build("gpt", seed=1)
     try:
         PermutationCoordinateDescent(gpt, gpt_b, example_input(gpt)).rebasin()
-        note = "ran without an exception"
+        ref = build("gpt", seed=1).state_dict()
+        changed = sum(not torch.equal(v, ref[k]) for k, v in gpt_b.state_dict().items())
+        note = f"ran without an exception; {changed}/{len(ref)} tensors of B permuted"
         y0 = build("gpt", seed=1)(example_input(gpt))
         y1 = gpt_b(example_input(gpt))
         note += f"; max |output change| of B after its permutation: {float((y0 - y1).abs().max()):.3g}"
     except Exception as e:
         note = f"raised {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
-    rows.append(["TinyGPT (2 layers, 2 heads, d=32)", "see planted table", note, "-", "-", "-"])
+    rows.append(["TinyGPT (2 layers, 2 heads, d=32)", "see planted table", note, "-", "-", "-", "-"])
+    rows += rebasin_planted(PermutationCoordinateDescent)
     return markdown_table(["model (trained pair on digits)", "ours s", "rebasin s", "speedup", "barrier ours",
-                           "barrier rebasin"], rows)
+                           "barrier rebasin", "loss of B"], rows)
 
 
 def main() -> int:
@@ -166,6 +231,7 @@ def main() -> int:
     ap.add_argument("--rebasin-path", default=None)
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--out", default="BENCHMARKS.md")
+    ap.add_argument("--figure", default="scripts/figures/align_interpolation.png")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.rebasin_path:
@@ -177,7 +243,8 @@ def main() -> int:
     table, _ = planted(widths, noises, 3 if args.quick else 5)
     parts.append(table)
     parts.append("\n### (b) Loss barriers of independently trained digits models (BN stats reset)\n")
-    parts.append(barriers([1, 2, 4] if args.quick else [1, 2, 4, 8], args.steps))
+    parts.append(barriers([1, 2, 4] if args.quick else [1, 2, 4, 8], args.steps, Path(args.figure)))
+    parts.append(f"\nInterpolation curves at the smallest width: `{args.figure}`.\n")
     parts.append("\n### (c) Runtime vs the PyPI `rebasin` package 0.0.47\n")
     try:
         parts.append(versus_rebasin(args.steps, args.quick))

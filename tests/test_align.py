@@ -72,6 +72,20 @@ def test_weight_matching_reduces_distance_between_independent_models():
         torch.testing.assert_close(b2(x), b(x))
 
 
+def test_weight_matching_tolerance_stop_is_close_to_exact_fixed_point():
+    from weightspace.align.matching import _from_names, _WeightMatcher
+    torch.manual_seed(0)
+    a, b = MLP((6, 48, 48, 3)), MLP((6, 48, 48, 3))
+    space = WeightSpace.from_module(a, torch.randn(2, 6))
+    sa, sb = a.state_dict(), b.state_dict()
+    m = _WeightMatcher(space, sa, sb)
+    exact = m.objective(_from_names(space, weight_matching(space, sa, sb, tol=0.0)))
+    loose = m.objective(_from_names(space, weight_matching(space, sa, sb)))
+    identity = m.objective(_from_names(space, space.identity_permutation()))
+    assert loose > identity
+    assert abs(loose - exact) <= 1e-2 * abs(exact)
+
+
 def test_ste_matching_runs_and_keeps_function():
     torch.manual_seed(0)
     a, b = MLP((6, 16, 3)), MLP((6, 16, 3))
