@@ -148,6 +148,18 @@ class Handwritten(nn.Module):
         return torch.relu(h) @ self.w2.t()
 
 
+def randomize(model: nn.Module, seed: int = 3) -> nn.Module:
+    """Give BatchNorm non-trivial statistics and affine parameters, so that permuting buffers matters."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+    return model.eval()
+
+
 def families():
     """(name, model factory, example input factory) for every supported family."""
     g = torch.Generator().manual_seed(0)

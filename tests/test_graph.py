@@ -3,22 +3,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from families import families
-from test_space import randomize
 from weightspace import StateDictMismatch, WeightSpace
 from weightspace.graph import EDGE_TYPES
-
-FAMILIES = families()
-
-
-@pytest.fixture(scope="module", params=FAMILIES, ids=[f[0] for f in FAMILIES])
-def family(request):
-    name, make, example = request.param
-    torch.manual_seed(0)
-    model = randomize(make())
-    x = example()
-    return name, make, model, x, WeightSpace.from_module(model, x)
-
 
 def trajectory(model, steps=3):
     """A few distinct checkpoints of the same model (noise added to every float tensor, ties kept)."""

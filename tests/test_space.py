@@ -2,34 +2,11 @@
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from families import families
 from weightspace import NonFiniteWeights, StateDictMismatch, UnsupportedOperation, WeightSpace, WeightSpaceError
 
 FAMILIES = families()
-IDS = [f[0] for f in FAMILIES]
-
-
-def randomize(model: nn.Module) -> nn.Module:
-    """Give BatchNorm non-trivial statistics so that permuting buffers matters."""
-    g = torch.Generator().manual_seed(3)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
-    return model.eval()
-
-
-@pytest.fixture(scope="module", params=FAMILIES, ids=IDS)
-def family(request):
-    name, make, example = request.param
-    torch.manual_seed(0)
-    model = randomize(make())
-    x = example()
-    return name, make, model, x, WeightSpace.from_module(model, x)
 
 
 def test_permutation_preserves_function(family):
