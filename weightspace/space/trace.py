@@ -17,7 +17,6 @@ naming the module and the operation, so a model is never described wrongly in si
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from math import prod
 from typing import Any, Callable
 
 import torch
