@@ -215,7 +215,7 @@ def versus_rebasin(steps: int, quick: bool) -> str:
         note = f"ran without an exception; {changed}/{len(ref)} tensors of B permuted"
         y0 = build("gpt", seed=1)(example_input(gpt))
         y1 = gpt_b(example_input(gpt))
-        note += f"; max |output change| of B after its permutation: {float((y0 - y1).abs().max()):.3g}"
+        note += f"; largest output change of B after its permutation: {float((y0 - y1).abs().max().detach()):.3g}"
     except Exception as e:
         note = f"raised {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
     rows.append(["TinyGPT (2 layers, 2 heads, d=32)", "see planted table", note, "-", "-", "-", "-"])
