@@ -2,8 +2,8 @@
 
 Writes the ``bench_align`` section of BENCHMARKS.md. The PyPI ``rebasin`` package (0.0.47) is
 only used here, never a project dependency: install it outside the project, e.g.
-``pip install --no-deps --target /tmp/ws_bench_env rebasin==0.0.47 torchview graphviz``, and pass
-``--rebasin-path /tmp/ws_bench_env``.
+``pip install --no-deps --target REBASIN_DIR rebasin==0.0.47 torchview graphviz``, and pass
+``--rebasin-path REBASIN_DIR``.
 
     python scripts/bench_align.py [--quick] [--rebasin-path DIR] [--threads N]
 """

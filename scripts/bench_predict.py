@@ -190,7 +190,7 @@ def main() -> None:
         "Predicting a checkpoint's test accuracy and generalisation gap (train − test accuracy) from its "
         "weights, on held-out runs (split by run: no run in both train and test). "
         f"Checkpoints from step {args.min_step} on of finished runs of architectures with at most {args.max_params} "
-        f"parameters; zoos: `{cnn.source}`, `{mlp.source}`. "
+        f"parameters; zoos: `{cnn.name}`, `{mlp.name}` (built with the zoo recipes). "
         "Kendall τ from `scipy.stats.kendalltau`, R² from `sklearn.metrics.r2_score`.",
         "",
         markdown_table(header, rows),
