@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from families import MLP, families
+from families import MLP, families, randomize
 from weightspace import NonFiniteWeights, StateDictMismatch, WeightSpace
 from weightspace.align import (Curve, accuracy_barrier, activation_matching, interpolate, interpolation_curve,
                                loss_barrier, plot_interpolation, repair, reset_bn_stats, ste_matching,
@@ -13,20 +13,11 @@ FAMILIES = families()
 IDS = [f[0] for f in FAMILIES]
 
 
-def randomize(model: nn.Module) -> nn.Module:
-    g = torch.Generator().manual_seed(5)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-    return model.eval()
-
-
 @pytest.fixture(scope="module", params=FAMILIES, ids=IDS)
 def family(request):
     name, make, example = request.param
     torch.manual_seed(0)
-    model = randomize(make())
+    model = randomize(make(), seed=5)
     x = example()
     return name, make, example, model, x, WeightSpace.from_module(model, x)
 
