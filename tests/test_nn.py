@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from families import families
-from test_space import randomize
+from families import randomize
 from weightspace import WeightSpace
 from weightspace.graph import EDGE_TYPES
 from weightspace.nn import EdgeHead, GraphHead, GraphMetanetwork, IncompatibleGraph, NodeHead, collate
