@@ -61,3 +61,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def cat_flat(tensors: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """Flatten ``tensors`` into the 1-D ``out`` in one copy, casting those of another dtype."""
+    if tensors:
+        torch.cat([t.detach().reshape(-1) if t.dtype == out.dtype else t.detach().reshape(-1).to(out.dtype)
+                   for t in tensors], out=out)
+    return out

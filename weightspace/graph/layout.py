@@ -18,6 +18,7 @@ import torch
 from torch_geometric.data import Data
 
 from ..errors import StateDictMismatch
+from ..utils import cat_flat
 
 if TYPE_CHECKING:
     from ..space.weightspace import WeightSpace
@@ -175,10 +176,7 @@ class GraphLayout:
         device = next(iter(state_dicts[0].values())).device if self.keys else torch.device("cpu")
         buf = torch.empty(T, P + 2, dtype=self.dtype, device=device)
         for t, sd in enumerate(state_dicts):
-            parts = [sd[k].detach().reshape(-1) for k in self.keys]
-            parts = [p if p.dtype == self.dtype else p.to(self.dtype) for p in parts]
-            if parts:
-                torch.cat(parts, out=buf[t, :P])
+            cat_flat([sd[k] for k in self.keys], buf[t, :P])
         buf[:, P] = 0
         buf[:, P + 1] = 1
         return buf

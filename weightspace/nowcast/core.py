@@ -8,6 +8,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..errors import NonFiniteWeights, WeightSpaceError
+from ..utils import cat_flat
 
 if TYPE_CHECKING:
     from ..space import WeightSpace
@@ -79,13 +80,11 @@ class ParamLayout:
     def flatten(self, model: nn.Module, out: Tensor | None = None) -> Tensor:
         """The model's current values as one ``[P]`` vector (float32 unless the model is float64)."""
         sd = model.state_dict(keep_vars=False)
-        parts = [sd[k].detach().reshape(-1) for k in self.keys]
+        parts = [sd[k] for k in self.keys]
         dtype = torch.float64 if any(t.dtype == torch.float64 for t in parts) else torch.float32
         if out is None:
             out = torch.empty(self.num_values, dtype=dtype, device=parts[0].device if parts else "cpu")
-        if parts:
-            torch.cat([t if t.dtype == out.dtype else t.to(out.dtype) for t in parts], out=out)
-        return out
+        return cat_flat(parts, out)
 
     def check_finite(self, flat: Tensor, what: str) -> None:
         bad = ~torch.isfinite(flat)
