@@ -283,6 +283,38 @@ def test_cli_parses_nowcast_commands():
     assert args.seeds == 1 and args.func.__name__ == "bench"
 
 
+@pytest.mark.parametrize("stop_at", [8, 13])
+def test_resume_from_state_dict_matches_an_uninterrupted_run(stop_at):
+    """Saved mid-context (13) or with a delayed verdict pending (8), a resumed run ends bit-identical."""
+    import io
+
+    def make():
+        model, x, y = _toy()
+        opt = NowcastOptimizer(model, torch.optim.Adam(model.parameters(), lr=1e-2), LineFit(4), period=8,
+                               guard=lambda: F.cross_entropy(model(x), y), guard_tolerance=0.5, guard_delay=1)
+        return model, opt, x, y
+
+    model, opt, x, y = make()
+    _train(opt, model, x, y, 30)
+    model2, opt2, _, _ = make()
+    _train(opt2, model2, x, y, stop_at)
+    assert (opt2._pending is not None) == (stop_at == 8)
+    buf = io.BytesIO()
+    torch.save({"model": model2.state_dict(), "opt": opt2.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf)
+    model3, opt3, _, _ = make()
+    model3.load_state_dict(saved["model"])
+    opt3.load_state_dict(saved["opt"])
+    _train(opt3, model3, x, y, 30 - stop_at)
+    assert [(j.step, j.k, j.accepted) for j in opt3.jumps] == [(j.step, j.k, j.accepted) for j in opt.jumps]
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model3.state_dict().values()))
+    other = MLP(in_features=8, widths=[7], out_features=3)
+    with pytest.raises(NowcastError, match="another model"):
+        NowcastOptimizer(other, torch.optim.Adam(other.parameters()), LineFit(4), period=8).load_state_dict(
+            saved["opt"])
+
+
 def test_delayed_guard_restores_parameters_and_optimizer_state():
     model, x, y = _toy()
     lay = ParamLayout.from_module(model)

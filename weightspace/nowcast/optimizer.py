@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import torch
@@ -56,8 +56,9 @@ class NowcastOptimizer(torch.optim.Optimizer):
     Nowcasting happens from step ``start`` and not at or after step ``stop`` (e.g. the last step
     of a budget, where a jump has no steps left to settle).
 
-    ``param_groups`` and ``state`` are the base optimizer's, so LR schedulers, gradient clipping
-    and ``state_dict`` work on the wrapper as on the base optimizer. The model's
+    ``param_groups`` and ``state`` are the base optimizer's, so LR schedulers and gradient clipping
+    work on the wrapper as on the base optimizer; ``state_dict`` adds the collected context states,
+    so a run resumed from a checkpoint nowcasts exactly as an uninterrupted one. The model's
     :class:`WeightSpace` is traced once, here, when the nowcaster needs a graph.
     """
 
@@ -111,10 +112,47 @@ class NowcastOptimizer(torch.optim.Optimizer):
         self.base.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.base.state_dict()
+        """The base optimizer's state dict plus a ``"nowcast"`` entry: step count, collected context
+        states, past jumps (they pick the next horizon) and a pending delayed-guard verdict, so a
+        resumed run nowcasts exactly as an uninterrupted one."""
+        sd = self.base.state_dict()
+        pending = None
+        if self._pending is not None:
+            rec, due, params, state = self._pending
+            index = {p: i for i, p in enumerate(self._base_params())}
+            pending = {"jump": self.jumps.index(rec), "due": due, "params": params.clone(),
+                       "state": {index[p]: {n: v.clone() if isinstance(v, Tensor) else v for n, v in st.items()}
+                                 for p, st in state.items()}}
+        sd["nowcast"] = {"num_steps": self.num_steps, "filled": self._filled,
+                         "ring": None if self._ring is None else self._ring.clone(),
+                         "jumps": [asdict(j) for j in self.jumps], "pending": pending}
+        return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict from :meth:`state_dict` (or a plain one of the base optimizer)."""
+        state_dict = dict(state_dict)
+        nc = state_dict.pop("nowcast", None)
+        ring = None if nc is None else nc["ring"]
+        if ring is not None and tuple(ring.shape) != (self.context, self.layout.num_values):
+            raise NowcastError(f"saved nowcast context has shape {tuple(ring.shape)}, this model and nowcaster "
+                               f"need ({self.context}, {self.layout.num_values}): was it saved for another model?")
         self.base.load_state_dict(state_dict)
+        if nc is None:
+            return
+        device = self._bound[0][0].device if self._bound else None
+        self.num_steps, self._filled = int(nc["num_steps"]), int(nc["filled"])
+        self._ring = None if ring is None else ring.to(device)
+        self.jumps = [Jump(**j) for j in nc["jumps"]]
+        self._pending = None
+        if nc["pending"] is not None:
+            pd = nc["pending"]
+            params = self._base_params()
+            state = {params[int(i)]: {n: v.to(params[int(i)].device) if isinstance(v, Tensor) else v
+                                      for n, v in st.items()} for i, st in pd["state"].items()}
+            self._pending = (self.jumps[int(pd["jump"])], int(pd["due"]), pd["params"].to(device), state)
+
+    def _base_params(self) -> list[Tensor]:
+        return [p for g in self.base.param_groups for p in g["params"]]
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = self.base.step(closure) if closure is not None else self.base.step()
