@@ -1,5 +1,6 @@
 """Property prediction from weights: data loading, splits, learning, baselines, errors and the CLI."""
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,16 @@ def test_cli_train_and_eval(tmp_path, coll, capsys):
     assert main(["predict", "train", "--collection", str(coll.root), "--target", "nope", "--out",
                  str(tmp_path / "bad"), "--no-progress"]) == 2
     assert "no metric 'nope'" in capsys.readouterr().err
+
+
+def test_ranking_loss_rewards_the_right_order_and_ignores_ties():
+    from weightspace.predict import ranking_loss
+
+    t = torch.tensor([[0.1], [0.5], [0.9], [0.9]])
+    right, wrong = 10 * t, -10 * t
+    assert float(ranking_loss(right, t)) < 1e-3 < math.log(2) < float(ranking_loss(wrong, t))
+    tied = torch.tensor([[3.0], [2.0], [1.0], [0.0]])
+    assert float(ranking_loss(tied, torch.ones(4, 1))) == 0.0
+    p = torch.zeros(4, 1, requires_grad=True)
+    ranking_loss(p, t).backward()
+    assert p.grad[0, 0] > 0 > p.grad[2, 0]

@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--weight-decay", type=float, default=1e-4)
+    t.add_argument("--rank-weight", type=float, default=1.0,
+                   help="weight of the pairwise ranking loss added to MSE (0: plain regression)")
     t.add_argument("--hidden", type=int, default=64)
     t.add_argument("--layers", type=int, default=4)
     t.add_argument("--test-fraction", type=float, default=0.2)
@@ -61,7 +63,8 @@ def train(args: argparse.Namespace) -> int:
                       seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every,
                       eval_every=args.eval_every, progress=not args.no_progress)
     run = train_predictor(store, args.out, model_config={"hidden": args.hidden, "layers": args.layers},
-                          train_config=cfg, test_fraction=args.test_fraction, split_seed=args.seed)
+                          train_config=cfg, test_fraction=args.test_fraction, split_seed=args.seed,
+                          rank_weight=args.rank_weight)
     if is_main_process():
         print(f"{store}")
         print(f"trained {run.result.step} steps at {run.result.graphs_per_second:.0f} graphs/s; "
