@@ -23,7 +23,7 @@ from weightspace.collections import CheckpointCollection
 from weightspace.predict import (FlatMLP, GraphStore, NotApplicable, StatNN, predict_store, regression_metrics,
                                  train_predictor)
 from weightspace.training import TrainConfig
-from weightspace.utils import atomic_write
+from weightspace.utils import atomic_write, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent
 TARGETS = ["test_acc", "gap"]
@@ -159,6 +159,9 @@ def main() -> None:
     p.add_argument("--reuse", action="store_true",
                    help="reuse results of an earlier run in --work (same data and settings); recompute n/a rows")
     p.add_argument("--no-write", action="store_true", help="print results without touching BENCHMARKS.md")
+    p.add_argument("--merge", type=Path, nargs="+", default=None,
+                   help="work folders of earlier runs (e.g. one per setting, run side by side with --no-write): "
+                        "merge their results into --work and write the section from them (implies --reuse)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cnn = open_zoo("digits-cnn", args.cnn_zoo, args.size, args.build)
@@ -180,6 +183,15 @@ def main() -> None:
         stores["mixed"].batch(bench_idx)
     batch_rate = 20 * args.batch_size / (time.perf_counter() - t0)
 
+    if args.merge:
+        merged = {"rows": [], "extras": {}}
+        for w in args.merge:
+            saved = json.loads((w / "results.json").read_text())
+            merged["rows"] += saved["rows"]
+            merged["extras"].update(saved["extras"])
+        args.work.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.work / "results.json", json.dumps(merged, indent=1))
+        args.reuse = True
     previous = load_previous(args.work / "results.json") if args.reuse else ({}, {})
     rows, extras = [], {}
     for name in args.settings.split(","):
