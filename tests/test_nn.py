@@ -12,10 +12,11 @@ FAMILIES = families()
 TOL = 1e-4
 
 
-def make_net(positional: str = "fixed", states: int = 1) -> tuple[GraphMetanetwork, GraphHead, NodeHead, EdgeHead]:
+def make_net(positional: str = "fixed", states: int = 1, conv: str = "pna"
+             ) -> tuple[GraphMetanetwork, GraphHead, NodeHead, EdgeHead]:
     torch.manual_seed(0)
     net = GraphMetanetwork(hidden=16, layers=2, states=states, edge_features=9, node_features=4, max_positions=16,
-                           positional=positional)
+                           positional=positional, conv=conv)
     return net.eval(), GraphHead(16, 2).eval(), NodeHead(16, 3).eval(), EdgeHead(16, states, 9).eval()
 
 
@@ -48,9 +49,9 @@ def edge_correspondence(g0, g1, idx: torch.Tensor) -> torch.Tensor:
     return order[pos]
 
 
-def check_symmetry(g0, g1, idx: torch.Tensor, positional: str) -> None:
+def check_symmetry(g0, g1, idx: torch.Tensor, positional: str, conv: str = "pna") -> None:
     """Assert graph outputs are invariant, and node and edge outputs equivariant, under the permutation."""
-    net, gh, nh, eh = make_net(positional=positional, states=2)
+    net, gh, nh, eh = make_net(positional=positional, states=2, conv=conv)
     e0, e1 = net(g0), net(g1)
     torch.testing.assert_close(nh(e1), nh(e0)[idx], atol=TOL, rtol=TOL)
     emap = edge_correspondence(g0, g1, idx)
@@ -58,32 +59,38 @@ def check_symmetry(g0, g1, idx: torch.Tensor, positional: str) -> None:
     torch.testing.assert_close(gh(e1), gh(e0), atol=TOL, rtol=TOL)
 
 
+CONVS = ["pna", "transformer"]
+
+
 @torch.no_grad()
-def test_outputs_are_invariant_and_equivariant(permuted_pair):
+@pytest.mark.parametrize("conv", CONVS)
+def test_outputs_are_invariant_and_equivariant(permuted_pair, conv):
     name, g0, g1, idx = permuted_pair
     assert not torch.equal(idx, torch.arange(len(idx)))
-    check_symmetry(g0, g1, idx, "fixed")
-    net, _, _, eh = make_net(states=2)
+    check_symmetry(g0, g1, idx, "fixed", conv)
+    net, _, _, eh = make_net(states=2, conv=conv)
     assert eh(net(g0)).shape == (g0.edge_index.shape[1], 2, 9)
 
 
 @torch.no_grad()
-def test_positions_on_hidden_units_break_symmetry(permuted_pair):
+@pytest.mark.parametrize("conv", CONVS)
+def test_positions_on_hidden_units_break_symmetry(permuted_pair, conv):
     """The same check fails when hidden units are given positional features: it is not vacuous."""
     name, g0, g1, idx = permuted_pair
     with pytest.raises(AssertionError):
-        check_symmetry(g0, g1, idx, "all")
+        check_symmetry(g0, g1, idx, "all", conv)
 
 
 @torch.no_grad()
-def test_mixed_architecture_batch_matches_single_graphs():
+@pytest.mark.parametrize("conv", CONVS)
+def test_mixed_architecture_batch_matches_single_graphs(conv):
     graphs = []
     for name, make, example in FAMILIES[:5] + FAMILIES[5:6]:
         torch.manual_seed(0)
         model = randomize(make())
         graphs.append(WeightSpace.from_module(model, example()).to_graph(model.state_dict()))
     assert len({g.edge_attr.shape[-1] for g in graphs}) > 1, "batch must mix edge widths"
-    net, gh, _, _ = make_net()
+    net, gh, _, _ = make_net(conv=conv)
     batched = gh(net(collate(graphs)))
     single = torch.cat([gh(net(g)) for g in graphs])
     torch.testing.assert_close(batched, single, atol=TOL, rtol=TOL)
@@ -99,13 +106,18 @@ def test_incompatible_graphs_are_refused():
         GraphMetanetwork(hidden=8, layers=1, states=2)(g)
     with pytest.raises(IncompatibleGraph, match="position"):
         GraphMetanetwork(hidden=8, layers=1, max_positions=2)(g)
+    with pytest.raises(ValueError, match="conv"):
+        GraphMetanetwork(hidden=8, layers=1, conv="gat")
+    with pytest.raises(ValueError, match="heads"):
+        GraphMetanetwork(hidden=10, layers=1, conv="transformer", heads=4)
 
 
-def test_gradients_flow_to_every_parameter():
+@pytest.mark.parametrize("conv", CONVS)
+def test_gradients_flow_to_every_parameter(conv):
     _, make, example = FAMILIES[4]
     model = randomize(make())
     g = WeightSpace.from_module(model, example()).to_graph(model.state_dict())
-    net, gh, _, _ = make_net()
+    net, gh, _, _ = make_net(conv=conv)
     gh(net(g)).sum().backward()
     unused = [n for n, p in net.named_parameters() if p.grad is None]
     assert unused == []

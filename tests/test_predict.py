@@ -145,7 +145,8 @@ def test_cli_train_and_eval(tmp_path, coll, capsys):
     out = tmp_path / "run"
     assert main(["predict", "train", "--collection", str(coll.root), "--target", "test_acc", "--out", str(out),
                  "--steps", "6", "--batch-size", "4", "--hidden", "8", "--layers", "1", "--no-progress",
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--conv", "transformer"]) == 0
+    assert PropertyPredictor.from_pretrained(str(out / "model")).backbone.config.conv == "transformer"
     assert "Kendall tau" in capsys.readouterr().out
     assert main(["predict", "eval", "--model", str(out / "model"), "--collection", str(coll.root),
                  "--split", str(out / "split.json"), "--json"]) == 0

@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weight of the pairwise ranking loss added to MSE (0: plain regression)")
     t.add_argument("--hidden", type=int, default=64)
     t.add_argument("--layers", type=int, default=4)
+    t.add_argument("--conv", default="pna", choices=["pna", "transformer"],
+                   help="message passing: FiLM messages with PNA aggregation, or graph-transformer attention")
     t.add_argument("--test-fraction", type=float, default=0.2)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="auto", help="auto (CUDA with bf16 autocast when present), cpu, cuda:0")
@@ -62,7 +64,8 @@ def train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                       seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every,
                       eval_every=args.eval_every, progress=not args.no_progress)
-    run = train_predictor(store, args.out, model_config={"hidden": args.hidden, "layers": args.layers},
+    run = train_predictor(store, args.out,
+                          model_config={"hidden": args.hidden, "layers": args.layers, "conv": args.conv},
                           train_config=cfg, test_fraction=args.test_fraction, split_seed=args.seed,
                           rank_weight=args.rank_weight)
     if is_main_process():

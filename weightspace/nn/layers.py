@@ -16,9 +16,10 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 from torch import Tensor
-from torch_geometric.nn import MessagePassing
+from torch_geometric.nn import MessagePassing, TransformerConv
 from torch_geometric.utils import scatter
 
+CONVS = ("pna", "transformer")
 AGGREGATORS = ("mean", "max", "min", "std")
 SCALERS = ("identity", "amplification", "attenuation")
 DEFAULT_SCALERS = ("identity", "amplification")
@@ -108,15 +109,27 @@ class NeuralGraphLayer(nn.Module):
 
     Nodes receive messages from their inputs (forward edges) and from their outputs (backward
     edges) separately; then each edge is updated from its two endpoints and itself. Pre-norm
-    residual updates keep deep stacks stable.
+    residual updates keep deep stacks stable. ``conv="transformer"`` is the graph-transformer
+    variant: messages are combined by multi-head attention over each node's neighbours, with the
+    edge embedding in keys and values (PyG's ``TransformerConv``, Shi et al. 2021), instead of
+    FiLM messages with PNA aggregation.
     """
 
     def __init__(self, dim: int, aggregators: Sequence[str] = AGGREGATORS, scalers: Sequence[str] = SCALERS,
-                 update_edges: bool = True) -> None:
+                 update_edges: bool = True, conv: str = "pna", heads: int = 4) -> None:
         super().__init__()
+        if conv not in CONVS:
+            raise ValueError(f"unknown conv {conv!r}; choose from {CONVS}")
         self.norm_h, self.norm_e = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.fwd = FiLMMessages(dim, aggregators, scalers)
-        self.bwd = FiLMMessages(dim, aggregators, scalers)
+        self.conv = conv
+        if conv == "pna":
+            self.fwd = FiLMMessages(dim, aggregators, scalers)
+            self.bwd = FiLMMessages(dim, aggregators, scalers)
+        else:
+            if dim % heads:
+                raise ValueError(f"hidden size {dim} is not divisible by {heads} attention heads")
+            self.fwd = TransformerConv(dim, dim // heads, heads=heads, edge_dim=dim)
+            self.bwd = TransformerConv(dim, dim // heads, heads=heads, edge_dim=dim)
         self.node_update = mlp([3 * dim, 2 * dim, dim])
         self.update_edges = update_edges
         if update_edges:
@@ -126,8 +139,12 @@ class NeuralGraphLayer(nn.Module):
 
     def forward(self, h: Tensor, e: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
         hn, en = self.norm_h(h), self.norm_e(e)
-        m_in = self.fwd(hn, en, edge_index)
-        m_out = self.bwd(hn, en, edge_index.flip(0))
+        if self.conv == "pna":
+            m_in = self.fwd(hn, en, edge_index)
+            m_out = self.bwd(hn, en, edge_index.flip(0))
+        else:
+            m_in = self.fwd(hn, edge_index, en)
+            m_out = self.bwd(hn, edge_index.flip(0), en)
         h = h + self.node_update(torch.cat([hn, m_in, m_out], -1))
         if self.update_edges:
             src, dst = self.edge_nodes(self.norm_h(h)).chunk(2, -1)

@@ -11,7 +11,7 @@ from torch_geometric.utils import scatter
 
 from ..errors import WeightSpaceError
 from ..graph import EDGE_TYPES, NODE_TYPES
-from .layers import AGGREGATORS, DEFAULT_SCALERS, NeuralGraphLayer, mlp
+from .layers import AGGREGATORS, CONVS, DEFAULT_SCALERS, NeuralGraphLayer, mlp
 
 
 class IncompatibleGraph(WeightSpaceError):
@@ -26,6 +26,8 @@ class MetanetConfig:
     (smaller ones are zero padded); ``max_positions`` bounds ``pos_id`` of fixed units.
     ``positional`` gives learned position embeddings to fixed units only; ``"all"`` also gives
     hidden units their index, which breaks permutation symmetry (kept to test that it does).
+    ``conv`` picks the message passing: ``"pna"`` (FiLM messages, PNA aggregation) or
+    ``"transformer"`` (multi-head attention over neighbours with ``heads`` heads).
     """
 
     hidden: int = 64
@@ -38,8 +40,12 @@ class MetanetConfig:
     aggregators: Sequence[str] = field(default_factory=lambda: list(AGGREGATORS))
     scalers: Sequence[str] = field(default_factory=lambda: list(DEFAULT_SCALERS))
     update_edges: bool = True
+    conv: str = "pna"
+    heads: int = 4
 
     def __post_init__(self) -> None:
+        if self.conv not in CONVS:
+            raise ValueError(f"conv must be one of {CONVS}, got {self.conv!r}")
         if self.positional not in ("fixed", "none", "all"):
             raise ValueError(f"positional must be 'fixed', 'none' or 'all', got {self.positional!r}")
         self.aggregators, self.scalers = list(self.aggregators), list(self.scalers)
@@ -94,8 +100,8 @@ class GraphMetanetwork(nn.Module):
         self.node_type_emb = nn.Embedding(len(NODE_TYPES), H)
         self.pos_emb = nn.Embedding(cfg.max_positions + 1, H)
         nn.init.normal_(self.pos_emb.weight, std=0.1)
-        self.layers = nn.ModuleList(NeuralGraphLayer(H, cfg.aggregators, cfg.scalers, cfg.update_edges)
-                                    for _ in range(cfg.layers))
+        self.layers = nn.ModuleList(NeuralGraphLayer(H, cfg.aggregators, cfg.scalers, cfg.update_edges, cfg.conv,
+                                                     cfg.heads) for _ in range(cfg.layers))
         self.norm_h, self.norm_e = nn.LayerNorm(H), nn.LayerNorm(H)
 
     def check(self, data: Any) -> None:
