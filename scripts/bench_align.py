@@ -282,7 +282,8 @@ def main() -> int:
         sys.path.append(args.rebasin_path)
     widths = [32, 128] if args.quick else [32, 128, 512]
     noises = [0.0, 0.1, 0.5, 1.0]
-    run = f"Run with `python scripts/bench_align.py {' '.join(sys.argv[1:])}`, {args.threads} thread(s).\n"
+    argv = ["REBASIN_DIR" if a == args.rebasin_path else a for a in sys.argv[1:]]
+    run = f"Run with `python scripts/bench_align.py {' '.join(argv)}`, {args.threads} thread(s).\n"
     if "a" in args.parts or "b" in args.parts:
         parts = [run]
         if "a" in args.parts:
