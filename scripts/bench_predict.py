@@ -99,7 +99,8 @@ def load_previous(path: Path) -> tuple[dict, dict]:
         if e:
             extras[n] = {"graphs_per_second": float(e["graphs_per_second"]), "seconds": float(e["seconds"]),
                          "figure": Path(e["figure"]), "train": int(e["train"]), "test": int(e["test"]),
-                         "runs": tuple(ast.literal_eval(e["runs"])), "archs": int(e["archs"])}
+                         "runs": tuple(ast.literal_eval(e["runs"])), "archs": int(e["archs"]),
+                         "threads": int(e.get("threads", 1))}
     return rows, extras
 
 
@@ -137,6 +138,8 @@ def run_setting(name: str, store: GraphStore, args: argparse.Namespace, out: Pat
                for conv in args.convs.split(",")]
     for label, mc in models:
         main_net = mc.get("conv") == "pna"
+        if args.merge and (name, label) not in previous[0]:
+            continue
         if (name, label) in previous[0] and (not main_net or extra):
             results[label] = previous[0][(name, label)]
             continue
@@ -151,6 +154,7 @@ def run_setting(name: str, store: GraphStore, args: argparse.Namespace, out: Pat
                           f"tau {run.metrics['test_acc']['tau']:.3f}, R2 {run.metrics['test_acc']['r2']:.3f}",
                           ROOT / "figures" / f"predict_{name}.png")
             extra = {"graphs_per_second": run.result.graphs_per_second, "seconds": run.result.seconds,
+                     "threads": torch.get_num_threads(),
                      "figure": fig, "train": len(train), "test": len(test),
                      "runs": (len(set(train.run_ids)), len(set(test.run_ids))), "archs": len(store.blocks)}
     rows = [[name, label, fmt(m, "test_acc", "tau"), fmt(m, "test_acc", "r2"), fmt(m, "gap", "tau"),
@@ -244,7 +248,7 @@ def main() -> None:
         "variant swaps FiLM/PNA messages for 4-head attention over neighbours with edge features); AdamW, "
         f"batch {args.batch_size}, steps {args.steps} (CNN) / {args.steps_mlp or args.steps} (MLP) / "
         f"{args.steps_mixed or args.steps} (mixed) for it and the DeepSets-style model, lr {args.lr}, loss MSE + "
-        f"{args.rank_weight} x pairwise ranking loss, seed {args.seed}, {args.threads} CPU threads. The flat-weight MLP "
+        f"{args.rank_weight} x pairwise ranking loss, seed {args.seed}. The flat-weight MLP "
         "(scikit-learn) zero-pads each tensor, matched by name, to its widest shape in the data; StatNN matches "
         "per-tensor statistics by name (NaN where a tensor is absent). NG-GNN reports τ 0.934 on CIFAR10-GS "
         "(ANCHORS.md; a different, larger zoo).",
@@ -255,9 +259,10 @@ def main() -> None:
         "ranking that noise alone scrambles, a rough ceiling for any predictor on these zoos.",
         "",
         markdown_table(["collection", "architectures", "train / test runs", "train / test checkpoints",
-                        "training graphs/s", "train time (s)"],
+                        "training graphs/s", "CPU threads", "train time (s)"],
                        [[n, e["archs"], f"{e['runs'][0]} / {e['runs'][1]}", f"{e['train']} / {e['test']}",
-                         f"{e['graphs_per_second']:.0f}", f"{e['seconds']:.0f}"] for n, e in extras.items()]),
+                         f"{e['graphs_per_second']:.0f}", e["threads"], f"{e['seconds']:.0f}"]
+                        for n, e in extras.items()]),
         "",
         f"Data loading: each collection is read once into per-architecture flat tensors "
         f"({', '.join(f'{n}: {len(stores[n])} checkpoints in {load[n]:.1f}s' for n in load)}); a mixed batch is then "
