@@ -11,7 +11,7 @@ from torch_geometric.utils import scatter
 
 from ..errors import WeightSpaceError
 from ..graph import EDGE_TYPES, NODE_TYPES
-from .layers import AGGREGATORS, CONVS, DEFAULT_SCALERS, NeuralGraphLayer, mlp
+from .layers import AGGREGATORS, DEFAULT_SCALERS, NeuralGraphLayer, mlp
 
 
 class IncompatibleGraph(WeightSpaceError):
@@ -44,8 +44,6 @@ class MetanetConfig:
     heads: int = 4
 
     def __post_init__(self) -> None:
-        if self.conv not in CONVS:
-            raise ValueError(f"conv must be one of {CONVS}, got {self.conv!r}")
         if self.positional not in ("fixed", "none", "all"):
             raise ValueError(f"positional must be 'fixed', 'none' or 'all', got {self.positional!r}")
         self.aggregators, self.scalers = list(self.aggregators), list(self.scalers)

@@ -17,6 +17,11 @@ from .core import Nowcaster, NowcastError, ParamLayout, horizon_schedule
 log = logging.getLogger(__name__)
 
 
+def _map_tensors(state: dict[str, Any], fn: Callable[[Tensor], Tensor]) -> dict[str, Any]:
+    """One parameter's optimizer state with ``fn`` applied to its tensors (e.g. a copy, a device move)."""
+    return {n: fn(v) if isinstance(v, Tensor) else v for n, v in state.items()}
+
+
 @dataclass
 class Jump:
     """One nowcast: the step, horizon, guard losses (NaN without a guard) and whether it was kept."""
@@ -121,8 +126,7 @@ class NowcastOptimizer(torch.optim.Optimizer):
             rec, due, params, state = self._pending
             index = {p: i for i, p in enumerate(self._base_params())}
             pending = {"jump": self.jumps.index(rec), "due": due, "params": params.clone(),
-                       "state": {index[p]: {n: v.clone() if isinstance(v, Tensor) else v for n, v in st.items()}
-                                 for p, st in state.items()}}
+                       "state": {index[p]: _map_tensors(st, Tensor.clone) for p, st in state.items()}}
         sd["nowcast"] = {"num_steps": self.num_steps, "filled": self._filled,
                          "ring": None if self._ring is None else self._ring.clone(),
                          "jumps": [asdict(j) for j in self.jumps], "pending": pending}
@@ -147,8 +151,8 @@ class NowcastOptimizer(torch.optim.Optimizer):
         if nc["pending"] is not None:
             pd = nc["pending"]
             params = self._base_params()
-            state = {params[int(i)]: {n: v.to(params[int(i)].device) if isinstance(v, Tensor) else v
-                                      for n, v in st.items()} for i, st in pd["state"].items()}
+            state = {params[int(i)]: _map_tensors(st, lambda v, d=params[int(i)].device: v.to(d))
+                     for i, st in pd["state"].items()}
             self._pending = (self.jumps[int(pd["jump"])], int(pd["due"]), pd["params"].to(device), state)
 
     def _base_params(self) -> list[Tensor]:
@@ -209,8 +213,7 @@ class NowcastOptimizer(torch.optim.Optimizer):
         else:
             self._write(pred)
             if self.guard is not None and self.guard_delay:
-                state = {p: {n: v.clone() if isinstance(v, Tensor) else v for n, v in st.items()}
-                         for p, st in self.base.state.items()}
+                state = {p: _map_tensors(st, Tensor.clone) for p, st in self.base.state.items()}
                 self._pending = (rec, self.num_steps + self.guard_delay, ctx[-1].clone(), state)
             elif self.guard is not None:
                 rec.loss_after = self._guard_loss()
