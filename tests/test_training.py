@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from test_predict import make_collection
 from weightspace.collections import CheckpointCollection
 from weightspace.predict import GraphStore, PropertyPredictor
-from weightspace.predict.api import mse_loss
+from weightspace.predict.api import PredictionLoss, mse_loss
 from weightspace.training import (CheckpointMismatch, TrainConfig, Trainer, free_port, load_optimizer,
                                   save_optimizer)
 
@@ -104,13 +104,14 @@ def test_optimizer_state_round_trips_through_safetensors(tmp_path):
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(b["state"][pid][k]))
 
 
-def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, root: str, out: str, rank_weight: float) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         model = new_model(double=True)
-        trainer = Trainer(model, mse_loss, load_store(Path(root)), config(checkpoint_every=0, plot=False))
+        trainer = Trainer(model, PredictionLoss(rank_weight), load_store(Path(root)),
+                          config(checkpoint_every=0, plot=False))
         assert trainer.world == world
         trainer.fit()
         if rank == 0:
@@ -119,13 +120,16 @@ def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
         dist.destroy_process_group()
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path, zoo):
-    """In float64, so that Adam's normalisation cannot blow up float32 summation-order noise of ~1e-7."""
+@pytest.mark.parametrize("rank_weight", [0.0, 1.0], ids=["mse", "mse+ranking"])
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, zoo, rank_weight):
+    """In float64, so that Adam's normalisation cannot blow up float32 summation-order noise of ~1e-7.
+
+    With the ranking loss, pairs across the two processes' halves of the batch must count too."""
     torch.set_num_threads(1)
     single = new_model(double=True)
-    Trainer(single, mse_loss, load_store(zoo), config(checkpoint_every=0)).fit()
+    Trainer(single, PredictionLoss(rank_weight), load_store(zoo), config(checkpoint_every=0)).fit()
     out = tmp_path / "ddp.pt"
-    mp.spawn(_ddp_worker, args=(2, free_port(), str(zoo), str(out)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(zoo), str(out), rank_weight), nprocs=2, join=True)
     assert_same(torch.load(out, weights_only=True), params(single), atol=1e-9)
 
 

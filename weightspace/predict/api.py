@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..errors import WeightSpaceError
 from ..nn import IncompatibleGraph
-from ..training import TrainConfig, Trainer, TrainResult
+from ..training import TrainConfig, Trainer, TrainResult, gather_batch
 from ..utils import atomic_write_text
 from .data import GraphStore
 from .model import PropertyPredictor
@@ -52,7 +52,11 @@ def ranking_loss(pred: Tensor, target: Tensor, sharpness: float = 4.0) -> Tensor
 
 @dataclass(frozen=True)
 class PredictionLoss:
-    """Mean squared error of standardised predictions, plus ``rank_weight`` times :func:`ranking_loss`."""
+    """Mean squared error of standardised predictions, plus ``rank_weight`` times :func:`ranking_loss`.
+
+    Under DDP the ranking loss covers every pair of the global batch (predictions are gathered
+    from all processes), so N processes train exactly like one with the same global batch.
+    """
 
     rank_weight: float = 0.0
 
@@ -64,7 +68,7 @@ class PredictionLoss:
         target = m.normalize(y.to(pred.dtype))
         loss = torch.nn.functional.mse_loss(pred, target)
         if self.rank_weight:
-            loss = loss + self.rank_weight * ranking_loss(pred, target)
+            loss = loss + self.rank_weight * ranking_loss(gather_batch(pred), gather_batch(target))
         return loss
 
 

@@ -40,6 +40,35 @@ def barrier() -> None:
         dist.barrier()
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather of equal-shaped tensors whose backward hands each process the summed gradient of its own part."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.n = dist.get_rank(), t.shape[0]
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def gather_batch(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate every process's ``t`` (same shape on all) along dim 0, differentiably; ``t`` itself alone.
+
+    Losses over pairs of the global batch (e.g. ranking losses) computed on the gathered tensor
+    give, after DDP's gradient averaging, the gradient of one process on the whole batch: each
+    process's copy of the loss sends its gradient to every part, and DDP divides by the world size.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    return _GatherWithGrad.apply(t)
+
+
 def free_port() -> int:
     """A free TCP port on the loopback interface (for a local process group)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
