@@ -28,7 +28,10 @@ from weightspace.utils import atomic_write, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent
 TARGETS = ["test_acc", "gap"]
-METANETS = {"pna": "NG-GNN metanetwork (ours)", "transformer": "graph-transformer metanetwork (ours)"}
+METANETS = {"deepsets": ("DeepSets-style (no message passing)", {"layers": 0}),
+            "pna": ("NG-GNN metanetwork (ours)", {"conv": "pna"}),
+            "transformer": ("graph-transformer metanetwork (ours)", {"conv": "transformer"})}
+BASELINES = {"statnn": "StatNN (per-tensor stats + GBT)", "flat": "MLP on flat weights"}
 
 
 def open_zoo(recipe: str, path: Path | None, size: str, build: bool) -> CheckpointCollection:
@@ -100,7 +103,7 @@ def load_previous(path: Path) -> tuple[dict, dict]:
             extras[n] = {"graphs_per_second": float(e["graphs_per_second"]), "seconds": float(e["seconds"]),
                          "figure": Path(e["figure"]), "train": int(e["train"]), "test": int(e["test"]),
                          "runs": tuple(ast.literal_eval(e["runs"])), "archs": int(e["archs"]),
-                         "threads": int(e.get("threads", 1))}
+                         "threads": int(e.get("threads", 1)), "aux": e.get("aux", "")}
     return rows, extras
 
 
@@ -117,8 +120,9 @@ def run_setting(name: str, store: GraphStore, args: argparse.Namespace, out: Pat
     true = test.targets.numpy()
     results: dict[str, dict | None] = {}
     extra: dict = previous[1].get(name, {})
-    for label, make in (("StatNN (per-tensor stats + GBT)", lambda: StatNN(seed=args.seed)),
-                        ("MLP on flat weights", lambda: FlatMLP(seed=args.seed))):
+    makers = {"statnn": lambda: StatNN(seed=args.seed), "flat": lambda: FlatMLP(seed=args.seed)}
+    for key in filter(None, args.baselines.split(",")):
+        label, make = BASELINES[key], makers[key]
         if (name, label) in previous[0]:
             results[label] = previous[0][(name, label)]
             continue
@@ -133,9 +137,8 @@ def run_setting(name: str, store: GraphStore, args: argparse.Namespace, out: Pat
     cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       warmup=min(100, steps // 10), checkpoint_every=0, progress=args.progress,
                       log_every=25, device=args.device)
-    models = [("DeepSets-style (no message passing)", {"hidden": args.hidden, "layers": 0})]
-    models += [(METANETS[conv], {"hidden": args.hidden, "layers": args.layers, "conv": conv})
-               for conv in args.convs.split(",")]
+    models = [(METANETS[m][0], {"hidden": args.hidden, "layers": args.layers, **METANETS[m][1]})
+              for m in filter(None, args.metanets.split(","))]
     for label, mc in models:
         main_net = mc.get("conv") == "pna"
         if args.merge and (name, label) not in previous[0]:
@@ -154,7 +157,7 @@ def run_setting(name: str, store: GraphStore, args: argparse.Namespace, out: Pat
                           f"tau {run.metrics['test_acc']['tau']:.3f}, R2 {run.metrics['test_acc']['r2']:.3f}",
                           ROOT / "figures" / f"predict_{name}.png")
             extra = {"graphs_per_second": run.result.graphs_per_second, "seconds": run.result.seconds,
-                     "threads": torch.get_num_threads(),
+                     "threads": torch.get_num_threads(), "aux": ",".join(args.aux_targets),
                      "figure": fig, "train": len(train), "test": len(test),
                      "runs": (len(set(train.run_ids)), len(set(test.run_ids))), "archs": len(store.blocks)}
     rows = [[name, label, fmt(m, "test_acc", "tau"), fmt(m, "test_acc", "r2"), fmt(m, "gap", "tau"),
@@ -183,8 +186,12 @@ def main() -> None:
     p.add_argument("--rank-weight", type=float, default=1.0, help="pairwise ranking loss weight (0: MSE only)")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--convs", default="pna,transformer",
-                   help="metanetwork variants to train: pna (the main one) and/or transformer")
+    p.add_argument("--metanets", default="deepsets,pna,transformer",
+                   help="learned models to train: deepsets (baseline), pna (the main metanetwork), transformer")
+    p.add_argument("--baselines", default="statnn,flat", help="non-graph baselines to fit (empty: none)")
+    p.add_argument("--aux-targets", default="", type=lambda s: [t for t in s.split(",") if t],
+                   help="extra targets the learned models also predict during training (multi-task); only "
+                        "test_acc and gap are reported")
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -210,7 +217,8 @@ def main() -> None:
                     and coll.space(r["arch_id"]).num_params <= args.max_params)
 
         t0 = time.perf_counter()
-        stores[name] = GraphStore.from_collections([coll], TARGETS, where=usable, progress=args.progress)
+        stores[name] = GraphStore.from_collections([coll], TARGETS + args.aux_targets, where=usable,
+                                                   progress=args.progress)
         load[name] = time.perf_counter() - t0
     stores["mixed"] = GraphStore.concat([stores["digits-cnn"], stores["digits-mlp"]])
     bench_idx = torch.randperm(len(stores["mixed"]))[:args.batch_size]
@@ -248,7 +256,9 @@ def main() -> None:
         "variant swaps FiLM/PNA messages for 4-head attention over neighbours with edge features); AdamW, "
         f"batch {args.batch_size}, steps {args.steps} (CNN) / {args.steps_mlp or args.steps} (MLP) / "
         f"{args.steps_mixed or args.steps} (mixed) for it and the DeepSets-style model, lr {args.lr}, loss MSE + "
-        f"{args.rank_weight} x pairwise ranking loss, seed {args.seed}. The flat-weight MLP "
+        f"{args.rank_weight} x pairwise ranking loss, seed {args.seed}; where the table below lists auxiliary "
+        "targets, the learned models (DeepSets, metanetworks, flat MLP) are also trained to predict them "
+        "(multi-task), and they are not reported. The flat-weight MLP "
         "(scikit-learn) zero-pads each tensor, matched by name, to its widest shape in the data; StatNN matches "
         "per-tensor statistics by name (NaN where a tensor is absent). NG-GNN reports τ 0.934 on CIFAR10-GS "
         "(ANCHORS.md; a different, larger zoo).",
@@ -259,9 +269,9 @@ def main() -> None:
         "ranking that noise alone scrambles, a rough ceiling for any predictor on these zoos.",
         "",
         markdown_table(["collection", "architectures", "train / test runs", "train / test checkpoints",
-                        "training graphs/s", "CPU threads", "train time (s)"],
+                        "training graphs/s", "CPU threads", "train time (s)", "auxiliary targets"],
                        [[n, e["archs"], f"{e['runs'][0]} / {e['runs'][1]}", f"{e['train']} / {e['test']}",
-                         f"{e['graphs_per_second']:.0f}", e["threads"], f"{e['seconds']:.0f}"]
+                         f"{e['graphs_per_second']:.0f}", e["threads"], f"{e['seconds']:.0f}", e["aux"] or "none"]
                         for n, e in extras.items()]),
         "",
         f"Data loading: each collection is read once into per-architecture flat tensors "

@@ -134,7 +134,8 @@ def train_predictor(data: GraphStore, out_dir: str | Path | None = None, *, mode
     """Split ``data`` by run (no run in both parts), train a :class:`PropertyPredictor`, evaluate it on held-out runs.
 
     The loss is MSE on standardised targets plus ``rank_weight`` times a pairwise ranking loss
-    (:class:`PredictionLoss`); ``rank_weight=0`` is plain regression.
+    (:class:`PredictionLoss`); ``rank_weight=0`` is plain regression. Every target of ``data`` is
+    predicted by one shared network, so extra targets (e.g. ``test_loss``) act as auxiliary tasks.
 
     ``out_dir`` receives resumable checkpoints, ``split.json`` (held-out runs), the final model
     (``model/``, loadable with ``PropertyPredictor.from_pretrained``), ``metrics.json`` and ``loss.png``.
