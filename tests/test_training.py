@@ -12,7 +12,7 @@ from test_predict import make_collection
 from weightspace.collections import CheckpointCollection
 from weightspace.predict import GraphStore, PropertyPredictor
 from weightspace.predict.api import PredictionLoss, mse_loss
-from weightspace.training import (CheckpointMismatch, TrainConfig, Trainer, free_port, load_optimizer,
+from weightspace.training import (CheckpointMismatch, TrainConfig, Trainer, free_port, gather_batch, load_optimizer,
                                   save_optimizer)
 
 
@@ -139,3 +139,27 @@ def test_batch_must_split_evenly_across_processes(zoo, monkeypatch):
     monkeypatch.setattr(tr, "init_distributed", lambda device: (0, 3))
     with pytest.raises(ValueError, match="divisible"):
         Trainer(new_model(), mse_loss, load_store(zoo), config(batch_size=4))
+
+
+def _gather_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        t = torch.arange(3.0 + rank, dtype=torch.float64).add(10 * rank).requires_grad_()
+        full = gather_batch(t)
+        (full * torch.arange(1.0, len(full) + 1, dtype=torch.float64)).sum().backward()
+        torch.save({"full": full.detach(), "grad": t.grad}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_batch_concatenates_uneven_parts_and_routes_gradients_back(tmp_path):
+    """Rank 0 holds 3 rows, rank 1 holds 4: everyone sees all 7; each row's gradient (summed over both
+    processes' copies of the loss) returns to the process that owns it."""
+    out = str(tmp_path / "g")
+    mp.spawn(_gather_worker, args=(2, free_port(), out), nprocs=2, join=True)
+    expect = torch.tensor([0.0, 1, 2, 10, 11, 12, 13], dtype=torch.float64)
+    weights = 2 * torch.arange(1.0, 8, dtype=torch.float64)
+    r0, r1 = torch.load(f"{out}.0", weights_only=True), torch.load(f"{out}.1", weights_only=True)
+    assert torch.equal(r0["full"], expect) and torch.equal(r1["full"], expect)
+    assert torch.equal(r0["grad"], weights[:3]) and torch.equal(r1["grad"], weights[3:])

@@ -41,24 +41,32 @@ def barrier() -> None:
 
 
 class _GatherWithGrad(torch.autograd.Function):
-    """All-gather of equal-shaped tensors whose backward hands each process the summed gradient of its own part."""
+    """All-gather along dim 0 (sizes may differ by process) whose backward hands each process the
+    gradient of its own rows, summed over every process's copy of the loss."""
 
     @staticmethod
     def forward(ctx, t: torch.Tensor) -> torch.Tensor:
-        ctx.rank, ctx.n = dist.get_rank(), t.shape[0]
-        parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, t.contiguous())
-        return torch.cat(parts)
+        world = dist.get_world_size()
+        sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(world)]
+        dist.all_gather(sizes, torch.tensor([t.shape[0]], device=t.device))
+        ctx.sizes, ctx.rank = [int(n) for n in sizes], dist.get_rank()
+        longest = max(ctx.sizes)
+        padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
+        padded[:t.shape[0]] = t
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:n] for p, n in zip(parts, ctx.sizes)])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         grad = grad.contiguous()
         dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+        start = sum(ctx.sizes[:ctx.rank])
+        return grad[start:start + ctx.sizes[ctx.rank]]
 
 
 def gather_batch(t: torch.Tensor) -> torch.Tensor:
-    """Concatenate every process's ``t`` (same shape on all) along dim 0, differentiably; ``t`` itself alone.
+    """Concatenate every process's ``t`` along dim 0 in rank order, differentiably; ``t`` itself alone.
 
     Losses over pairs of the global batch (e.g. ranking losses) computed on the gathered tensor
     give, after DDP's gradient averaging, the gradient of one process on the whole batch: each
