@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -155,7 +156,7 @@ def run_setting(name: str, store: GraphStore, args: argparse.Namespace, out: Pat
             pred = predict_store(run.model, test)
             fig = scatter(pred[:, 0], true[:, 0], f"{name}: metanetwork, held-out runs\n"
                           f"tau {run.metrics['test_acc']['tau']:.3f}, R2 {run.metrics['test_acc']['r2']:.3f}",
-                          ROOT / "figures" / f"predict_{name}.png")
+                          (out if args.no_write else ROOT / "figures") / f"predict_{name}.png")
             extra = {"graphs_per_second": run.result.graphs_per_second, "seconds": run.result.seconds,
                      "threads": torch.get_num_threads(), "aux": ",".join(args.aux_targets),
                      "figure": fig, "train": len(train), "test": len(test),
@@ -201,7 +202,8 @@ def main() -> None:
     p.add_argument("--progress", action="store_true")
     p.add_argument("--reuse", action="store_true",
                    help="reuse results of an earlier run in --work (same data and settings); recompute n/a rows")
-    p.add_argument("--no-write", action="store_true", help="print results without touching BENCHMARKS.md")
+    p.add_argument("--no-write", action="store_true",
+                   help="print results without touching BENCHMARKS.md or scripts/figures (figures go to --work)")
     p.add_argument("--merge", type=Path, nargs="+", default=None,
                    help="work folders of earlier runs (e.g. one per setting, run side by side with --no-write): "
                         "merge their results into --work and write the section from them (implies --reuse)")
@@ -285,6 +287,9 @@ def main() -> None:
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
+        for e in extras.values():
+            if e["figure"].parent != ROOT / "figures":
+                shutil.copyfile(e["figure"], ROOT / "figures" / e["figure"].name)
         write_section("predict", "## Property prediction from weights (`scripts/bench_predict.py`)\n\n" + body)
 
 
