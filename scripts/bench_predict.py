@@ -32,7 +32,7 @@ TARGETS = ["test_acc", "gap"]
 METANETS = {"deepsets": ("DeepSets-style (no message passing)", {"layers": 0}),
             "pna": ("NG-GNN metanetwork (ours)", {"conv": "pna"}),
             "transformer": ("graph-transformer metanetwork (ours)", {"conv": "transformer"})}
-BASELINES = {"statnn": "StatNN (per-tensor stats + GBT)", "flat": "MLP on flat weights"}
+BASELINES = {"statnn": ("StatNN (per-tensor stats + GBT)", StatNN), "flat": ("MLP on flat weights", FlatMLP)}
 
 
 def open_zoo(recipe: str, path: Path | None, size: str, build: bool) -> CheckpointCollection:
@@ -121,15 +121,14 @@ def run_setting(name: str, store: GraphStore, args: argparse.Namespace, out: Pat
     true = test.targets.numpy()
     results: dict[str, dict | None] = {}
     extra: dict = previous[1].get(name, {})
-    makers = {"statnn": lambda: StatNN(seed=args.seed), "flat": lambda: FlatMLP(seed=args.seed)}
     for key in filter(None, args.baselines.split(",")):
-        label, make = BASELINES[key], makers[key]
+        label, cls = BASELINES[key]
         if (name, label) in previous[0]:
             results[label] = previous[0][(name, label)]
             continue
         t0 = time.perf_counter()
         try:
-            results[label] = regression_metrics(make().fit(train).predict(test), true, TARGETS)
+            results[label] = regression_metrics(cls(seed=args.seed).fit(train).predict(test), true, TARGETS)
         except NotApplicable as e:
             print(f"  {label}: n/a ({e})")
             results[label] = None
@@ -241,8 +240,10 @@ def main() -> None:
     previous = load_previous(args.work / "results.json") if args.reuse else ({}, {})
     rows, extras = [], {}
     for name in args.settings.split(","):
-        r, extras[name] = run_setting(name, stores[name], args, args.work, previous)
+        r, extra = run_setting(name, stores[name], args, args.work, previous)
         rows += r
+        if extra:
+            extras[name] = extra
         save_results(args.work / "results.json", rows, extras)
     header = ["collection", "model", "τ test acc", "R² test acc", "τ gap", "R² gap"]
     lines = [

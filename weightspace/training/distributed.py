@@ -40,41 +40,23 @@ def barrier() -> None:
         dist.barrier()
 
 
-class _GatherWithGrad(torch.autograd.Function):
-    """All-gather along dim 0 (sizes may differ by process) whose backward hands each process the
-    gradient of its own rows, summed over every process's copy of the loss."""
-
-    @staticmethod
-    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
-        world = dist.get_world_size()
-        sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(world)]
-        dist.all_gather(sizes, torch.tensor([t.shape[0]], device=t.device))
-        ctx.sizes, ctx.rank = [int(n) for n in sizes], dist.get_rank()
-        longest = max(ctx.sizes)
-        padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=t.device)
-        padded[:t.shape[0]] = t
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded)
-        return torch.cat([p[:n] for p, n in zip(parts, ctx.sizes)])
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
-        dist.all_reduce(grad)
-        start = sum(ctx.sizes[:ctx.rank])
-        return grad[start:start + ctx.sizes[ctx.rank]]
-
-
 def gather_batch(t: torch.Tensor) -> torch.Tensor:
     """Concatenate every process's ``t`` along dim 0 in rank order, differentiably; ``t`` itself alone.
 
-    Losses over pairs of the global batch (e.g. ranking losses) computed on the gathered tensor
-    give, after DDP's gradient averaging, the gradient of one process on the whole batch: each
-    process's copy of the loss sends its gradient to every part, and DDP divides by the world size.
+    Sizes along dim 0 may differ by process. Losses over pairs of the global batch (e.g. ranking
+    losses) computed on the gathered tensor give, after DDP's gradient averaging, the gradient of
+    one process on the whole batch: torch's differentiable all-gather sums every process's
+    gradient for each part back to its owner, and DDP divides by the world size.
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
-    return _GatherWithGrad.apply(t)
+    from torch.distributed.nn.functional import all_gather
+
+    sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([t.shape[0]], device=t.device))
+    counts = [int(n) for n in sizes]
+    padded = torch.cat([t, t.new_zeros((max(counts) - t.shape[0], *t.shape[1:]))])
+    return torch.cat([part[:n] for part, n in zip(all_gather(padded), counts)])
 
 
 def free_port() -> int:
