@@ -19,6 +19,8 @@ from torch import Tensor
 from torch_geometric.nn import MessagePassing, TransformerConv
 from torch_geometric.utils import scatter
 
+from .routes import Route, Routes
+
 CONVS = ("pna", "transformer")
 AGGREGATORS = ("mean", "max", "min", "std")
 SCALERS = ("identity", "amplification", "attenuation")
@@ -39,7 +41,13 @@ class PNAAggregation(nn.Module):
     """PNA multi-aggregation (Corso et al. 2020): mean/max/min/std, each scaled by functions of log-degree.
 
     Every aggregator is invariant to the order of the messages a node receives, so the layer is
-    permutation equivariant. Nodes with no messages get zeros.
+    permutation equivariant. Nodes with no messages get zeros. The degree scalers divide by
+    ``avg_log_degree``, a buffer that :meth:`GraphMetanetwork.fit_degrees` sets to the training
+    graphs' mean ``log(1 + degree)`` (2.0 until then).
+
+    Messages arrive sorted by receiver with a :class:`~weightspace.nn.routes.Route`, so every
+    aggregator is a segment reduction: the sum and the sum of squares share one, and max and min
+    take one each. ``forward_scatter`` is the former scatter-based path, kept as a reference.
     """
 
     def __init__(self, dim: int, aggregators: Sequence[str] = AGGREGATORS, scalers: Sequence[str] = SCALERS,
@@ -49,10 +57,33 @@ class PNAAggregation(nn.Module):
         if bad:
             raise ValueError(f"unknown aggregators/scalers {bad}; choose from {AGGREGATORS} and {SCALERS}")
         self.aggregators, self.scalers = tuple(aggregators), tuple(scalers)
-        self.avg_log_degree = avg_log_degree
+        self.register_buffer("avg_log_degree", torch.tensor(float(avg_log_degree)))
         self.out = nn.Linear(dim * len(self.aggregators) * len(self.scalers), dim)
 
-    def forward(self, msg: Tensor, index: Tensor, dim_size: int) -> Tensor:
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        state_dict.setdefault(prefix + "avg_log_degree", torch.tensor(2.0))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, msg: Tensor, route: Route) -> Tensor:
+        """Aggregate ``msg`` [E, H], given in ``route``'s receiver order."""
+        H, ptr = msg.shape[-1], route.ptr
+        has = route.degree > 0
+        moments = [a for a in ("mean", "std") if a in self.aggregators]
+        found: dict[str, Tensor] = {}
+        if moments:
+            src = torch.cat([msg, msg * msg], -1) if "std" in moments else msg
+            sums = torch.segment_reduce(src, "sum", offsets=ptr, unsafe=True) / route.degree.clamp(min=1)
+            mean = sums[:, :H]
+            found["mean"] = mean
+            if "std" in moments:
+                found["std"] = torch.sqrt(torch.relu(sums[:, H:] - mean * mean) + 1e-6) - 1e-3
+        for a in ("max", "min"):
+            if a in self.aggregators:
+                found[a] = torch.where(has, torch.segment_reduce(msg, a, offsets=ptr, unsafe=True), 0.0)
+        return self._scale(torch.cat([found[a] for a in self.aggregators], -1), route.log_degree)
+
+    def forward_scatter(self, msg: Tensor, index: Tensor, dim_size: int) -> Tensor:
+        """The same aggregation by scatters over unsorted ``index``, with degrees recomputed per call."""
         outs = []
         mean = scatter(msg, index, 0, dim_size, reduce="mean")
         for a in self.aggregators:
@@ -63,17 +94,19 @@ class PNAAggregation(nn.Module):
                 outs.append(torch.sqrt(torch.relu(sq - mean * mean) + 1e-6) - 1e-3)
             else:
                 outs.append(scatter(msg, index, 0, dim_size, reduce=a))
-        agg = torch.cat(outs, -1)
         deg = scatter(torch.ones_like(index, dtype=msg.dtype), index, 0, dim_size, reduce="sum")
-        logd = torch.log1p(deg).unsqueeze(-1)
+        return self._scale(torch.cat(outs, -1), torch.log1p(deg).unsqueeze(-1))
+
+    def _scale(self, agg: Tensor, logd: Tensor) -> Tensor:
+        avg = self.avg_log_degree.to(agg.dtype)
         scaled = []
         for s in self.scalers:
             if s == "identity":
                 scaled.append(agg)
             elif s == "amplification":
-                scaled.append(agg * (logd / self.avg_log_degree))
+                scaled.append(agg * (logd / avg))
             else:
-                scaled.append(agg * (self.avg_log_degree / logd.clamp(min=math.log(2.0))))
+                scaled.append(agg * (avg / logd.clamp(min=math.log(2.0))))
         return self.out(torch.cat(scaled, -1))
 
 
@@ -81,7 +114,9 @@ class FiLMMessages(MessagePassing):
     """Messages ``m_ij = act(A h_i + B h_j) * (1 + gamma(e_ij)) + beta(e_ij)``, aggregated by PNA at ``i``.
 
     ``A h`` and ``B h`` are computed once per node and gathered per edge, which is the same as a
-    linear map of ``[h_i, h_j]`` but costs O(N) rather than O(E) matrix products.
+    linear map of ``[h_i, h_j]`` but costs O(N) rather than O(E) matrix products. Given a
+    :class:`Route`, messages are formed in receiver order and aggregated by segment reductions;
+    without one, by scatters over ``edge_index`` (the reference path).
     """
 
     def __init__(self, dim: int, aggregators: Sequence[str] = AGGREGATORS, scalers: Sequence[str] = SCALERS) -> None:
@@ -91,17 +126,24 @@ class FiLMMessages(MessagePassing):
         self.act = nn.SiLU()
         self.pna = PNAAggregation(dim, aggregators, scalers)
 
-    def forward(self, h: Tensor, e: Tensor, edge_index: Tensor) -> Tensor:
+    def forward(self, h: Tensor, e: Tensor, edge_index: Tensor | None = None, route: Route | None = None) -> Tensor:
         a, b = self.lin(h).chunk(2, -1)
+        if route is not None:
+            e, edge_index = route.sort(e), route.edge_index
+        elif edge_index is None:
+            raise ValueError("FiLMMessages needs an edge_index or a Route")
         gamma, beta = self.film(e).chunk(2, -1)
-        return self.propagate(edge_index, a=a, b=b, gamma=gamma, beta=beta, size=(h.shape[0], h.shape[0]))
+        return self.propagate(edge_index, a=a, b=b, gamma=gamma, beta=beta, route=route,
+                              size=(h.shape[0], h.shape[0]))
 
     def message(self, a_i: Tensor, b_j: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
         return self.act(a_i + b_j) * (1 + gamma) + beta
 
-    def aggregate(self, inputs: Tensor, index: Tensor, ptr: Tensor | None = None,
-                  dim_size: int | None = None) -> Tensor:
-        return self.pna(inputs, index, int(dim_size if dim_size is not None else index.max() + 1))
+    def aggregate(self, inputs: Tensor, index: Tensor, ptr: Tensor | None = None, dim_size: int | None = None,
+                  route: Route | None = None) -> Tensor:
+        if route is not None:
+            return self.pna(inputs, route)
+        return self.pna.forward_scatter(inputs, index, int(dim_size if dim_size is not None else index.max() + 1))
 
 
 class NeuralGraphLayer(nn.Module):
@@ -137,9 +179,13 @@ class NeuralGraphLayer(nn.Module):
             self.edge_self = nn.Linear(dim, 2 * dim, bias=False)
             self.edge_out = nn.Sequential(nn.SiLU(), nn.Linear(2 * dim, dim))
 
-    def forward(self, h: Tensor, e: Tensor, edge_index: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, h: Tensor, e: Tensor, edge_index: Tensor, routes: Routes | None = None) -> tuple[Tensor, Tensor]:
+        """One layer; ``routes`` (built once per batch) selects the segment-reduction path of PNA."""
         hn, en = self.norm_h(h), self.norm_e(e)
-        if self.conv == "pna":
+        if self.conv == "pna" and routes is not None:
+            m_in = self.fwd(hn, en, route=routes.forward)
+            m_out = self.bwd(hn, en, route=routes.backward)
+        elif self.conv == "pna":
             m_in = self.fwd(hn, en, edge_index)
             m_out = self.bwd(hn, en, edge_index.flip(0))
         else:
