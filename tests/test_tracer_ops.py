@@ -206,3 +206,39 @@ def test_unknown_operation_points_to_the_registry():
 def test_order_dependent_op_on_units_is_refused_by_name():
     with pytest.raises(UnsupportedOperation, match=r"module 'block' \(Inner\), operation 'cumsum'.*units"):
         WeightSpace.from_module(Outer(lambda h: h.cumsum(-1)), torch.randn(B, IN))
+
+
+# ------------------------------------------------------------------ normalisation over channel groups
+class Normed(nn.Module):
+    def __init__(self, norm: nn.Module):
+        super().__init__()
+        self.c1, self.norm, self.c2 = nn.Conv2d(2, 6, 3, padding=1), norm, nn.Conv2d(6, 3, 3)
+        with torch.no_grad():
+            self.norm.weight.normal_()
+            self.norm.bias.normal_()
+
+    def forward(self, x):
+        return self.c2(torch.relu(self.norm(self.c1(x))))
+
+
+@pytest.mark.parametrize("make,blocks", [(lambda: nn.GroupNorm(2, 6), 2), (lambda: nn.GroupNorm(3, 6), 3),
+                                         (lambda: nn.GroupNorm(1, 6), None),
+                                         (lambda: nn.InstanceNorm2d(6, affine=True), None)],
+                         ids=["groups2", "groups3", "groups1", "instance"])
+def test_group_and_instance_norm_keep_the_function(make, blocks):
+    torch.manual_seed(0)
+    model, x = Normed(make()).eval(), torch.randn(2, 2, 5, 5)
+    space = WeightSpace.from_module(model, x)
+    axis = space.params["c1.weight"].axes[0]
+    if blocks:
+        outer, inner = axis.parts
+        assert space.groups[outer].size == blocks and space.groups[inner].parent == space.groups[outer].name
+    else:
+        assert isinstance(axis, int) and space.groups[axis].permutable
+    assert [s.op for s in space.activation_sites][-1] in ("group_norm", "instance_norm")
+    with torch.no_grad():
+        for k in range(3):
+            other = Normed(make()).eval()
+            other.load_state_dict(space.permute(model.state_dict(),
+                                                space.random_permutation(torch.Generator().manual_seed(k))))
+            torch.testing.assert_close(other(x), model(x), rtol=1e-5, atol=1e-5)

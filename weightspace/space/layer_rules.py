@@ -264,6 +264,19 @@ def batch_norm(tr: Tracer, c: Call) -> list[TInfo]:
                                                      c.arg(1, "running_mean"), c.arg(2, "running_var")], c.out)
 
 
+def instance_norm(tr: Tracer, c: Call) -> list[TInfo]:
+    return batch_norm(tr, c)
+
+
+def group_norm(tr: Tracer, c: Call) -> list[TInfo]:
+    """Channels in ``num_groups`` blocks: blocks permute as wholes, channels within a block per block."""
+    x, groups = c.arg(0, "input"), int(c.arg(1, "num_groups"))
+    channels = x.shape[1]
+    if 1 < groups < channels:
+        tr.s.split(tr.get(x).axes[1], [groups, channels // groups], tr.where(c.name))
+    return _norm(tr, c.name, x, [1], [c.arg(2, "weight"), c.arg(3, "bias")], c.out)
+
+
 def layer_norm(tr: Tracer, c: Call) -> list[TInfo]:
     x, n = c.arg(0, "input"), len(c.arg(1, "normalized_shape"))
     return _norm(tr, c.name, x, list(range(x.dim() - n, x.dim())), [c.arg(2, "weight"), c.arg(3, "bias")], c.out)

@@ -230,6 +230,11 @@ register("conv1d conv2d", "layer", L.conv, "input weight:weight bias:bias",
          "Convolution (groups=1): channels are units; kernel axes are fixed.")
 register("batch_norm", "layer", L.batch_norm, "input running_mean:param running_var:param weight:weight bias:bias",
          "Batch normalisation: per-channel parameters and statistics move with the channels.")
+register("instance_norm", "layer", L.instance_norm,
+         "input running_mean:param running_var:param weight:weight bias:bias",
+         "Instance normalisation: per-channel statistics and parameters move with the channels.")
+register("group_norm", "layer", L.group_norm, "input num_groups weight:weight bias:bias",
+         "Group normalisation: channel blocks permute as wholes, channels within a block permute per block.")
 register("layer_norm", "layer", L.layer_norm, "input normalized_shape weight:weight bias:bias",
          "Layer normalisation over the last axes: per-unit parameters move with the units.")
 register("rms_norm", "layer", L.rms_norm, "input normalized_shape weight:weight", "RMS normalisation.")
