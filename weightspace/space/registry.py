@@ -100,12 +100,14 @@ RULES: dict[str, OpRule] = {}
 
 
 def _spec(spec: str) -> tuple[Operand, ...]:
-    """``"input other:elementwise *alpha"``: positional names in order (role after ``:``, default ``input``);
-    a name starting with ``*`` is keyword-only."""
+    """``"input ~dim other:elementwise *out"``: positional names in order (role after ``:``, default
+    ``input``); ``~name`` is a positional argument that never holds a tensor; ``*name`` is keyword-only."""
     ops, pos = [], 0
     for word in spec.split():
         name, _, role = word.partition(":")
-        if name.startswith("*"):
+        if name.startswith("~"):
+            pos += 1
+        elif name.startswith("*"):
             ops.append(Operand(name[1:], None, role or "input"))
         else:
             ops.append(Operand(name, pos, role or "input"))
@@ -221,9 +223,9 @@ register("matmul mm bmm rmatmul", "layer", L.matmul, "input other:input",
 register("scaled_dot_product_attention", "layer", L.scaled_dot_product_attention,
          "query key value attn_mask:mask", "Attention over heads: q/k share units, contexts follow v.")
 register("multi_head_attention_forward", "layer", L.multi_head_attention_forward,
-         "query key value embed_dim_to_check num_heads in_proj_weight:weight in_proj_bias:bias bias_k:param "
-         "bias_v:param add_zero_attn dropout_p out_proj_weight:weight out_proj_bias:bias training "
-         "key_padding_mask:mask need_weights attn_mask:mask",
+         "query key value ~embed_dim_to_check ~num_heads in_proj_weight:weight in_proj_bias:bias bias_k:param "
+         "bias_v:param ~add_zero_attn ~dropout_p out_proj_weight:weight out_proj_bias:bias ~training "
+         "key_padding_mask:mask ~need_weights attn_mask:mask",
          "nn.MultiheadAttention with packed projections: heads are permutable blocks, units within a head permute "
          "per head.")
 register("conv1d conv2d", "layer", L.conv, "input weight:weight bias:bias",
@@ -233,11 +235,11 @@ register("batch_norm", "layer", L.batch_norm, "input running_mean:param running_
 register("instance_norm", "layer", L.instance_norm,
          "input running_mean:param running_var:param weight:weight bias:bias",
          "Instance normalisation: per-channel statistics and parameters move with the channels.")
-register("group_norm", "layer", L.group_norm, "input num_groups weight:weight bias:bias",
+register("group_norm", "layer", L.group_norm, "input ~num_groups weight:weight bias:bias",
          "Group normalisation: channel blocks permute as wholes, channels within a block permute per block.")
-register("layer_norm", "layer", L.layer_norm, "input normalized_shape weight:weight bias:bias",
+register("layer_norm", "layer", L.layer_norm, "input ~normalized_shape weight:weight bias:bias",
          "Layer normalisation over the last axes: per-unit parameters move with the units.")
-register("rms_norm", "layer", L.rms_norm, "input normalized_shape weight:weight", "RMS normalisation.")
+register("rms_norm", "layer", L.rms_norm, "input ~normalized_shape weight:weight", "RMS normalisation.")
 register("embedding", "layer", L.embedding, "input:index weight:weight",
          "Table lookup: table rows (tokens, positions) are fixed; the embedding axis carries units.")
 
