@@ -251,6 +251,22 @@ def test_nino_refuses_unseen_parameter_types():
         NowcastOptimizer(model, torch.optim.Adam(model.parameters()), nc, period=3)
 
 
+def test_horizons_beyond_max_horizon_are_refused():
+    """A nowcaster trained for horizons 1..K refuses k > K (it used to clip it silently while Jump recorded k)."""
+    torch.manual_seed(0)
+    nc = WNN(context=3, horizons=4, hidden=8)
+    model = build("mlp", seed=0, in_features=5, widths=[6], out_features=2)
+    with pytest.raises(NowcastError, match="max_horizon"):
+        NowcastOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.1), nc, period=3, horizons=[6, 2])
+    layout = NowcastOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.1), nc, period=3,
+                              horizons=[4, 2]).layout
+    ctx = torch.randn(3, layout.num_values)
+    for k in (0, 5):
+        with pytest.raises(NowcastError, match="horizons 1..4"):
+            nc.nowcast(ctx, k, layout)
+    assert not torch.equal(nc.nowcast(ctx, 4, layout), nc.nowcast(ctx, 3, layout))
+
+
 def test_learned_nowcaster_save_load_round_trip(tmp_path):
     nc = WNN(context=3, horizons=2, hidden=8)
     nc.save_pretrained(tmp_path / "wnn")

@@ -12,8 +12,9 @@ from test_predict import make_collection
 from weightspace.collections import CheckpointCollection
 from weightspace.predict import GraphStore, PropertyPredictor
 from weightspace.predict.api import PredictionLoss, mse_loss
-from weightspace.training import (CheckpointMismatch, TrainConfig, Trainer, free_port, gather_batch, load_optimizer,
+from weightspace.training import (CheckpointMismatch, TrainConfig, Trainer, gather_batch, load_optimizer,
                                   save_optimizer)
+from weightspace.training.distributed import _free_port
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, zoo, rank_
     single = new_model(double=True)
     Trainer(single, PredictionLoss(rank_weight), load_store(zoo), config(checkpoint_every=0)).fit()
     out = tmp_path / "ddp.pt"
-    mp.spawn(_ddp_worker, args=(2, free_port(), str(zoo), str(out), rank_weight), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(zoo), str(out), rank_weight), nprocs=2, join=True)
     assert_same(torch.load(out, weights_only=True), params(single), atol=1e-9)
 
 
@@ -157,7 +158,7 @@ def test_gather_batch_concatenates_uneven_parts_and_routes_gradients_back(tmp_pa
     """Rank 0 holds 3 rows, rank 1 holds 4: everyone sees all 7; each row's gradient (summed over both
     processes' copies of the loss) returns to the process that owns it."""
     out = str(tmp_path / "g")
-    mp.spawn(_gather_worker, args=(2, free_port(), out), nprocs=2, join=True)
+    mp.spawn(_gather_worker, args=(2, _free_port(), out), nprocs=2, join=True)
     expect = torch.tensor([0.0, 1, 2, 10, 11, 12, 13], dtype=torch.float64)
     weights = 2 * torch.arange(1.0, 8, dtype=torch.float64)
     r0, r1 = torch.load(f"{out}.0", weights_only=True), torch.load(f"{out}.1", weights_only=True)

@@ -32,3 +32,7 @@ class HubRepositoryNotFound(CollectionError):
 
 class MergeError(WeightSpaceError):
     """A merge is ill-posed: unknown method or parameter, bad value, missing base model or files."""
+
+
+class ConfigError(WeightSpaceError):
+    """A configuration (a dict, JSON file or set of options) has an unknown key or a bad value."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..training.flags import add_train_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     nc = sub.add_parser("nowcast", help="nowcast training trajectories (NiNo, WNN, linefit, LAWA)").add_subparsers(
@@ -23,15 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--layers", type=int, default=3)
     t.add_argument("--decoder-hidden", type=int, default=64)
     t.add_argument("--weighting", choices=("collection", "window", "sqrt"), default="collection")
-    t.add_argument("--steps", type=int, default=1500)
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto", help="auto (CUDA with bf16 autocast when present), cpu, cuda:0")
-    t.add_argument("--checkpoint-every", type=int, default=100)
-    t.add_argument("--eval-every", type=int, default=100)
-    t.add_argument("--no-progress", action="store_true")
+    add_train_arguments(t, steps=1500, batch_size=4)
     t.set_defaults(func=train)
 
     b = nc.add_parser("bench", help="steps-to-target of Adam vs nowcasters on held-out tasks (BENCHMARKS.md)")
@@ -54,15 +48,13 @@ def train(args: argparse.Namespace) -> int:
 
     from ..collections import CheckpointCollection
     from ..nowcast.train import NowcastTrainSpec, train_nowcaster
-    from ..training import TrainConfig, is_main_process
+    from ..training import is_main_process, train_config_from_args
 
     colls = [CheckpointCollection.open(p) for p in args.collection]
     spec = NowcastTrainSpec(model=args.model, context=args.context, horizons=args.horizons, stride=args.stride,
                             hidden=args.hidden, layers=args.layers, decoder_hidden=args.decoder_hidden,
                             weighting=args.weighting)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every,
-                      eval_every=args.eval_every, warmup=min(50, args.steps // 10), progress=not args.no_progress)
+    cfg = train_config_from_args(args)
     torch.manual_seed(args.seed)
     _, result = train_nowcaster(colls, args.out, spec, cfg)
     if is_main_process():
