@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from weightspace.bench import markdown_table, write_section
+from benchlib import markdown_table, write_section
 from weightspace.nowcast import LAWA, WNN, LineFit, NiNo, NowcastOptimizer
 from weightspace.tasks.data import char_batch, digits_split, stdlib_corpus, tabular_split
 from weightspace.tasks.models import build, example_input
@@ -35,6 +35,8 @@ from weightspace.tasks.train import evaluate_classifier, evaluate_lm
 from weightspace.utils import atomic_write_text
 
 FIGURES = Path(__file__).resolve().parent / "figures"
+BENCHMARKS = FIGURES.parent.parent / "BENCHMARKS.md"
+"""The repository's BENCHMARKS.md: written by default wherever the script is run from."""
 PERIOD = 100
 GUARD_TOLERANCE = 0.1
 GUARD_DELAY = 10
@@ -287,7 +289,7 @@ def plot(results: list[dict[str, Any]], tasks: list[Task], path: Path) -> None:
 def figure_link(out: Path, benchmarks: str) -> str:
     """Markdown link to the curves: copied into ``scripts/figures`` when the repository's BENCHMARKS.md is written."""
     fig = out / "nowcast_curves.png"
-    if Path(benchmarks).resolve() == FIGURES.parent.parent / "BENCHMARKS.md":
+    if Path(benchmarks).resolve() == BENCHMARKS:
         shutil.copyfile(fig, FIGURES / fig.name)
         return f"[scripts/figures/{fig.name}](scripts/figures/{fig.name})"
     return f"`{fig}`"
@@ -295,6 +297,7 @@ def figure_link(out: Path, benchmarks: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
+    args.benchmarks = str(args.benchmarks or BENCHMARKS)
     tasks = [t for t in TASKS if args.tasks is None or t.name in args.tasks.split(",")]
     if args.quick:
         for t in tasks:
@@ -347,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", default="bench_nowcast")
-    p.add_argument("--benchmarks", default="BENCHMARKS.md")
+    p.add_argument("--benchmarks", default=None, help="markdown file to write (default: the repository's)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--resume", action="store_true", help="keep results already in OUT/results.json")
     return run(p.parse_args(argv))

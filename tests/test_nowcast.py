@@ -10,7 +10,9 @@ import torch.nn.functional as F
 
 from weightspace.errors import NonFiniteWeights
 from weightspace.nowcast import (LAWA, WNN, LineFit, NiNo, NowcastError, NowcastOptimizer, ParamLayout,
-                                 TrajectoryWindows, horizon_schedule, scale, unscale)
+                                 TrajectoryWindows, horizon_schedule)
+from weightspace.nowcast.core import _scale as scale
+from weightspace.nowcast.core import _unscale as unscale
 from weightspace.tasks.models import MLP, build, example_input
 
 
@@ -298,7 +300,18 @@ def test_cli_parses_nowcast_commands():
     args = build_parser().parse_args(["nowcast", "train", "--collection", "x", "--out", "y", "--model", "wnn"])
     assert args.model == "wnn" and args.horizons == 16 and args.func.__name__ == "train"
     args = build_parser().parse_args(["nowcast", "bench", "--seeds", "1", "--quick"])
-    assert args.seeds == 1 and args.func.__name__ == "bench"
+    assert args.seeds == 1 and args.func.__name__ == "bench" and args.benchmarks is None
+
+
+def test_nowcast_bench_outside_a_checkout_says_so_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    import weightspace.commands.nowcast as cmd
+    from weightspace.cli import main
+
+    monkeypatch.setattr(cmd, "__file__", str(tmp_path / "site-packages" / "weightspace" / "commands" / "nowcast.py"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["nowcast", "bench", "--quick", "--seeds", "1"]) == 2
+    assert "needs the source checkout" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("stop_at", [8, 13])

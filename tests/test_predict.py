@@ -12,7 +12,7 @@ from weightspace import WeightSpace
 from weightspace.cli import main
 from weightspace.collections import CheckpointCollection
 from weightspace.nn import IncompatibleGraph, collate
-from weightspace.predict import (FlatMLP, GraphStore, MissingMetric, NotApplicable, PropertyPredictor, StatNN,
+from weightspace.predict import (FlatMLP, PropertyGraphs, MissingMetric, NotApplicable, PropertyPredictor, StatNN,
                                  check_compatible, evaluate_predictor, predict_store, regression_metrics,
                                  train_predictor)
 from weightspace.training import TrainConfig
@@ -47,7 +47,7 @@ def coll(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def store(coll):
-    return GraphStore.from_collections(coll, ["test_acc", "gap"], progress=False)
+    return PropertyGraphs.from_collections(coll, ["test_acc", "gap"], progress=False)
 
 
 def tiny_config(**kw) -> TrainConfig:
@@ -126,7 +126,7 @@ def test_baselines(store):
 
 def test_missing_metric_is_a_clear_error(coll):
     with pytest.raises(MissingMetric, match=r"no metric 'val_loss'.*available: \['gap', 'test_acc', 'train_acc'\]"):
-        GraphStore.from_collections(coll, ["val_loss"], progress=False)
+        PropertyGraphs.from_collections(coll, ["val_loss"], progress=False)
 
 
 def test_architecture_the_model_was_not_built_for_is_refused(store):

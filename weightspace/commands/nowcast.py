@@ -28,13 +28,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_train_arguments(t, steps=1500, batch_size=4)
     t.set_defaults(func=train)
 
-    b = nc.add_parser("bench", help="steps-to-target of Adam vs nowcasters on held-out tasks (BENCHMARKS.md)")
+    b = nc.add_parser("bench", help="steps-to-target of Adam vs nowcasters on held-out tasks (needs the source "
+                                    "checkout: runs its scripts/bench_nowcast.py)",
+                      description="Runs scripts/bench_nowcast.py of the source checkout this package was loaded "
+                                  "from, writing its section of that checkout's BENCHMARKS.md (or --benchmarks). "
+                                  "An installed package has no scripts/: clone the repository to run it.")
     b.add_argument("--nino", default=None, help="NiNo folder or Hub id (default: the packaged checkpoint)")
     b.add_argument("--wnn", default=None, help="WNN folder or Hub id (default: the packaged checkpoint)")
     b.add_argument("--tasks", default=None, help="comma-separated subset of task names")
     b.add_argument("--seeds", type=int, default=3)
     b.add_argument("--out", default="bench_nowcast", help="folder for the plot and raw JSON")
-    b.add_argument("--benchmarks", default="BENCHMARKS.md")
+    b.add_argument("--benchmarks", default=None,
+                   help="markdown file for the results section (default: the checkout's BENCHMARKS.md)")
     b.add_argument("--methods", default=None,
                    help="comma-separated methods: adam, nino, wnn, linefit, lawa, each optionally with -noguard, "
                         "-reset, -now, -tol<x> (default: all of the benchmark's)")
@@ -68,17 +73,27 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_script() -> Path:
+    """scripts/bench_nowcast.py of the source checkout this package runs from; a clear error when installed."""
+    from ..errors import WeightSpaceError
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_nowcast.py"
+    if not path.is_file():
+        raise WeightSpaceError(f"'weightspace nowcast bench' needs the source checkout: it runs "
+                               f"scripts/bench_nowcast.py, which an installed package does not ship (looked for "
+                               f"{path}); clone the repository and run it there")
+    return path
+
+
 def bench(args: argparse.Namespace) -> int:
     import importlib.util
     import sys
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_nowcast.py"
-    if path.is_file():
-        spec = importlib.util.spec_from_file_location("bench_nowcast", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["bench_nowcast"] = mod
-        spec.loader.exec_module(mod)
-        return mod.run(args)
-    from ..errors import WeightSpaceError
-
-    raise WeightSpaceError(f"the nowcast benchmark lives in scripts/bench_nowcast.py of a source checkout ({path})")
+    path = bench_script()
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location("bench_nowcast", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_nowcast"] = mod
+    spec.loader.exec_module(mod)
+    return mod.run(args)

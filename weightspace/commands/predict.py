@@ -49,12 +49,12 @@ def _open(paths: list[str]):
 def train(args: argparse.Namespace) -> int:
     import torch
 
-    from ..predict import GraphStore, train_predictor
+    from ..predict import PropertyGraphs, train_predictor
     from ..training import is_main_process, train_config_from_args
 
     torch.manual_seed(args.seed)
     targets = args.target or ["test_acc"]
-    store = GraphStore.from_collections(_open(args.collection), targets, progress=args.progress)
+    store = PropertyGraphs.from_collections(_open(args.collection), targets, progress=args.progress)
     cfg = train_config_from_args(args)
     run = train_predictor(store, args.out,
                           model_config={"hidden": args.hidden, "layers": args.layers, "conv": args.conv},
@@ -72,12 +72,12 @@ def train(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     from ..errors import WeightSpaceError
-    from ..predict import GraphStore, PropertyPredictor, check_compatible, evaluate_predictor
+    from ..predict import PropertyGraphs, PropertyPredictor, check_compatible, evaluate_predictor
     from ..utils import resolve_device
 
     model = PropertyPredictor.from_pretrained(args.model).to(resolve_device(args.device))
     colls = _open(args.collection)
-    store = GraphStore.from_collections(colls, model.targets, progress=False)
+    store = PropertyGraphs.from_collections(colls, model.targets, progress=False)
     if args.split:
         try:
             runs = json.loads(Path(args.split).read_text())["test_runs"]
