@@ -255,14 +255,12 @@ def verdict(summary: dict[str, Any]) -> str:
 
 
 def plot(results: list[dict[str, Any]], tasks: list[Task], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     cols = min(3, len(tasks))
     rows = math.ceil(len(tasks) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows), squeeze=False)
+    fig = Figure(figsize=(4.4 * cols, 3.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(tasks):]:
         ax.set_visible(False)
     for ax, t in zip(axes.flat, tasks):
@@ -283,7 +281,6 @@ def plot(results: list[dict[str, Any]], tasks: list[Task], path: Path) -> None:
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def figure_link(out: Path, benchmarks: str) -> str:

@@ -45,12 +45,10 @@ def open_zoo(recipe: str, path: Path | None, size: str, build: bool) -> Checkpoi
 
 
 def scatter(pred: np.ndarray, true: np.ndarray, title: str, path: Path) -> Path:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig = Figure(figsize=(4, 4))
+    ax = fig.add_subplot()
     ax.scatter(true, pred, s=6, alpha=0.5)
     lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1)
@@ -59,7 +57,6 @@ def scatter(pred: np.ndarray, true: np.ndarray, title: str, path: Path) -> Path:
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
     return path
 
 
