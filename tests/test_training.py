@@ -121,7 +121,7 @@ def _ddp_worker(rank: int, world: int, port: int, root: str, out: str, rank_weig
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("rank_weight", [0.0, 1.0], ids=["mse", "mse+ranking"])
+@pytest.mark.parametrize("rank_weight", [pytest.param(0.0, marks=pytest.mark.slow), 1.0], ids=["mse", "mse+ranking"])
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, zoo, rank_weight):
     """In float64, so that Adam's normalisation cannot blow up float32 summation-order noise of ~1e-7.
 
