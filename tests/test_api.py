@@ -22,6 +22,7 @@ def test_import_weightspace_loads_no_subpackage_and_no_torch_geometric():
 
 @pytest.mark.parametrize("name", SUBPACKAGES)
 def test_every_subpackage_is_an_attribute(name):
+    assert name in ws.SUBPACKAGES
     mod = getattr(ws, name)
     assert mod is importlib.import_module(f"weightspace.{name}")
     assert name in dir(ws) and name in ws.__all__
@@ -36,7 +37,7 @@ def test_checkpoint_collection_is_exported():
         ws.nope
 
 
-@pytest.mark.parametrize("name", [s for s in SUBPACKAGES if s != "align"] + [""])
+@pytest.mark.parametrize("name", [s for s in ws.SUBPACKAGES if s != "align"] + [""])
 def test_all_lists_only_public_names_that_exist(name):
     mod = importlib.import_module("weightspace" + (f".{name}" if name else ""))
     for n in mod.__all__:
