@@ -20,7 +20,7 @@ import torch
 
 from weightspace import WeightSpace
 from weightspace.align import interpolation_curve, plot_interpolation, weight_matching
-from weightspace.bench import markdown_table, write_section
+from benchlib import markdown_table, write_section
 from weightspace.tasks import build, digits_split, evaluate_classifier, example_input, train_classifier
 
 

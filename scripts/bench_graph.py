@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from weightspace import WeightSpace
 from weightspace.graph import GraphLayout  # noqa: F401  (import cost kept out of the timings)
-from weightspace.bench import markdown_table, median_time, write_section
+from benchlib import markdown_table, median_time, write_section
 from weightspace.collections import CheckpointCollection
 from weightspace.tasks.models import MLP, SmallCNN, TinyGPT
 

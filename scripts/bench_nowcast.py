@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from weightspace.bench import markdown_table, write_section
+from benchlib import markdown_table, write_section
 from weightspace.nowcast import LAWA, WNN, LineFit, NiNo, NowcastOptimizer
 from weightspace.tasks.data import char_batch, digits_split, stdlib_corpus, tabular_split
 from weightspace.tasks.models import build, example_input
@@ -35,6 +35,8 @@ from weightspace.tasks.train import evaluate_classifier, evaluate_lm
 from weightspace.utils import atomic_write_text
 
 FIGURES = Path(__file__).resolve().parent / "figures"
+BENCHMARKS = FIGURES.parent.parent / "BENCHMARKS.md"
+"""The repository's BENCHMARKS.md: written by default wherever the script is run from."""
 PERIOD = 100
 GUARD_TOLERANCE = 0.1
 GUARD_DELAY = 10
@@ -253,14 +255,12 @@ def verdict(summary: dict[str, Any]) -> str:
 
 
 def plot(results: list[dict[str, Any]], tasks: list[Task], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     cols = min(3, len(tasks))
     rows = math.ceil(len(tasks) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows), squeeze=False)
+    fig = Figure(figsize=(4.4 * cols, 3.4 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat[len(tasks):]:
         ax.set_visible(False)
     for ax, t in zip(axes.flat, tasks):
@@ -281,13 +281,12 @@ def plot(results: list[dict[str, Any]], tasks: list[Task], path: Path) -> None:
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def figure_link(out: Path, benchmarks: str) -> str:
     """Markdown link to the curves: copied into ``scripts/figures`` when the repository's BENCHMARKS.md is written."""
     fig = out / "nowcast_curves.png"
-    if Path(benchmarks).resolve() == FIGURES.parent.parent / "BENCHMARKS.md":
+    if Path(benchmarks).resolve() == BENCHMARKS:
         shutil.copyfile(fig, FIGURES / fig.name)
         return f"[scripts/figures/{fig.name}](scripts/figures/{fig.name})"
     return f"`{fig}`"
@@ -295,6 +294,7 @@ def figure_link(out: Path, benchmarks: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
+    args.benchmarks = str(args.benchmarks or BENCHMARKS)
     tasks = [t for t in TASKS if args.tasks is None or t.name in args.tasks.split(",")]
     if args.quick:
         for t in tasks:
@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", default="bench_nowcast")
-    p.add_argument("--benchmarks", default="BENCHMARKS.md")
+    p.add_argument("--benchmarks", default=None, help="markdown file to write (default: the repository's)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--resume", action="store_true", help="keep results already in OUT/results.json")
     return run(p.parse_args(argv))

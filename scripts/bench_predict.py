@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from weightspace.bench import markdown_table, write_section
+from benchlib import markdown_table, write_section
 from weightspace.collections import CheckpointCollection
-from weightspace.predict import (FlatMLP, GraphStore, NotApplicable, StatNN, predict_store, regression_metrics,
+from weightspace.predict import (FlatMLP, PropertyGraphs, NotApplicable, StatNN, predict_store, regression_metrics,
                                  train_predictor)
 from weightspace.tasks import digits_split
 from weightspace.training import TrainConfig
@@ -45,12 +45,10 @@ def open_zoo(recipe: str, path: Path | None, size: str, build: bool) -> Checkpoi
 
 
 def scatter(pred: np.ndarray, true: np.ndarray, title: str, path: Path) -> Path:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig = Figure(figsize=(4, 4))
+    ax = fig.add_subplot()
     ax.scatter(true, pred, s=6, alpha=0.5)
     lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1)
@@ -59,11 +57,10 @@ def scatter(pred: np.ndarray, true: np.ndarray, title: str, path: Path) -> Path:
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
     return path
 
 
-def noise_ceiling(store: GraphStore, n_test: int, n_train: int, seed: int = 0, draws: int = 20) -> dict[str, float]:
+def noise_ceiling(store: PropertyGraphs, n_test: int, n_train: int, seed: int = 0, draws: int = 20) -> dict[str, float]:
     """Kendall tau between the measured metrics and binomial resamples of them (median over draws).
 
     Test accuracy is measured on ``n_test`` images, so a checkpoint with true accuracy p reads
@@ -138,7 +135,7 @@ def over_splits(rows: list[list], seed: int, other_splits: list) -> tuple[list[l
     return out, {n: sorted(v) for n, v in seeds.items()}
 
 
-def run_setting(name: str, store: GraphStore, args: argparse.Namespace, out: Path,
+def run_setting(name: str, store: PropertyGraphs, args: argparse.Namespace, out: Path,
                 previous: tuple[dict, dict, list] = ({}, {}, [])) -> tuple[list[list], dict]:
     train, test = store.split_by_run(args.test_fraction, args.seed)
     print(f"[{name}] {store}\n  train {len(train)} checkpoints of {len(set(train.run_ids))} runs, "
@@ -243,10 +240,10 @@ def main() -> None:
                     and coll.space(r["arch_id"]).num_params <= args.max_params)
 
         t0 = time.perf_counter()
-        stores[name] = GraphStore.from_collections([coll], TARGETS + args.aux_targets, where=usable,
+        stores[name] = PropertyGraphs.from_collections([coll], TARGETS + args.aux_targets, where=usable,
                                                    progress=args.progress)
         load[name] = time.perf_counter() - t0
-    stores["mixed"] = GraphStore.concat([stores["digits-cnn"], stores["digits-mlp"]])
+    stores["mixed"] = PropertyGraphs.concat([stores["digits-cnn"], stores["digits-mlp"]])
     bench_idx = torch.randperm(len(stores["mixed"]))[:args.batch_size]
     t0 = time.perf_counter()
     for _ in range(20):

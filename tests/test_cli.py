@@ -50,3 +50,43 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert "round trip bit-exact: True" in out and "only relabels the graph's nodes: True" in out
     assert "from the weights alone: True" in out
     assert (tmp_path / "demo" / "curves.png").stat().st_size > 1000
+
+
+def test_zoo_build_command_builds_and_resumes(tmp_path, capsys):
+    from weightspace.tasks.zoo import RECIPES
+
+    out = tmp_path / "zoo"
+    assert main(["zoo", "build", "digits-cnn", "--out", str(out), "--size", "tiny", "--seed", "3"]) == 0
+    coll = CheckpointCollection.open(out)
+    size = RECIPES["digits-cnn"].sizes["tiny"]
+    assert len(coll.runs()) == size.runs and all(coll.is_finished(r) for r in coll.runs())
+    assert all(coll.row(r, size.steps)["hp.steps"] == size.steps for r in coll.runs())
+    assert repr(coll) in capsys.readouterr().out
+    before = {r: coll.weights_path(r, size.steps).stat().st_mtime_ns for r in coll.runs()}
+    assert main(["zoo", "build", "digits-cnn", "--out", str(out), "--size", "tiny", "--seed", "3"]) == 0
+    assert {r: coll.weights_path(r, size.steps).stat().st_mtime_ns for r in coll.runs()} == before
+
+
+def test_merge_command_runs_a_config_and_refuses_typos(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from weightspace.merge import merge
+
+    sds = [nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).state_dict() for _ in range(3)]
+    for i, sd in enumerate(sds):
+        save_file(sd, tmp_path / f"m{i}.safetensors")
+    cfg = tmp_path / "merge.yml"
+    cfg.write_text("merge_method: task_arithmetic\nbase_model: m0.safetensors\nparameters: {lambda: 0.5}\n"
+                   "models:\n  - model: m1.safetensors\n    parameters: {weight: 2.0}\n  - model: m2.safetensors\n")
+    assert main(["merge", str(cfg), str(tmp_path / "out"), "--quiet"]) == 0
+    assert "model.safetensors" in capsys.readouterr().out
+    got = load_file(tmp_path / "out" / "model.safetensors")
+    want = merge(sds[1:], "task_arithmetic", base=sds[0], parameters={"lambda": 0.5},
+                 model_parameters=[{"weight": 2.0}, {}])
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    torch.testing.assert_close(got["0.bias"], sds[0]["0.bias"] + 0.5 * (2 * (sds[1]["0.bias"] - sds[0]["0.bias"])
+                                                                         + sds[2]["0.bias"] - sds[0]["0.bias"]))
+    cfg.write_text(cfg.read_text().replace("{weight: 2.0}", "{wieght: 2.0}"))
+    assert main(["merge", str(cfg), str(tmp_path / "typo"), "--quiet"]) == 2
+    assert "did you mean 'weight'" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()

@@ -9,6 +9,74 @@ from weightspace.merge import METHODS, MergeError, merge, merge_files, run_confi
 from weightspace.merge.methods import dare, ties
 
 
+@pytest.mark.parametrize("method, parameters, model_parameters, field", [
+    ("ties", {"densty": 0.5}, None, "did you mean 'density'"),
+    ("linear", {}, [{"wieght": 2.0}, {}], "did you mean 'weight'"),
+    ("slerp", {"tt": 0.3}, None, "did you mean 't'"),
+    ("linear", {"density": 0.5}, None, "no parameter 'density'"),
+    ("task_arithmetic", {"lamda": 0.5}, None, "did you mean 'lambda'"),
+    ("slerp", {}, [{"density": 0.5}, {}], "no per-model parameter 'density'"),
+    ("slerp", {"t": "half"}, None, "parameters.t must be a number"),
+    ("ties", {"density": [{"filter": "net", "value": "x"}]}, None, r"parameters.density\[0\].value"),
+    ("linear", {}, [{"weight": "2"}, {}], r"models\[0\].parameters.weight must be a number"),
+    ("linear", {"normalize": 1}, None, "normalize must be true or false"),
+    ("dare", {"seed": 0.5}, None, "seed must be an integer"),
+])
+def test_unknown_or_malformed_parameters_are_refused(tmp_path, method, parameters, model_parameters, field):
+    a, b, base = models()
+    kw = dict(base=base if METHODS[method].needs_base else None, parameters=parameters,
+              model_parameters=model_parameters)
+    with pytest.raises(MergeError, match=field):
+        merge([a, b], method, **kw)
+    for i, sd in enumerate((a, b, base)):
+        save_file(sd, tmp_path / f"m{i}.safetensors")
+    kw["base"] = tmp_path / "m2.safetensors" if kw["base"] is not None else None
+    with pytest.raises(MergeError, match=field):
+        merge_files([tmp_path / "m0.safetensors", tmp_path / "m1.safetensors"], tmp_path / "out", method, **kw)
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_typos_and_unknown_dtypes_name_the_field(tmp_path):
+    a, b, _ = models()
+    save_file(a, tmp_path / "a.safetensors")
+    save_file(b, tmp_path / "b.safetensors")
+    head = "merge_method: linear\nmodels:\n  - model: a.safetensors\n  - model: b.safetensors\n"
+    for extra, field in [("dtype: bfloat61\n", "did you mean 'bfloat16'"),
+                         ("dtype: int8\n", "unknown output dtype 'int8'"),
+                         ("parameters: {normalise: true}\n", "did you mean 'normalize'"),
+                         ("merge_metod: ties\n", "did you mean 'merge_method'")]:
+        (tmp_path / "c.yml").write_text(head + extra)
+        with pytest.raises(MergeError, match=field):
+            run_config(tmp_path / "c.yml", tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+    (tmp_path / "c.yml").write_text(head + "dtype: float16\n")
+    out = load_file(run_config(tmp_path / "c.yml", tmp_path / "out") / "model.safetensors")
+    assert all(t.dtype == torch.float16 for t in out.values())
+
+
+def test_a_failed_merge_leaves_no_partial_output(tmp_path):
+    a, b, _ = models()
+    bad = {k: v.clone() for k, v in b.items()}
+    bad[list(bad)[-1]][0] = float("nan")
+    save_file(a, tmp_path / "a.safetensors")
+    save_file(bad, tmp_path / "b.safetensors")
+    paths = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    with pytest.raises(NonFiniteWeights):
+        merge_files(paths, tmp_path / "new" / "out", "linear")
+    assert not (tmp_path / "new" / "out").exists()
+    assert [p.name for p in (tmp_path / "new").iterdir()] == []
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(NonFiniteWeights):
+        merge_files(paths, mine, "linear")
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    save_file(b, tmp_path / "b.safetensors")
+    merge_files(paths, mine, "linear")
+    assert sorted(p.name for p in mine.iterdir()) == ["model.safetensors", "notes.txt"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
 def models(n=3, sizes=(6, 8, 3)):
     out = []
     for i in range(n):
@@ -59,8 +127,19 @@ def test_task_arithmetic_and_model_stock():
     out = merge([a, b], "task_arithmetic", base=base, parameters={"lambda": 0.5})
     k = "net.0.weight"
     torch.testing.assert_close(out[k], base[k] + 0.5 * (a[k] - base[k] + b[k] - base[k]))
-    out = merge([a, b], "model_stock", base=base)
-    assert torch.isfinite(out[k]).all()
+
+
+
+def test_model_stock_matches_the_closed_form_by_hand():
+    """Two task vectors at 60 degrees (cos = 1/2): t = k cos / (1 + (k - 1) cos) = 2/3 for k = 2
+    (Jang et al. 2024), so merged = 2/3 * mean + 1/3 * base."""
+    base = {"w": torch.tensor([1.0, 1.0, 0.0])}
+    a = {"w": torch.tensor([3.0, 1.0, 0.0])}                          # delta (2, 0, 0)
+    b = {"w": torch.tensor([2.0, 1.0 + 3 ** 0.5, 0.0])}               # delta (1, sqrt 3, 0): cos = 1/2
+    out = merge([a, b], "model_stock", base=base)["w"]
+    mean = (a["w"] + b["w"]) / 2
+    torch.testing.assert_close(out, 2 / 3 * mean + 1 / 3 * base["w"])
+    torch.testing.assert_close(out, torch.tensor([2.0, 1.0 + 3 ** 0.5 / 3, 0.0]))
 
 
 def test_streaming_equals_in_memory_and_config(tmp_path):

@@ -10,7 +10,9 @@ import torch.nn.functional as F
 
 from weightspace.errors import NonFiniteWeights
 from weightspace.nowcast import (LAWA, WNN, LineFit, NiNo, NowcastError, NowcastOptimizer, ParamLayout,
-                                 TrajectoryWindows, horizon_schedule, scale, unscale)
+                                 TrajectoryWindows, horizon_schedule)
+from weightspace.nowcast.core import _scale as scale
+from weightspace.nowcast.core import _unscale as unscale
 from weightspace.tasks.models import MLP, build, example_input
 
 
@@ -251,6 +253,22 @@ def test_nino_refuses_unseen_parameter_types():
         NowcastOptimizer(model, torch.optim.Adam(model.parameters()), nc, period=3)
 
 
+def test_horizons_beyond_max_horizon_are_refused():
+    """A nowcaster trained for horizons 1..K refuses k > K (it used to clip it silently while Jump recorded k)."""
+    torch.manual_seed(0)
+    nc = WNN(context=3, horizons=4, hidden=8)
+    model = build("mlp", seed=0, in_features=5, widths=[6], out_features=2)
+    with pytest.raises(NowcastError, match="max_horizon"):
+        NowcastOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.1), nc, period=3, horizons=[6, 2])
+    layout = NowcastOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.1), nc, period=3,
+                              horizons=[4, 2]).layout
+    ctx = torch.randn(3, layout.num_values)
+    for k in (0, 5):
+        with pytest.raises(NowcastError, match="horizons 1..4"):
+            nc.nowcast(ctx, k, layout)
+    assert not torch.equal(nc.nowcast(ctx, 4, layout), nc.nowcast(ctx, 3, layout))
+
+
 def test_learned_nowcaster_save_load_round_trip(tmp_path):
     nc = WNN(context=3, horizons=2, hidden=8)
     nc.save_pretrained(tmp_path / "wnn")
@@ -282,7 +300,18 @@ def test_cli_parses_nowcast_commands():
     args = build_parser().parse_args(["nowcast", "train", "--collection", "x", "--out", "y", "--model", "wnn"])
     assert args.model == "wnn" and args.horizons == 16 and args.func.__name__ == "train"
     args = build_parser().parse_args(["nowcast", "bench", "--seeds", "1", "--quick"])
-    assert args.seeds == 1 and args.func.__name__ == "bench"
+    assert args.seeds == 1 and args.func.__name__ == "bench" and args.benchmarks is None
+
+
+def test_nowcast_bench_outside_a_checkout_says_so_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    import weightspace.commands.nowcast as cmd
+    from weightspace.cli import main
+
+    monkeypatch.setattr(cmd, "__file__", str(tmp_path / "site-packages" / "weightspace" / "commands" / "nowcast.py"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["nowcast", "bench", "--quick", "--seeds", "1"]) == 2
+    assert "needs the source checkout" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("stop_at", [8, 13])

@@ -12,7 +12,7 @@ from weightspace import WeightSpace
 from weightspace.cli import main
 from weightspace.collections import CheckpointCollection
 from weightspace.nn import IncompatibleGraph, collate
-from weightspace.predict import (FlatMLP, GraphStore, MissingMetric, NotApplicable, PropertyPredictor, StatNN,
+from weightspace.predict import (FlatMLP, PropertyGraphs, MissingMetric, NotApplicable, PropertyPredictor, StatNN,
                                  check_compatible, evaluate_predictor, predict_store, regression_metrics,
                                  train_predictor)
 from weightspace.training import TrainConfig
@@ -47,7 +47,7 @@ def coll(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def store(coll):
-    return GraphStore.from_collections(coll, ["test_acc", "gap"], progress=False)
+    return PropertyGraphs.from_collections(coll, ["test_acc", "gap"], progress=False)
 
 
 def tiny_config(**kw) -> TrainConfig:
@@ -109,6 +109,35 @@ def test_pretrained_round_trip_gives_same_predictions(tmp_path, store):
     np.testing.assert_array_equal(predict_store(back, store), predict_store(model, store))
 
 
+def shifted_weights_store(root: Path, runs: int = 40) -> PropertyGraphs:
+    """Runs whose weights are drawn around a per-run shift, with the shift as the target: a property that
+    a baseline reading weights (statistics or the flat vector) can learn, and the mean cannot."""
+    coll = CheckpointCollection.create(root)
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    space = WeightSpace.from_module(model, torch.randn(2, 3))
+    for r in range(runs):
+        shift = float(torch.rand((), generator=g)) * 2 - 1
+        with coll.run_writer(f"r{r:02d}", space=space) as w:
+            for step in range(2):
+                sd = {k: shift + 0.3 * torch.randn(v.shape, generator=g) for k, v in model.state_dict().items()}
+                w.append(step, sd, {"test_acc": shift, "train_acc": 2 * shift})
+    return PropertyGraphs.from_collections(coll, ["test_acc", "gap"], progress=False)
+
+
+def test_baselines_learn_a_learnable_target(tmp_path):
+    """StatNN and the flat MLP each predict held-out runs far better than the training mean does."""
+    toy = shifted_weights_store(tmp_path / "toy")
+    train, test = toy.split_by_run(0.25, seed=0)
+    true = test.targets.numpy()
+    const = ((train.targets.numpy().mean(0) - true) ** 2).mean(0)
+    for baseline in (StatNN(max_iter=50), FlatMLP(hidden=(16,), max_iter=200)):
+        pred = baseline.fit(train).predict(test)
+        assert pred.shape == (len(test), 2)
+        mse = ((pred - true) ** 2).mean(0)
+        assert (mse < 0.5 * const).all(), (type(baseline).__name__, mse, const)
+
+
 def test_baselines(store):
     mlp_only = store.subset(torch.nonzero(store.block_of == 0).flatten())
     train, test = mlp_only.split_by_run(0.25)
@@ -126,7 +155,7 @@ def test_baselines(store):
 
 def test_missing_metric_is_a_clear_error(coll):
     with pytest.raises(MissingMetric, match=r"no metric 'val_loss'.*available: \['gap', 'test_acc', 'train_acc'\]"):
-        GraphStore.from_collections(coll, ["val_loss"], progress=False)
+        PropertyGraphs.from_collections(coll, ["val_loss"], progress=False)
 
 
 def test_architecture_the_model_was_not_built_for_is_refused(store):

@@ -10,10 +10,11 @@ import torch.multiprocessing as mp
 
 from test_predict import make_collection
 from weightspace.collections import CheckpointCollection
-from weightspace.predict import GraphStore, PropertyPredictor
+from weightspace.predict import PropertyGraphs, PropertyPredictor
 from weightspace.predict.api import PredictionLoss, mse_loss
-from weightspace.training import (CheckpointMismatch, TrainConfig, Trainer, free_port, gather_batch, load_optimizer,
+from weightspace.training import (CheckpointMismatch, TrainConfig, Trainer, gather_batch, load_optimizer,
                                   save_optimizer)
+from weightspace.training.distributed import _free_port
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,8 @@ def zoo(tmp_path_factory) -> Path:
     return root
 
 
-def load_store(root: Path) -> GraphStore:
-    return GraphStore.from_collections(CheckpointCollection.open(root), ["test_acc"], progress=False)
+def load_store(root: Path) -> PropertyGraphs:
+    return PropertyGraphs.from_collections(CheckpointCollection.open(root), ["test_acc"], progress=False)
 
 
 def new_model(seed: int = 0, double: bool = False) -> PropertyPredictor:
@@ -120,7 +121,7 @@ def _ddp_worker(rank: int, world: int, port: int, root: str, out: str, rank_weig
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("rank_weight", [0.0, 1.0], ids=["mse", "mse+ranking"])
+@pytest.mark.parametrize("rank_weight", [pytest.param(0.0, marks=pytest.mark.slow), 1.0], ids=["mse", "mse+ranking"])
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, zoo, rank_weight):
     """In float64, so that Adam's normalisation cannot blow up float32 summation-order noise of ~1e-7.
 
@@ -129,7 +130,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, zoo, rank_
     single = new_model(double=True)
     Trainer(single, PredictionLoss(rank_weight), load_store(zoo), config(checkpoint_every=0)).fit()
     out = tmp_path / "ddp.pt"
-    mp.spawn(_ddp_worker, args=(2, free_port(), str(zoo), str(out), rank_weight), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(zoo), str(out), rank_weight), nprocs=2, join=True)
     assert_same(torch.load(out, weights_only=True), params(single), atol=1e-9)
 
 
@@ -157,9 +158,39 @@ def test_gather_batch_concatenates_uneven_parts_and_routes_gradients_back(tmp_pa
     """Rank 0 holds 3 rows, rank 1 holds 4: everyone sees all 7; each row's gradient (summed over both
     processes' copies of the loss) returns to the process that owns it."""
     out = str(tmp_path / "g")
-    mp.spawn(_gather_worker, args=(2, free_port(), out), nprocs=2, join=True)
+    mp.spawn(_gather_worker, args=(2, _free_port(), out), nprocs=2, join=True)
     expect = torch.tensor([0.0, 1, 2, 10, 11, 12, 13], dtype=torch.float64)
     weights = 2 * torch.arange(1.0, 8, dtype=torch.float64)
     r0, r1 = torch.load(f"{out}.0", weights_only=True), torch.load(f"{out}.1", weights_only=True)
     assert torch.equal(r0["full"], expect) and torch.equal(r1["full"], expect)
     assert torch.equal(r0["grad"], weights[:3]) and torch.equal(r1["grad"], weights[3:])
+
+
+def test_train_config_from_dict_refuses_unknown_keys():
+    from weightspace.errors import ConfigError
+
+    assert TrainConfig.from_dict({"steps": 3, "lr": 0.1}) == TrainConfig(steps=3, lr=0.1)
+    with pytest.raises(ConfigError, match="'bacth_size'.*did you mean 'batch_size'"):
+        TrainConfig.from_dict({"bacth_size": 8})
+
+
+def test_training_commands_share_options_generated_from_train_config():
+    """predict train and nowcast train offer every TrainConfig field with the dataclass's defaults (only
+    steps and batch_size are task-sized), so their training options cannot drift apart."""
+    from dataclasses import fields
+
+    from weightspace.cli import build_parser
+    from weightspace.training import train_config_from_args
+
+    p = build_parser()
+    pred = p.parse_args(["predict", "train", "--collection", "c", "--out", "o"])
+    now = p.parse_args(["nowcast", "train", "--collection", "c", "--out", "o"])
+    a, b = train_config_from_args(pred), train_config_from_args(now)
+    for f in fields(TrainConfig):
+        if f.name in ("steps", "batch_size"):
+            continue
+        assert getattr(a, f.name) == getattr(b, f.name) == f.default, f.name
+    args = p.parse_args(["nowcast", "train", "--collection", "c", "--out", "o", "--warmup", "7", "--min-lr-ratio",
+                         "0.5", "--no-plot", "--grad-clip", "0", "--log-every", "3"])
+    cfg = train_config_from_args(args)
+    assert (cfg.warmup, cfg.min_lr_ratio, cfg.plot, cfg.grad_clip, cfg.log_every) == (7, 0.5, False, None, 3)

@@ -28,3 +28,11 @@ class CollectionError(WeightSpaceError):
 
 class HubRepositoryNotFound(CollectionError):
     """A Hugging Face Hub repository (or revision) could not be found or is not cached."""
+
+
+class MergeError(WeightSpaceError):
+    """A merge is ill-posed: unknown method or parameter, bad value, missing base model or files."""
+
+
+class ConfigError(WeightSpaceError):
+    """A configuration (a dict, JSON file or set of options) has an unknown key or a bad value."""

@@ -60,11 +60,10 @@ def run(args: argparse.Namespace) -> int:
 
 def plot_curves(coll, path: Path) -> Path:
     """Test accuracy against step for every run of a collection, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
     for run in coll.runs():
         rows = [coll.row(run, s) for s in coll.steps(run)]
         ax.plot([r["step"] for r in rows], [r["test_acc"] for r in rows], marker="o", label=run)
@@ -72,5 +71,4 @@ def plot_curves(coll, path: Path) -> Path:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

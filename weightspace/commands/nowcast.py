@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..training.flags import add_train_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     nc = sub.add_parser("nowcast", help="nowcast training trajectories (NiNo, WNN, linefit, LAWA)").add_subparsers(
@@ -23,24 +25,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--layers", type=int, default=3)
     t.add_argument("--decoder-hidden", type=int, default=64)
     t.add_argument("--weighting", choices=("collection", "window", "sqrt"), default="collection")
-    t.add_argument("--steps", type=int, default=1500)
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, default=1e-4)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto", help="auto (CUDA with bf16 autocast when present), cpu, cuda:0")
-    t.add_argument("--checkpoint-every", type=int, default=100)
-    t.add_argument("--eval-every", type=int, default=100)
-    t.add_argument("--no-progress", action="store_true")
+    add_train_arguments(t, steps=1500, batch_size=4)
     t.set_defaults(func=train)
 
-    b = nc.add_parser("bench", help="steps-to-target of Adam vs nowcasters on held-out tasks (BENCHMARKS.md)")
+    b = nc.add_parser("bench", help="steps-to-target of Adam vs nowcasters on held-out tasks (needs the source "
+                                    "checkout: runs its scripts/bench_nowcast.py)",
+                      description="Runs scripts/bench_nowcast.py of the source checkout this package was loaded "
+                                  "from, writing its section of that checkout's BENCHMARKS.md (or --benchmarks). "
+                                  "An installed package has no scripts/: clone the repository to run it.")
     b.add_argument("--nino", default=None, help="NiNo folder or Hub id (default: the packaged checkpoint)")
     b.add_argument("--wnn", default=None, help="WNN folder or Hub id (default: the packaged checkpoint)")
     b.add_argument("--tasks", default=None, help="comma-separated subset of task names")
     b.add_argument("--seeds", type=int, default=3)
     b.add_argument("--out", default="bench_nowcast", help="folder for the plot and raw JSON")
-    b.add_argument("--benchmarks", default="BENCHMARKS.md")
+    b.add_argument("--benchmarks", default=None,
+                   help="markdown file for the results section (default: the checkout's BENCHMARKS.md)")
     b.add_argument("--methods", default=None,
                    help="comma-separated methods: adam, nino, wnn, linefit, lawa, each optionally with -noguard, "
                         "-reset, -now, -tol<x> (default: all of the benchmark's)")
@@ -54,15 +53,13 @@ def train(args: argparse.Namespace) -> int:
 
     from ..collections import CheckpointCollection
     from ..nowcast.train import NowcastTrainSpec, train_nowcaster
-    from ..training import TrainConfig, is_main_process
+    from ..training import is_main_process, train_config_from_args
 
     colls = [CheckpointCollection.open(p) for p in args.collection]
     spec = NowcastTrainSpec(model=args.model, context=args.context, horizons=args.horizons, stride=args.stride,
                             hidden=args.hidden, layers=args.layers, decoder_hidden=args.decoder_hidden,
                             weighting=args.weighting)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every,
-                      eval_every=args.eval_every, warmup=min(50, args.steps // 10), progress=not args.no_progress)
+    cfg = train_config_from_args(args)
     torch.manual_seed(args.seed)
     _, result = train_nowcaster(colls, args.out, spec, cfg)
     if is_main_process():
@@ -76,17 +73,27 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_script() -> Path:
+    """scripts/bench_nowcast.py of the source checkout this package runs from; a clear error when installed."""
+    from ..errors import WeightSpaceError
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_nowcast.py"
+    if not path.is_file():
+        raise WeightSpaceError(f"'weightspace nowcast bench' needs the source checkout: it runs "
+                               f"scripts/bench_nowcast.py, which an installed package does not ship (looked for "
+                               f"{path}); clone the repository and run it there")
+    return path
+
+
 def bench(args: argparse.Namespace) -> int:
     import importlib.util
     import sys
 
-    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_nowcast.py"
-    if path.is_file():
-        spec = importlib.util.spec_from_file_location("bench_nowcast", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["bench_nowcast"] = mod
-        spec.loader.exec_module(mod)
-        return mod.run(args)
-    from ..errors import WeightSpaceError
-
-    raise WeightSpaceError(f"the nowcast benchmark lives in scripts/bench_nowcast.py of a source checkout ({path})")
+    path = bench_script()
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location("bench_nowcast", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_nowcast"] = mod
+    spec.loader.exec_module(mod)
+    return mod.run(args)

@@ -8,6 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..training.flags import add_train_arguments
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     pred = sub.add_parser("predict", help="predict checkpoint metrics from weights").add_subparsers(
@@ -18,10 +20,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--target", action="append", default=None,
                    help="metric to predict (repeatable; 'gap' is train_acc - test_acc); default test_acc")
     t.add_argument("--out", required=True, help="output folder (re-running resumes from its last checkpoint)")
-    t.add_argument("--steps", type=int, default=2000)
-    t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--weight-decay", type=float, default=1e-4)
     t.add_argument("--rank-weight", type=float, default=1.0,
                    help="weight of the pairwise ranking loss added to MSE (0: plain regression)")
     t.add_argument("--hidden", type=int, default=64)
@@ -29,11 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--conv", default="pna", choices=["pna", "transformer"],
                    help="message passing: FiLM messages with PNA aggregation, or graph-transformer attention")
     t.add_argument("--test-fraction", type=float, default=0.2)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto", help="auto (CUDA with bf16 autocast when present), cpu, cuda:0")
-    t.add_argument("--checkpoint-every", type=int, default=200)
-    t.add_argument("--eval-every", type=int, default=0)
-    t.add_argument("--no-progress", action="store_true")
+    add_train_arguments(t, steps=2000, batch_size=32)
     t.set_defaults(func=train)
 
     e = pred.add_parser("eval", help="evaluate a trained predictor on a collection (Kendall tau, R^2)")
@@ -55,15 +49,13 @@ def _open(paths: list[str]):
 def train(args: argparse.Namespace) -> int:
     import torch
 
-    from ..predict import GraphStore, train_predictor
-    from ..training import TrainConfig, is_main_process
+    from ..predict import PropertyGraphs, train_predictor
+    from ..training import is_main_process, train_config_from_args
 
     torch.manual_seed(args.seed)
     targets = args.target or ["test_acc"]
-    store = GraphStore.from_collections(_open(args.collection), targets, progress=not args.no_progress)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                      seed=args.seed, device=args.device, checkpoint_every=args.checkpoint_every,
-                      eval_every=args.eval_every, progress=not args.no_progress)
+    store = PropertyGraphs.from_collections(_open(args.collection), targets, progress=args.progress)
+    cfg = train_config_from_args(args)
     run = train_predictor(store, args.out,
                           model_config={"hidden": args.hidden, "layers": args.layers, "conv": args.conv},
                           train_config=cfg, test_fraction=args.test_fraction, split_seed=args.seed,
@@ -80,12 +72,12 @@ def train(args: argparse.Namespace) -> int:
 
 def evaluate(args: argparse.Namespace) -> int:
     from ..errors import WeightSpaceError
-    from ..predict import GraphStore, PropertyPredictor, check_compatible, evaluate_predictor
+    from ..predict import PropertyGraphs, PropertyPredictor, check_compatible, evaluate_predictor
     from ..utils import resolve_device
 
     model = PropertyPredictor.from_pretrained(args.model).to(resolve_device(args.device))
     colls = _open(args.collection)
-    store = GraphStore.from_collections(colls, model.targets, progress=False)
+    store = PropertyGraphs.from_collections(colls, model.targets, progress=False)
     if args.split:
         try:
             runs = json.loads(Path(args.split).read_text())["test_runs"]

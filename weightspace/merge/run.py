@@ -1,9 +1,13 @@
 """Running merges: inputs of any kind, alignment into one basin, streaming over safetensors, YAML configs."""
 from __future__ import annotations
 
+import difflib
 import json
+import os
 import re
+import shutil
 import struct
+import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
@@ -12,10 +16,10 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..errors import CorruptCheckpoint, NonFiniteWeights, StateDictMismatch
+from ..errors import CorruptCheckpoint, MergeError, NonFiniteWeights, StateDictMismatch
 from ..space import WeightSpace
-from ..utils import atomic_write
-from .methods import MergeError, MergeMethod, get_method
+from ..utils import atomic_write, fsync_dir
+from .methods import MergeMethod, check_parameters, get_method
 
 ModelLike = Union[Mapping[str, Tensor], nn.Module, str, Path]
 SPACE_FILE = "weightspace.json"
@@ -124,7 +128,7 @@ def _tensor_params(method: MergeMethod, key: str, parameters: Mapping[str, Any],
     weights = [float(w) for w in per_model.pop("weight", [params.pop("weight", 1.0)] * len(model_parameters))]
     params.pop("weight", None)
     params.update(per_model)
-    return weights, params
+    return weights, {method.argument(k): v for k, v in params.items()}
 
 
 def merge_tensor(method: MergeMethod, key: str, tensors: Sequence[Tensor], base: Tensor | None,
@@ -138,7 +142,27 @@ def merge_tensor(method: MergeMethod, key: str, tensors: Sequence[Tensor], base:
     return out.to(ref.dtype)
 
 
-def _prepare(method: str | MergeMethod, n: int, base: Any, model_parameters) -> tuple[MergeMethod, list]:
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """An output dtype: ``None`` (keep the inputs'), a floating torch.dtype, or its name (``"bfloat16"``)."""
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype.is_floating_point and dtype in _ST_DTYPES:
+        return dtype
+    names = sorted(str(d).removeprefix("torch.") for d in _ST_DTYPES if d.is_floating_point)
+    if isinstance(dtype, str):
+        d = getattr(torch, dtype.removeprefix("torch."), None)
+        if isinstance(d, torch.dtype) and d.is_floating_point and d in _ST_DTYPES:
+            return d
+        close = difflib.get_close_matches(dtype, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise MergeError(f"dtype: unknown output dtype {dtype!r}{hint}; choose one of {', '.join(names)}")
+    raise MergeError(f"dtype: {dtype!r} is not a floating safetensors dtype; choose one of {', '.join(names)}")
+
+
+def _prepare(method: str | MergeMethod, n: int, base: Any, parameters: Mapping[str, Any] | None,
+             model_parameters: Sequence[Mapping[str, Any]] | None) -> tuple[MergeMethod, list]:
+    """The one validation path of :func:`merge` and :func:`merge_files`: method, model count, base model,
+    and every parameter name and value."""
+    if not isinstance(method, (str, MergeMethod)):
+        raise MergeError(f"merge method must be a name, got {method!r}")
     m = get_method(method) if isinstance(method, str) else method
     if n < m.min_models or (m.max_models is not None and n > m.max_models):
         want = f"exactly {m.min_models}" if m.min_models == m.max_models else f"at least {m.min_models}"
@@ -148,6 +172,9 @@ def _prepare(method: str | MergeMethod, n: int, base: Any, model_parameters) -> 
     mp = list(model_parameters) if model_parameters is not None else [{} for _ in range(n)]
     if len(mp) != n:
         raise MergeError(f"{len(mp)} per-model parameter sets for {n} models")
+    if parameters is not None and not isinstance(parameters, Mapping):
+        raise MergeError(f"parameters must be a mapping, got {parameters!r}")
+    check_parameters(m, parameters or {}, mp)
     return m, mp
 
 
@@ -188,7 +215,7 @@ def merge(models: Sequence[ModelLike], method: str = "linear", *, base: ModelLik
     mapping per model (``weight``, ``density``). ``align="weight"`` first brings every model into the
     basin of the base model (or of the first model) with weight matching; it needs ``space``.
     """
-    m, mp = _prepare(method, len(models), base, model_parameters)
+    m, mp = _prepare(method, len(models), base, parameters, model_parameters)
     sds = [load_state_dict(x) for x in models]
     names = [_name(x, i) for i, x in enumerate(models)]
     base_sd = load_state_dict(base) if base is not None else None
@@ -207,6 +234,36 @@ def merge(models: Sequence[ModelLike], method: str = "linear", *, base: ModelLik
         it = tqdm(keys, desc=f"merge ({m.name})", unit="tensor")
     return {k: merge_tensor(m, k, [sd[k] for sd in sds], None if base_sd is None else base_sd[k],
                             parameters or {}, mp) for k in it}
+
+
+# ---------------------------------------------------------------------------- output folder
+class _Staged:
+    """Write an output folder's files into a hidden temp folder beside it, and move them in only when
+    every file is complete: a failed merge leaves no partial folder (and a user's existing folder, with
+    its other files, as it was)."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out = Path(out_dir)
+        if self.out.exists() and not self.out.is_dir():
+            raise MergeError(f"output {self.out} exists and is not a folder")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def __enter__(self) -> Path:
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                if not self.out.exists():
+                    os.replace(self.tmp, self.out)
+                    fsync_dir(self.out.parent)
+                    return
+                for f in self.tmp.iterdir():
+                    os.replace(f, self.out / f.name)
+                fsync_dir(self.out)
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- safetensors writer
@@ -242,12 +299,13 @@ def write_safetensors(path: str | Path, specs: Mapping[str, tuple[torch.dtype, t
 def save_merged(out_dir: str | Path, state_dict: Mapping[str, Tensor], space: WeightSpace | None = None,
                 metadata: Mapping[str, str] | None = None) -> Path:
     """Write ``OUT_DIR/model.safetensors`` (and ``weightspace.json`` when the space is known)."""
-    out = Path(out_dir)
     specs = {k: (t.dtype, tuple(t.shape)) for k, t in state_dict.items()}
-    write_safetensors(out / WEIGHTS_FILE, specs, iter(state_dict.items()), metadata)
-    if space is not None:
-        space.save(out / SPACE_FILE)
-    return out
+    staged = _Staged(out_dir)
+    with staged as tmp:
+        write_safetensors(tmp / WEIGHTS_FILE, specs, iter(state_dict.items()), metadata)
+        if space is not None:
+            space.save(tmp / SPACE_FILE)
+    return staged.out
 
 
 # ---------------------------------------------------------------------------- streaming
@@ -277,7 +335,7 @@ class _Reader:
 def merge_files(models: Sequence[str | Path], out_dir: str | Path, method: str = "linear", *,
                 base: str | Path | None = None, parameters: Mapping[str, Any] | None = None,
                 model_parameters: Sequence[Mapping[str, Any]] | None = None, align: str | None = None,
-                space: WeightSpace | str | Path | None = None, dtype: torch.dtype | None = None,
+                space: WeightSpace | str | Path | None = None, dtype: torch.dtype | str | None = None,
                 progress: bool = False) -> Path:
     """Merge safetensors checkpoints tensor by tensor into ``OUT_DIR/model.safetensors``.
 
@@ -286,7 +344,8 @@ def merge_files(models: Sequence[str | Path], out_dir: str | Path, method: str =
     (weight matching needs every tensor once), then applied per tensor while streaming.
     The WeightSpace (``space`` or a ``weightspace.json`` beside an input) is written beside it.
     """
-    m, mp = _prepare(method, len(models), base, model_parameters)
+    m, mp = _prepare(method, len(models), base, parameters, model_parameters)
+    dtype = _dtype(dtype)
     sp = _space(space, [*models, *([base] if base is not None else [])])
     perms: list[dict] = [{} for _ in models]
     if align:
@@ -297,7 +356,9 @@ def merge_files(models: Sequence[str | Path], out_dir: str | Path, method: str =
         _check_models(sds + [ref], [str(x) for x in models] + ["reference"], sp)
         perms = _align_all(sp, sds, ref, progress)
         del sds, ref
+    staged = _Staged(out_dir)
     with ExitStack() as stack:
+        tmp = stack.enter_context(staged)
         readers = [_Reader(x, stack) for x in models]
         breader = _Reader(base, stack) if base is not None else None
         ref = breader or readers[0]
@@ -339,12 +400,11 @@ def merge_files(models: Sequence[str | Path], out_dir: str | Path, method: str =
                 out = merge_tensor(m, k, ts, b, parameters or {}, mp)
                 yield k, out.to(specs[k][0])
 
-        out = Path(out_dir)
-        write_safetensors(out / WEIGHTS_FILE, specs, produce(),
+        write_safetensors(tmp / WEIGHTS_FILE, specs, produce(),
                           {"merge_method": m.name, "models": json.dumps([str(x) for x in models])})
-    if sp is not None:
-        sp.save(out / SPACE_FILE)
-    return out
+        if sp is not None:
+            sp.save(tmp / SPACE_FILE)
+    return staged.out
 
 
 # ---------------------------------------------------------------------------- configs
@@ -362,7 +422,10 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise MergeError(f"merge config {path} must be a mapping")
     unknown = set(cfg) - {"models", "merge_method", "base_model", "parameters", "align", "space", "dtype"}
     if unknown:
-        raise MergeError(f"merge config {path}: unknown fields {sorted(unknown)}")
+        valid = ["models", "merge_method", "base_model", "parameters", "align", "space", "dtype"]
+        hints = "".join(f"; {u!r}: did you mean {c[0]!r}?" for u in sorted(unknown)
+                        for c in [difflib.get_close_matches(str(u), valid, n=1)] if c)
+        raise MergeError(f"merge config {path}: unknown fields {sorted(unknown)}{hints}")
     root = path.parent
 
     def resolve(p: Any, what: str) -> Path:
@@ -381,6 +444,10 @@ def load_config(path: str | Path) -> dict[str, Any]:
             e = {"model": e}
         if not isinstance(e, dict) or "model" not in e:
             raise MergeError(f"merge config {path}: models[{i}] needs a 'model' path")
+        extra = set(e) - {"model", "parameters"}
+        if extra:
+            raise MergeError(f"merge config {path}: models[{i}] has unknown fields {sorted(extra)}; an entry is "
+                             "{model: path, parameters: {...}}")
         entries.append({"model": resolve(e["model"], f"models[{i}]"), "parameters": dict(e.get("parameters") or {})})
     out = {
         "models": [e["model"] for e in entries],
@@ -390,9 +457,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
         "parameters": dict(cfg.get("parameters") or {}),
         "align": cfg.get("align") or None,
         "space": resolve(cfg["space"], "space") if cfg.get("space") else None,
-        "dtype": getattr(torch, str(cfg["dtype"])) if cfg.get("dtype") else None,
+        "dtype": _dtype(str(cfg["dtype"])) if cfg.get("dtype") else None,
     }
-    get_method(out["method"])
+    _prepare(out["method"], len(out["models"]), out["base"], out["parameters"], out["model_parameters"])
     return out
 
 

@@ -8,11 +8,11 @@
   optional guard that rolls back harmful jumps.
 """
 from .baselines import LAWA, LineFit
-from .core import NINO_HORIZONS, Nowcaster, NowcastError, ParamLayout, horizon_schedule, scale, unscale
+from .core import NINO_HORIZONS, Nowcaster, NowcastError, ParamLayout, horizon_schedule
 from .model import WNN, NiNo, value_features
 from .optimizer import Jump, NowcastOptimizer
 from .windows import TrajectoryWindows, Window, split_runs
 
 __all__ = ["NiNo", "WNN", "LineFit", "LAWA", "Nowcaster", "NowcastOptimizer", "Jump", "TrajectoryWindows",
            "Window", "ParamLayout", "NowcastError", "horizon_schedule", "NINO_HORIZONS", "split_runs",
-           "value_features", "scale", "unscale"]
+           "value_features"]

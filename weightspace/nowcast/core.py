@@ -115,12 +115,12 @@ class ParamLayout:
         return (sums / self._counts.to(values.device, values.dtype))[:, seg].view(values.shape)
 
 
-def scale(values: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+def _scale(values: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """Standardise values ``[..., P]`` with per-tensor statistics."""
     return (values - mean) / std
 
 
-def unscale(values: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+def _unscale(values: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return values * std + mean
 
 

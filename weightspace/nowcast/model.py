@@ -78,9 +78,13 @@ class _ValueNowcaster(nn.Module):
 
     @torch.no_grad()
     def nowcast(self, context: Tensor, k: int, layout: ParamLayout) -> Tensor:
-        """Predicted ``[P]`` parameters ``k`` context spacings after the last state (``k`` clipped to ``K``)."""
+        """Predicted ``[P]`` parameters ``k`` context spacings after the last state, for ``1 <= k <= K``
+        (``K = max_horizon``, the horizons it was trained for; any other ``k`` raises :class:`NowcastError`)."""
         if context.shape[0] != self.context:
             raise NowcastError(f"{type(self).__name__} takes {self.context} context states, got {context.shape[0]}")
+        if not 1 <= int(k) <= self.max_horizon:
+            raise NowcastError(f"{type(self).__name__} predicts horizons 1..{self.max_horizon} (its max_horizon), "
+                               f"got k={k}")
         was = self.training
         self.eval()
         try:
@@ -90,8 +94,7 @@ class _ValueNowcaster(nn.Module):
             ctx = context.to(device=device, dtype=torch.float32)
             pred = self.forward([SimpleNamespace(context=ctx, layout=layout)])[0]
             _, std = layout.stats(ctx)
-            k = int(min(max(k, 1), self.max_horizon))
-            return (ctx[-1] + pred[k - 1] * std).to(context.device, context.dtype)
+            return (ctx[-1] + pred[int(k) - 1] * std).to(context.device, context.dtype)
         finally:
             self.train(was)
 

@@ -97,6 +97,10 @@ class NowcastOptimizer(torch.optim.Optimizer):
         self.horizons = [int(k) for k in horizons]
         if not self.horizons or min(self.horizons) < 1:
             raise NowcastError(f"horizons must be positive integers, got {list(horizons)}")
+        if nowcaster.max_horizon is not None and max(self.horizons) > nowcaster.max_horizon:
+            raise NowcastError(f"horizons {self.horizons} exceed the nowcaster's max_horizon "
+                               f"({nowcaster.max_horizon}): {type(nowcaster).__name__} was trained for horizons "
+                               f"1..{nowcaster.max_horizon}")
         if not 0 <= guard_delay < self.spacing:
             raise NowcastError(f"guard_delay ({guard_delay}) must be in [0, period // context = {self.spacing}): the "
                                f"verdict must come before the next context state is collected")

@@ -2,9 +2,9 @@
 from .api import (PredictionLoss, PredictorRun, check_compatible, evaluate_predictor, predict_store, ranking_loss,
                   regression_metrics, train_predictor)
 from .baselines import FlatMLP, NotApplicable, StatNN, statnn_features
-from .data import DERIVED_TARGETS, GraphStore, MissingMetric, available_metrics
+from .data import DERIVED_TARGETS, MissingMetric, PropertyGraphs, available_metrics
 from .model import PropertyPredictor
 
-__all__ = ["PropertyPredictor", "GraphStore", "train_predictor", "evaluate_predictor", "predict_store",
+__all__ = ["PropertyPredictor", "PropertyGraphs", "train_predictor", "evaluate_predictor", "predict_store",
            "regression_metrics", "check_compatible", "PredictionLoss", "ranking_loss", "PredictorRun", "StatNN",
            "FlatMLP", "statnn_features", "NotApplicable", "MissingMetric", "available_metrics", "DERIVED_TARGETS"]

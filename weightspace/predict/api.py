@@ -16,7 +16,7 @@ from ..errors import WeightSpaceError
 from ..nn import IncompatibleGraph
 from ..training import TrainConfig, Trainer, TrainResult, gather_batch
 from ..utils import atomic_write_text
-from .data import GraphStore
+from .data import PropertyGraphs
 from .model import PropertyPredictor
 
 SPLIT_FILE = "split.json"
@@ -76,7 +76,7 @@ mse_loss = PredictionLoss(0.0)
 
 
 @torch.no_grad()
-def predict_store(model: PropertyPredictor, store: GraphStore, batch_size: int = 128,
+def predict_store(model: PropertyPredictor, store: PropertyGraphs, batch_size: int = 128,
                   device: torch.device | str | None = None) -> np.ndarray:
     """Predictions ``[M, K]`` for every item of ``store``, in item order."""
     if list(model.targets) != list(store.target_names):
@@ -92,12 +92,12 @@ def predict_store(model: PropertyPredictor, store: GraphStore, batch_size: int =
     return out.numpy()
 
 
-def evaluate_predictor(model: PropertyPredictor, store: GraphStore, **kw: Any) -> dict[str, dict[str, float]]:
+def evaluate_predictor(model: PropertyPredictor, store: PropertyGraphs, **kw: Any) -> dict[str, dict[str, float]]:
     """Kendall tau and R^2 per target on ``store``."""
     return regression_metrics(predict_store(model, store, **kw), store.targets.numpy(), store.target_names)
 
 
-def check_compatible(model: PropertyPredictor, store: GraphStore, allow_new_architectures: bool = True) -> None:
+def check_compatible(model: PropertyPredictor, store: PropertyGraphs, allow_new_architectures: bool = True) -> None:
     """Raise :class:`IncompatibleGraph` if the model cannot read the store's graphs (or, when
     ``allow_new_architectures`` is false, if an architecture was not among those it was trained on)."""
     cfg = model.backbone.config
@@ -122,15 +122,15 @@ class PredictorRun:
     """What :func:`train_predictor` produced."""
 
     model: PropertyPredictor
-    train: GraphStore
-    test: GraphStore
+    train: PropertyGraphs
+    test: PropertyGraphs
     result: TrainResult
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def train_predictor(data: GraphStore, out_dir: str | Path | None = None, *, model_config: dict[str, Any] | None = None,
+def train_predictor(data: PropertyGraphs, out_dir: str | Path | None = None, *, model_config: dict[str, Any] | None = None,
                     train_config: TrainConfig | None = None, test_fraction: float = 0.2, split_seed: int = 0,
-                    test: GraphStore | None = None, resume: bool = True, rank_weight: float = 1.0) -> PredictorRun:
+                    test: PropertyGraphs | None = None, resume: bool = True, rank_weight: float = 1.0) -> PredictorRun:
     """Split ``data`` by run (no run in both parts), train a :class:`PropertyPredictor`, evaluate it on held-out runs.
 
     The loss is MSE on standardised targets plus ``rank_weight`` times a pairwise ranking loss
@@ -147,7 +147,7 @@ def train_predictor(data: GraphStore, out_dir: str | Path | None = None, *, mode
         train = data
     mean = train.targets.mean(0)
     std = train.targets.std(0).clamp(min=1e-6) if len(train) > 1 else torch.ones_like(mean)
-    both = GraphStore.concat([train, test]) if len(test) else train
+    both = PropertyGraphs.concat([train, test]) if len(test) else train
     mc = {"edge_features": max(9, both.edge_features), "node_features": max(4, both.node_features),
           "max_positions": max(128, both.max_position + 1), **(model_config or {})}
     torch.manual_seed(cfg.seed)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import WeightSpaceError
-from .data import GraphStore
+from .data import PropertyGraphs
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -29,7 +29,7 @@ def _flat_key(k: str, shape: tuple[int, ...], layout: dict[str, tuple[int, ...]]
     return k if k in layout and len(layout[k]) == len(shape) else f"{k}[{len(shape)}d]"
 
 
-def flat_matrix(store: GraphStore, layout: dict[str, tuple[int, ...]] | None = None) -> tuple[dict, np.ndarray]:
+def flat_matrix(store: PropertyGraphs, layout: dict[str, tuple[int, ...]] | None = None) -> tuple[dict, np.ndarray]:
     """``[M, D]`` flat weight vectors in item order, every tensor zero-padded to its largest shape in the data.
 
     Tensors are matched by state_dict name (and rank: a name that is a conv in one architecture
@@ -72,7 +72,7 @@ def flat_matrix(store: GraphStore, layout: dict[str, tuple[int, ...]] | None = N
     return layout, out
 
 
-def statnn_features(store: GraphStore) -> tuple[list[str], np.ndarray]:
+def statnn_features(store: PropertyGraphs) -> tuple[list[str], np.ndarray]:
     """StatNN features: for every parameter tensor, its mean, variance and the 0/25/50/75/100% quantiles.
 
     Columns are named ``<key>:<stat>``. Architectures that share parameter names (e.g. CNNs of
@@ -122,7 +122,7 @@ class StatNN:
         self.models: list = []
         self.columns: list[str] = []
 
-    def fit(self, store: GraphStore) -> "StatNN":
+    def fit(self, store: PropertyGraphs) -> "StatNN":
         from sklearn.ensemble import HistGradientBoostingRegressor
 
         self.columns, X = statnn_features(store)
@@ -132,7 +132,7 @@ class StatNN:
                        for k in range(Y.shape[1])]
         return self
 
-    def predict(self, store: GraphStore) -> np.ndarray:
+    def predict(self, store: PropertyGraphs) -> np.ndarray:
         X = _align(self.columns, statnn_features(store))
         return np.stack([m.predict(X) for m in self.models], 1)
 
@@ -143,7 +143,7 @@ class FlatMLP:
     def __init__(self, seed: int = 0, hidden: tuple[int, ...] = (128,), max_iter: int = 60) -> None:
         self.seed, self.hidden, self.max_iter = seed, hidden, max_iter
 
-    def fit(self, store: GraphStore) -> "FlatMLP":
+    def fit(self, store: PropertyGraphs) -> "FlatMLP":
         from sklearn.neural_network import MLPRegressor
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
@@ -157,6 +157,6 @@ class FlatMLP:
         self.model.fit(X, (Y - self.y_mean) / self.y_std)
         return self
 
-    def predict(self, store: GraphStore) -> np.ndarray:
+    def predict(self, store: PropertyGraphs) -> np.ndarray:
         p = self.model.predict(flat_matrix(store, self.layout)[1])
         return p.reshape(len(store), -1) * self.y_std + self.y_mean

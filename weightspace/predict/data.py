@@ -62,8 +62,8 @@ class ArchBlock:
     flat: Tensor
 
 
-class GraphStore:
-    """Checkpoints of one or several architectures with targets, batched as PyG graphs by gathers.
+class PropertyGraphs:
+    """Checkpoints of one or several architectures with property targets, batched as PyG graphs by gathers.
 
     Item ``i`` is row ``row_of[i]`` of ``blocks[block_of[i]]``; ``targets`` is ``[M, K]``; ``run_ids``,
     ``steps`` and ``sources`` (collection) say where each item came from.
@@ -82,7 +82,8 @@ class GraphStore:
     def __repr__(self) -> str:
         archs = ", ".join(f"{b.space.name or 'model'} {b.arch_id} ({int((self.block_of == i).sum())})"
                           for i, b in enumerate(self.blocks))
-        return f"GraphStore({len(self)} checkpoints of {len(set(self.run_ids))} runs; {archs}; targets {self.target_names})"
+        return (f"PropertyGraphs({len(self)} checkpoints of {len(set(self.run_ids))} runs; {archs}; "
+                f"targets {self.target_names})")
 
     @property
     def arch_ids(self) -> list[str]:
@@ -100,13 +101,13 @@ class GraphStore:
     def max_position(self) -> int:
         return max(int(b.space.layout.pos_id.max()) for b in self.blocks)
 
-    def subset(self, indices: Sequence[int] | Tensor) -> "GraphStore":
+    def subset(self, indices: Sequence[int] | Tensor) -> "PropertyGraphs":
         idx = torch.as_tensor(indices, dtype=torch.long)
         il = idx.tolist()
-        return GraphStore(self.blocks, self.block_of[idx], self.row_of[idx], self.targets[idx], self.target_names,
+        return PropertyGraphs(self.blocks, self.block_of[idx], self.row_of[idx], self.targets[idx], self.target_names,
                           [self.run_ids[i] for i in il], [self.steps[i] for i in il], [self.sources[i] for i in il])
 
-    def split_by_run(self, test_fraction: float = 0.2, seed: int = 0) -> tuple["GraphStore", "GraphStore"]:
+    def split_by_run(self, test_fraction: float = 0.2, seed: int = 0) -> tuple["PropertyGraphs", "PropertyGraphs"]:
         """Train and test stores with no run in both (runs are shuffled with ``seed``)."""
         runs = sorted(set(zip(self.sources, self.run_ids)))
         random.Random(seed).shuffle(runs)
@@ -119,7 +120,7 @@ class GraphStore:
         tr = [i for i, k in enumerate(keys) if k not in test_runs]
         return self.subset(tr), self.subset(te)
 
-    def select_runs(self, runs: Iterable[tuple[str, str] | str]) -> "GraphStore":
+    def select_runs(self, runs: Iterable[tuple[str, str] | str]) -> "PropertyGraphs":
         """Items whose run is in ``runs`` (run ids or ``(source, run_id)`` pairs)."""
         want = {r if isinstance(r, tuple) else (None, r) for r in runs}
         idx = [i for i, (s, r) in enumerate(zip(self.sources, self.run_ids)) if (s, r) in want or (None, r) in want]
@@ -169,7 +170,7 @@ class GraphStore:
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def concat(cls, stores: Sequence["GraphStore"]) -> "GraphStore":
+    def concat(cls, stores: Sequence["PropertyGraphs"]) -> "PropertyGraphs":
         """One store holding the items of several (e.g. zoos of different architectures)."""
         if len({tuple(s.target_names) for s in stores}) != 1:
             raise CollectionError(f"cannot concatenate stores with targets {[s.target_names for s in stores]}")
@@ -186,7 +187,7 @@ class GraphStore:
     @classmethod
     def from_collections(cls, collections: Sequence["CheckpointCollection"] | "CheckpointCollection",
                          targets: Sequence[str], *, where: Callable[[dict[str, Any]], bool] | None = None,
-                         arch_ids: Sequence[str] | None = None, progress: bool = True) -> "GraphStore":
+                         arch_ids: Sequence[str] | None = None, progress: bool = True) -> "PropertyGraphs":
         """Load every checkpoint (optionally filtered) of one or several collections with its targets.
 
         Raises :class:`MissingMetric` naming the available metrics when a target is absent from a

@@ -59,7 +59,7 @@ def gather_batch(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([part[:n] for part, n in zip(all_gather(padded), counts)])
 
 
-def free_port() -> int:
+def _free_port() -> int:
     """A free TCP port on the loopback interface (for a local process group)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -1,6 +1,7 @@
 """A small trainer shared by every metanetwork: devices, DDP, resumable safetensors checkpoints, logs and plots."""
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import shutil
@@ -13,7 +14,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..errors import WeightSpaceError
+from ..errors import ConfigError, WeightSpaceError
 from ..utils import atomic_write, atomic_write_text, resolve_device
 from .distributed import init_distributed
 
@@ -31,29 +32,43 @@ class BatchSource(Protocol):
     def batch(self, indices: Tensor, device: torch.device | str = "cpu") -> tuple[Any, Tensor]: ...
 
 
+def _opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    """Optimisation settings. ``batch_size`` is the global batch, split evenly across processes."""
+    """Optimisation settings. ``batch_size`` is the global batch, split evenly across processes.
 
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup: int = 50
-    min_lr_ratio: float = 0.05
-    grad_clip: float | None = 1.0
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 200
-    log_every: int = 10
-    eval_every: int = 0
-    progress: bool = True
-    plot: bool = True
+    Each field's ``metadata["help"]`` documents it; the training commands' options are generated
+    from these fields (:func:`weightspace.training.add_train_arguments`).
+    """
+
+    steps: int = _opt(1000, "optimisation steps")
+    batch_size: int = _opt(32, "global batch size, split evenly across processes")
+    lr: float = _opt(1e-3, "peak AdamW learning rate")
+    weight_decay: float = _opt(1e-4, "AdamW weight decay")
+    warmup: int = _opt(50, "linear warm-up steps before the cosine decay")
+    min_lr_ratio: float = _opt(0.05, "final learning rate as a fraction of --lr")
+    grad_clip: float | None = _opt(1.0, "gradient-norm clipping (0: none)")
+    seed: int = _opt(0, "seed of the initialisation and of the batch order")
+    device: str = _opt("auto", "auto (CUDA with bf16 autocast when present), cpu, cuda:0")
+    checkpoint_every: int = _opt(200, "steps between resumable checkpoints (0: none)")
+    log_every: int = _opt(10, "steps between log records")
+    eval_every: int = _opt(100, "steps between held-out evaluations (0: none)")
+    progress: bool = _opt(True, "show a progress bar")
+    plot: bool = _opt(True, "write loss.png at the end")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        """A config from a mapping (e.g. a saved ``trainer_state.json``); unknown keys raise :class:`ConfigError`."""
+        names = [f.name for f in fields(cls)]
+        for k in d:
+            if k not in names:
+                close = difflib.get_close_matches(str(k), names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"TrainConfig has no field {k!r}{hint}; its fields are {', '.join(names)}")
+        return cls(**d)
 
 
 @dataclass
@@ -148,12 +163,10 @@ def load_model_weights(model: nn.Module, directory: Path, device: torch.device) 
 
 def plot_history(history: list[dict[str, float]], path: Path, title: str = "training loss") -> Path:
     """PNG of the loss curve (and any eval metrics) over steps."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
     steps = [h["step"] for h in history if "loss" in h]
     ax.plot(steps, [h["loss"] for h in history if "loss" in h], label="train loss")
     evals = [h for h in history if "eval_loss" in h]
@@ -165,7 +178,6 @@ def plot_history(history: list[dict[str, float]], path: Path, title: str = "trai
     ax.legend()
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
     return path
 
 

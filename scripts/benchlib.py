@@ -1,4 +1,4 @@
-"""Helpers for benchmark scripts: timing medians and writing sections of BENCHMARKS.md."""
+"""Helpers for the benchmark scripts beside it: timing medians and writing sections of BENCHMARKS.md."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .utils import atomic_write_text
+from weightspace.utils import atomic_write_text
 
 
 def median_time(fn: Callable[[], object], repeats: int = 7, warmup: int = 1) -> float:
