@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.optim.swa_utils import update_bn
 
 from ..errors import StateDictMismatch, WeightSpaceError
 from ..space import WeightSpace
@@ -85,22 +86,10 @@ def reset_bn_stats(model: nn.Module, batches: Iterable) -> nn.Module:
     """Re-estimate every BatchNorm's running statistics on ``batches`` (cumulative average), in place.
 
     Interpolated weights no longer match the endpoints' statistics; this is the "reset" of
-    Jordan et al. 2023 and Git Re-Basin.
+    Jordan et al. 2023 and Git Re-Basin. ``batches`` yields inputs or ``(input, target)`` pairs;
+    the work is :func:`torch.optim.swa_utils.update_bn`'s.
     """
-    bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
-    if not bns:
-        return model
-    was = model.training
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for batch in batches:
-        model(_batch_input(batch))
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    model.train(was)
+    update_bn(batches, model)
     return model
 
 
@@ -238,12 +227,11 @@ def interpolation_curve(model: nn.Module, sd_a: StateDict, sd_b: StateDict, eval
 
 def plot_interpolation(curves: Mapping[str, Curve], path: str | Path, title: str = "") -> Path:
     """PNG of loss (and accuracy) along interpolation paths, e.g. ``{"naive": c0, "aligned": c1}``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     with_acc = any(c.accs for c in curves.values())
-    fig, axes = plt.subplots(1, 2 if with_acc else 1, figsize=(10 if with_acc else 5, 3.8), squeeze=False)
+    fig = Figure(figsize=(10 if with_acc else 5, 3.8))
+    axes = fig.subplots(1, 2 if with_acc else 1, squeeze=False)
     for label, c in curves.items():
         axes[0, 0].plot(c.lambdas, c.losses, marker="o", ms=3, label=f"{label} (barrier {c.barrier:.3f})")
         if with_acc and c.accs:
@@ -259,5 +247,4 @@ def plot_interpolation(curves: Mapping[str, Curve], path: str | Path, title: str
     fig.tight_layout()
     path = Path(path)
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
-    plt.close(fig)
     return path

@@ -57,7 +57,7 @@ def _expand(t: Tensor, labels: list[int], d: Desc, size_of: Callable[[int], int]
     return res
 
 
-def pieces(space: WeightSpace, key: str, t: Tensor) -> list[tuple[Tensor, tuple[int, ...]]]:
+def _pieces(space: WeightSpace, key: str, t: Tensor) -> list[tuple[Tensor, tuple[int, ...]]]:
     """Views of ``t`` (the tensor of ``key``) whose every dimension is labelled by one group index."""
     spec = space.params[space.aliases.get(key, key)]
     res: list[tuple[Tensor, list[int]]] = [(t, [])]
@@ -177,7 +177,7 @@ class _WeightMatcher:
             a, b = sd_a[k], sd_b[k]
             if not a.is_floating_point() or a.dim() == 0:
                 continue
-            for (ta, la), (tb, _) in zip(pieces(space, k, a.detach()), pieces(space, k, b.detach())):
+            for (ta, la), (tb, _) in zip(_pieces(space, k, a.detach()), _pieces(space, k, b.detach())):
                 self.pa.append((ta, la))
                 self.pb.append((tb, la))
         self._cache: dict[tuple[int, tuple[int, ...]], Tensor] = {}
