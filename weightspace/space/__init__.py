@@ -1,5 +1,6 @@
 """Weight spaces: tracing, groups and axes, permutations, (de)serialisation."""
 from .axes import Cat, Prod
+from .records import ActivationSite
 from .weightspace import Group, ParamSpec, Permutation, WeightSpace
 
-__all__ = ["WeightSpace", "Group", "ParamSpec", "Permutation", "Prod", "Cat"]
+__all__ = ["WeightSpace", "Group", "ParamSpec", "Permutation", "Prod", "Cat", "ActivationSite"]

@@ -16,8 +16,8 @@ naming the module and the operation, so a model is never described wrongly in si
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -26,6 +26,8 @@ from torch.utils._pytree import tree_flatten
 
 from ..errors import UnsupportedOperation
 from .axes import Cat, Desc, Prod, Solver
+from .forward import forward_args, op_name, run_forward
+from .records import ActivationSite, EdgePlacement, Link, NodePlacement, Site, TraceResult
 
 
 @dataclass
@@ -34,55 +36,7 @@ class TInfo:
     uid: torch.Tensor | None = None
     const: bool = False
     param: tuple[str, tuple[int, ...]] | None = None  # (key, tensor axis -> param axis)
-
-
-@dataclass
-class Site:
-    kind: str
-    desc: Desc
-    offset: int
-    count: int
-
-
-@dataclass
-class EdgePlacement:
-    key: str
-    kind: str
-    out_axis: int
-    in_axis: int
-    out_nodes: list[int]
-    in_nodes: list[int]
-    primary: bool = True
-
-
-@dataclass
-class NodePlacement:
-    key: str
-    nodes: list[int]
-
-
-@dataclass
-class Link:
-    kind: str
-    src: list[int]
-    dst: list[int]
-
-
-@dataclass
-class TraceResult:
-    solver: Solver
-    keys: list[str]
-    aliases: dict[str, str]
-    shapes: dict[str, tuple[int, ...]]
-    dtypes: dict[str, torch.dtype]
-    param_axes: dict[str, list[Desc]]
-    sites: list[Site]
-    edges: list[EdgePlacement]
-    nodes: list[NodePlacement]
-    links: list[Link]
-    output_nodes: list[int] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    tensor_leaves: list[frozenset[int]] = field(default_factory=list)
+    site: int | None = None  # index of the activation site this tensor is the output of
 
 
 UNARY = {
@@ -110,19 +64,6 @@ IGNORED = {"size", "dim", "numel", "is_floating_point", "is_complex", "ndimensio
            "grad_fn", "output_nr", "_version", "is_nested", "has_names", "is_inference", "storage_offset"}
 
 
-def _name(func: Callable) -> str:
-    name = getattr(func, "__name__", str(func))
-    if name == "__get__":
-        name = getattr(getattr(func, "__self__", None), "__name__", name)
-    if name.startswith("__") and name.endswith("__"):
-        name = name[2:-2]
-        if name in {"getitem", "setitem", "matmul", "rmatmul", "len", "format", "bool", "index", "int", "float"}:
-            return name if name != "float" else "__float__"
-    if name.endswith("_") and not name.startswith("_"):
-        name = name[:-1]
-    return name
-
-
 class _Tracer(TorchFunctionMode):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -138,6 +79,9 @@ class _Tracer(TorchFunctionMode):
         self.key_of: dict[int, str] = {}
         self.param_axes: dict[str, list[Desc]] = {}
         self.inputs: set[int] = set()
+        self.act_sites: list[ActivationSite] = []
+        self.calls = 0
+        self.call = -1
 
     # ----------------------------------------------------------------- bookkeeping
     def where(self, op: str) -> str:
@@ -232,11 +176,20 @@ class _Tracer(TorchFunctionMode):
             raise self.fail(op, f"parameter '{key}' is used through a transposed view here")
         return key
 
+    def activation_site(self, res: TInfo, op: str, dim: int, desc: Desc, weight: str | None = None,
+                        weight_axis: int | None = None, bias: str | None = None) -> TInfo:
+        """Record the current call's output as an activation site along ``dim``; mark ``res`` as its output."""
+        res.site = len(self.act_sites)
+        self.act_sites.append(ActivationSite(self.call, op, self.stack[-1][0], dim, desc, weight, weight_axis, bias))
+        return res
+
     # ------------------------------------------------------------------ dispatch
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        self.call = self.calls
+        self.calls += 1
         out = func(*args, **kwargs)
-        name = _name(func)
+        name = op_name(func)
         if name in IGNORED:
             return out
         outs, _ = tree_flatten(out)
@@ -474,6 +427,7 @@ class _Tracer(TorchFunctionMode):
                     self.link(kind, u.expand(out.shape), uid)
         if uid is not None:
             uid = uid.contiguous()
+        site = self._bias_add_site(name, acts, params, out, uid)
         for t, i in params:
             key = i.param[0]
             if uid is None:
@@ -493,7 +447,23 @@ class _Tracer(TorchFunctionMode):
                     inv[b] = a
                 pu = pu.permute(inv)
             self.place_nodes(key, pu, name)
-        return [TInfo(axes, uid, False)]
+        return [TInfo(axes, uid, False, site=site)]
+
+    def _bias_add_site(self, name, acts, params, out, uid) -> int | None:
+        """``h = x @ W; h + b``: the sum becomes the activation site of ``h``'s units, with ``b`` as its bias."""
+        if name not in {"add", "radd", "iadd"} or len(acts) != 1 or len(params) != 1:
+            return None
+        (h, hi), (b, bi) = acts[0], params[0]
+        if hi.site is None or h.shape != out.shape or uid is None or hi.uid is None or not torch.equal(uid, hi.uid):
+            return None
+        old = self.act_sites[hi.site]
+        if old.bias is not None or b.dim() == 0 or bi.param[1] != tuple(range(b.dim())):
+            return None
+        lead = out.dim() - b.dim()
+        if [d + lead for d, n in enumerate(b.shape) if n != 1] != [old.dim] or b.shape[old.dim - lead] != out.shape[old.dim]:
+            return None
+        self.act_sites[hi.site] = replace(old, call=self.call, op=name, module=self.stack[-1][0], bias=bi.param[0])
+        return hi.site
 
     def op_where(self, name, func, args, kwargs, out):
         return self.binary(name, func, args, kwargs, out)
@@ -561,12 +531,13 @@ class _Tracer(TorchFunctionMode):
         res = self.site_on(out, TInfo(axes), [out.dim() - 1], kind)
         out_nodes = res.uid.movedim(-1, 0).reshape(out.shape[-1], -1)[:, 0].tolist()
         self.place_edges(key, kind, dims[w_out_axis], dims[w_in_axis], out_nodes, in_nodes)
+        bkey = None
         if b is not None:
             bi = self.get(b)
             bkey = self.param_key(bi, name)
             self.s.unify(bi.axes[0], wi.axes[w_out_axis], self.where(name))
             self.place_nodes(bkey, torch.tensor(out_nodes), name)
-        return [res]
+        return [self.activation_site(res, name, out.dim() - 1, wi.axes[w_out_axis], key, dims[w_out_axis], bkey)]
 
     def op_matmul(self, name, func, args, kwargs, out):
         a, b = args[0], args[1]
@@ -674,11 +645,13 @@ class _Tracer(TorchFunctionMode):
         res = self.site_on(o, TInfo(axes), [o.dim() - 1], "linear")
         out_nodes = res.uid.movedim(-1, 0).reshape(o.shape[-1], -1)[:, 0].tolist()
         self.place_edges(okey, "attn_out", 0, 1, out_nodes, ctx)
+        obkey = None
         if a.get("out_proj_bias") is not None:
             bi = self.get(a["out_proj_bias"])
             s.unify(bi.axes[0], ow.axes[0], where)
-            self.place_nodes(self.param_key(bi, name), torch.tensor(out_nodes), name)
-        results = [res]
+            obkey = self.param_key(bi, name)
+            self.place_nodes(obkey, torch.tensor(out_nodes), name)
+        results = [self.activation_site(res, name, o.dim() - 1, ow.axes[0], okey, 0, obkey)]
         if isinstance(out, tuple) and isinstance(out[1], torch.Tensor):
             results.append(TInfo(self.fresh(out[1]), None, False))
         return results
@@ -703,11 +676,13 @@ class _Tracer(TorchFunctionMode):
         res = self.site_on(out, TInfo(axes), [cdim], "conv")
         out_nodes = res.uid.movedim(cdim, 0).reshape(out.shape[cdim], -1)[:, 0].tolist()
         self.place_edges(key, "conv", 0, 1, out_nodes, in_nodes)
+        bkey = None
         if b is not None:
             bi = self.get(b)
             self.s.unify(bi.axes[0], wi.axes[0], where)
-            self.place_nodes(self.param_key(bi, name), torch.tensor(out_nodes), name)
-        return [res]
+            bkey = self.param_key(bi, name)
+            self.place_nodes(bkey, torch.tensor(out_nodes), name)
+        return [self.activation_site(res, name, cdim, wi.axes[0], key, 0, bkey)]
 
     def op_conv1d(self, *a):
         return self._conv(*a, nd=1)
@@ -716,6 +691,7 @@ class _Tracer(TorchFunctionMode):
         return self._conv(*a, nd=2)
 
     def _norm(self, name, x, feat_axes: list[int], params: list[torch.Tensor | None], out) -> list[TInfo]:
+        """Normalisation over ``feat_axes``; ``params`` starts with the per-unit weight and bias (either may be None)."""
         xi = self.get(x)
         where = self.where(name)
         for p in params:
@@ -734,11 +710,16 @@ class _Tracer(TorchFunctionMode):
             if d not in feat_axes:
                 sl[d] = 0
         nodes = res.uid[tuple(sl)]
+        keys = []
         for p in params:
-            if p is not None:
-                key = self.param_key(self.get(p), name)
-                if key is not None:
-                    self.place_nodes(key, nodes, name)
+            key = None if p is None else self.param_key(self.get(p), name)
+            keys.append(key)
+            if key is not None:
+                self.place_nodes(key, nodes, name)
+        if len(feat_axes) == 1:
+            weight, bias = (keys + [None, None])[:2]
+            self.activation_site(res, name, feat_axes[0], xi.axes[feat_axes[0]], weight,
+                                 None if weight is None else 0, bias)
         return [res]
 
     def op_batch_norm(self, name, func, args, kwargs, out):
@@ -759,7 +740,7 @@ class _Tracer(TorchFunctionMode):
     def op_rms_norm(self, name, func, args, kwargs, out):
         x, shape = args[0], args[1]
         w = kwargs.get("weight", args[2] if len(args) > 2 else None)
-        return self._norm(name, x, list(range(x.dim() - len(shape), x.dim())), [w], out)
+        return self._norm(name, x, list(range(x.dim() - len(shape), x.dim())), [w, None], out)
 
     def op_embedding(self, name, func, args, kwargs, out):
         idx, w = args[0], args[1]
@@ -773,7 +754,7 @@ class _Tracer(TorchFunctionMode):
         res = self.site_on(out, TInfo(axes), [out.dim() - 1], "embedding")
         out_nodes = res.uid.movedim(-1, 0).reshape(out.shape[-1], -1)[:, 0].tolist()
         self.place_edges(key, "embedding", 1, 0, out_nodes, table)
-        return [res]
+        return [self.activation_site(res, name, out.dim() - 1, wi.axes[1], key, 1)]
 
 
 def trace_module(model: nn.Module, example_input: Any) -> TraceResult:
@@ -799,20 +780,16 @@ def trace_module(model: nn.Module, example_input: Any) -> TraceResult:
             hooks.append(mod.register_forward_pre_hook(
                 lambda m, a, n=name: tracer.stack.append((n, type(m).__name__))))
             hooks.append(mod.register_forward_hook(lambda m, a, o: tracer.stack.pop() and None))
-    inputs = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
-    was_training = model.training
-    model.eval()
+    inputs = forward_args(example_input)
     try:
         for x in tree_flatten(inputs)[0]:
             if isinstance(x, torch.Tensor):
                 tracer.set(x, TInfo(tracer.fresh(x), None, False))
                 tracer.inputs.add(id(x))
-        with torch.no_grad(), tracer:
-            out = model(*inputs)
+        out = run_forward(model, example_input, tracer)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     output_nodes: list[int] = []
     for o in tree_flatten(out)[0]:
         if isinstance(o, torch.Tensor):
@@ -832,7 +809,7 @@ def trace_module(model: nn.Module, example_input: Any) -> TraceResult:
         shapes={k: tuple(t.shape) for k, t in sd.items()}, dtypes={k: t.dtype for k, t in sd.items()},
         param_axes=tracer.param_axes, sites=tracer.sites, edges=tracer.edges, nodes=tracer.node_params,
         links=tracer.links, output_nodes=sorted(set(output_nodes)), notes=list(tracer.s.notes),
-        tensor_leaves=list(leafsets))
+        tensor_leaves=list(leafsets), activation_sites=tracer.act_sites)
 
 
 def _close_fixed(s: Solver) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -14,6 +14,7 @@ import torch.nn as nn
 from ..errors import NonFiniteWeights, StateDictMismatch, WeightSpaceError
 from ..utils import atomic_write_text
 from .axes import Cat, Desc, Prod, axis_index
+from .records import ActivationSite
 from .trace import EdgePlacement, Link, NodePlacement, Site, trace_module
 
 FORMAT = "weightspace/1"
@@ -63,6 +64,10 @@ def _desc_str(d: Desc, groups: Sequence[Group]) -> str:
     return "[" + sep.join(_desc_str(p, groups) for p in d.parts) + "]"
 
 
+def _desc_leaves(d: Desc) -> list[int]:
+    return [d] if isinstance(d, int) else [leaf for p in d.parts for leaf in _desc_leaves(p)]
+
+
 def _nested_groups(groups: list[Group], descs: list[Desc], leafsets: list[frozenset[int]]) -> dict[int, int]:
     """Groups that may be permuted independently per unit of another group (units within attention heads).
 
@@ -104,7 +109,8 @@ class WeightSpace:
     def __init__(self, *, keys: list[str], aliases: dict[str, str], params: dict[str, ParamSpec],
                  groups: list[Group], sites: list[Site], edges: list[EdgePlacement],
                  node_params: list[NodePlacement], links: list[Link], output_nodes: list[int],
-                 notes: list[str] | None = None, name: str = "") -> None:
+                 notes: list[str] | None = None, name: str = "",
+                 activation_sites: list[ActivationSite] | None = None) -> None:
         self.keys = keys
         self.aliases = aliases
         self.params = params
@@ -116,6 +122,7 @@ class WeightSpace:
         self.output_nodes = output_nodes
         self.notes = notes or []
         self.name = name
+        self.activation_sites = activation_sites or []
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -147,13 +154,18 @@ class WeightSpace:
             params[key] = ParamSpec(key, r.shapes[key], r.dtypes[key], axes)
         sites = [Site(st.kind, convert(st.desc, f"site {i} ({st.kind})"), st.offset, st.count)
                  for i, st in enumerate(r.sites)]
+        act_sites = []
+        for a in r.activation_sites:
+            d = convert(a.desc, f"{a.op} output of '{a.module or '<root>'}'")
+            if any(groups[g].permutable for g in _desc_leaves(d)):
+                act_sites.append(replace(a, desc=d))
         leafsets = [frozenset(leaf_group[v] for v in ls if v in leaf_group) for ls in r.tensor_leaves]
         descs = [a for p in params.values() for a in p.axes] + [st.desc for st in sites]
         for child, par in _nested_groups(groups, descs, leafsets).items():
             groups[child] = replace(groups[child], parent=groups[par].name)
         return cls(keys=r.keys, aliases=r.aliases, params=params, groups=groups, sites=sites, edges=r.edges,
                    node_params=r.nodes, links=r.links, output_nodes=r.output_nodes, notes=r.notes,
-                   name=type(model).__name__)
+                   name=type(model).__name__, activation_sites=act_sites)
 
     # ------------------------------------------------------------------ facts
     @property
@@ -178,10 +190,11 @@ class WeightSpace:
 
     @cached_property
     def fingerprint(self) -> str:
-        """A short stable hash of the architecture (its JSON without notes)."""
+        """A short stable hash of the architecture (its JSON without notes, name and activation sites)."""
         j = self.to_json()
         j.pop("notes", None)
         j.pop("name", None)
+        j.pop("activation_sites", None)
         return hashlib.sha256(json.dumps(j, sort_keys=True).encode()).hexdigest()[:16]
 
     def describe(self, d: Desc) -> str:
@@ -357,6 +370,18 @@ class WeightSpace:
         """Inverse of :meth:`to_graph`: the state_dict (or list of them, one per stacked state)."""
         return self.layout.from_graph(data, as_list=as_list)
 
+    # ------------------------------------------------------------------ activations
+    def capture_activations(self, model: nn.Module, inputs: Any,
+                            sites: Sequence[ActivationSite] | None = None) -> dict[int, torch.Tensor]:
+        """Outputs at the activation sites (all of :attr:`activation_sites` by default), keyed by ``site.call``.
+
+        Runs ``model`` once on ``inputs`` (same convention as :meth:`from_module`), in eval mode
+        without gradients. The unit axis of each tensor is ``site.dim``. Raises
+        :class:`~weightspace.errors.WeightSpaceError` when the forward takes another path than when traced.
+        """
+        from .capture import capture_activations
+        return capture_activations(model, inputs, self.activation_sites if sites is None else sites)
+
     # ------------------------------------------------------------------ persistence
     def to_json(self) -> dict[str, Any]:
         return {
@@ -376,6 +401,7 @@ class WeightSpace:
             "links": [{"kind": link.kind, "src": link.src, "dst": link.dst} for link in self.links],
             "output_nodes": self.output_nodes,
             "notes": self.notes,
+            "activation_sites": [{**asdict(a), "desc": _desc_to_json(a.desc)} for a in self.activation_sites],
         }
 
     @classmethod
@@ -391,7 +417,9 @@ class WeightSpace:
             edges=[EdgePlacement(**e) for e in j["edges"]],
             node_params=[NodePlacement(**n) for n in j["node_params"]],
             links=[Link(**link) for link in j["links"]],
-            output_nodes=list(j["output_nodes"]), notes=list(j.get("notes", [])), name=j.get("name", ""))
+            output_nodes=list(j["output_nodes"]), notes=list(j.get("notes", [])), name=j.get("name", ""),
+            activation_sites=[ActivationSite(**{**a, "desc": _desc_from_json(a["desc"])})
+                              for a in j.get("activation_sites", [])])
 
     def save(self, path: str | Path) -> Path:
         """Write the space as JSON (atomically)."""
