@@ -63,6 +63,11 @@ def test_align_reads_weightspace_json_and_evaluates_a_zoo_run(tmp_path):
     assert len(report["barriers"]["aligned"]["accs"]) == 3
     assert report["distance"]["aligned"] < report["distance"]["naive"]
     assert (out / "lmc.png").read_bytes()[:4] == b"\x89PNG"
+    _run([str(coll.weights_path("mlp-a", 0)), str(coll.weights_path("mlp-b", 0)), "--out", str(tmp_path / "act"),
+          "--data", "digits-flat", "--lambdas", "3", "--method", "activation", "--bn", "repair"])
+    report = json.loads((tmp_path / "act" / "report.json").read_text())
+    assert report["method"] == "activation" and report["bn"] == "repair"
+    assert report["distance"]["aligned"] < report["distance"]["naive"]
     # a merge output folder: weightspace.json beside the weights
     save_merged(tmp_path / "merged", a.state_dict(), space)
     _save(tmp_path / "merged" / "b.safetensors", b.state_dict())
@@ -109,7 +114,7 @@ def test_align_refuses_models_of_another_input_size(tmp_path):
 
 def test_align_options_that_need_data_are_refused_without_it(tmp_path):
     pa = _save(tmp_path / "a.safetensors", build("mlp", seed=0, widths=[8]).state_dict())
-    for extra in (["--method", "activation"], ["--bn", "repair"], ["--lambdas", "5"]):
+    for extra in (["--method", "activation"], ["--bn", "repair"], ["--lambdas", "5"], ["--fallback", "weight"]):
         with pytest.raises(WeightSpaceError, match="needs evaluation data"):
             _run([str(pa), str(pa), "--out", str(tmp_path / "out"), "--family", "mlp",
                   "--model-args", '{"widths": [8]}', *extra])

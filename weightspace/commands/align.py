@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="evaluation data; without it, only weight-space distances are reported")
     p.add_argument("--method", choices=("weight", "activation"), default="weight",
                    help="weight matching, or activation matching (needs --data)")
+    p.add_argument("--fallback", choices=("error", "weight"), default=None,
+                   help="activation matching: groups that no activation site carries are an error (default), or "
+                        "weight-matched with the others held fixed")
     p.add_argument("--bn", choices=("none", "reset", "repair"), default=None,
                    help="interpolated models: keep BatchNorm statistics, re-estimate them (default with --data), "
                         "or REPAIR every unit's statistics (needs --data)")
@@ -201,9 +204,12 @@ def run(args: argparse.Namespace) -> int:
             raise WeightSpaceError(f"checkpoint {p} does not exist")
     if args.data is None:
         for flag, value in (("--method activation", args.method == "activation"), ("--bn", args.bn),
+                            ("--fallback", args.fallback),
                             ("--lambdas", args.lambdas)):
             if value:
                 raise WeightSpaceError(f"{flag} needs evaluation data: pass --data ({', '.join(DATA_SETS)})")
+    if args.fallback and args.method != "activation":
+        raise WeightSpaceError("--fallback applies to --method activation only")
     meta = _metadata(pa)
     _metadata(pb)
     space, space_from = _stored_space(pa, meta, args.space)
@@ -230,6 +236,13 @@ def run(args: argparse.Namespace) -> int:
         raise WeightSpaceError(f"--data {args.data} needs a model to run: A is not in a zoo collection that records "
                                f"its recipe; pass --family and --model-args")
     ev = _eval_data(args.data, model, model_from) if args.data else None
+    if ev is not None:
+        traced = WeightSpace.from_module(model, ev.batches[0][0][:2])
+        if traced != space:
+            raise StateDictMismatch(f"architectures don't match: the model built from {model_from} traces to "
+                                    f"architecture {traced.fingerprint}, the checkpoints' is {space.fingerprint} "
+                                    f"({space_from})")
+        space = traced  # same architecture, with the activation sites of this forward
 
     if args.method == "weight":
         perm = weight_matching(space, sd_a, sd_b, progress=True)
@@ -238,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         ma, mb = copy.deepcopy(model), copy.deepcopy(model)
         ma.load_state_dict(sd_a)
         mb.load_state_dict(sd_b)
-        perm = activation_matching(ma, mb, ev.batches, space=space)
+        perm = activation_matching(ma, mb, ev.batches, space=space, fallback=args.fallback or "error")
     aligned = space.permute(sd_b, perm)
     report: dict[str, Any] = {"architecture": space_from, "method": args.method,
                               "distance": {"naive": _distance(space, sd_a, sd_b),
