@@ -18,15 +18,11 @@ import torch
 from torch_geometric.data import Data
 
 from ..errors import StateDictMismatch
+from ..space.vocabulary import EDGE_TYPES, NODE_TYPES, NodeKind
 from ..utils import cat_flat
 
 if TYPE_CHECKING:
     from ..space.weightspace import WeightSpace
-
-EDGE_TYPES = ("linear", "conv", "embedding", "attn_in", "attn_out", "residual", "gate", "norm", "attn_qk",
-              "attn_v")
-NODE_TYPES = ("input", "hidden", "linear", "conv", "embedding_index", "embedding", "norm", "residual", "product",
-              "attention_qkv", "attention", "output")
 
 
 def _float_dtype(space: "WeightSpace") -> torch.dtype:
@@ -139,7 +135,7 @@ class GraphLayout:
             if not any(space.groups[g].permutable for g in _leaves(s.desc)):
                 pos[s.offset:s.offset + s.count] = torch.arange(s.count)
         if space.output_nodes:
-            kinds[torch.tensor(space.output_nodes)] = NODE_TYPES.index("output")
+            kinds[torch.tensor(space.output_nodes)] = NODE_TYPES.index(NodeKind.OUTPUT)
         self.node_type = kinds
         self.pos_id = pos
         self._device_cache: dict[tuple[int, torch.device], tuple[torch.Tensor, ...]] = {}
