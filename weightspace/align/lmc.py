@@ -7,6 +7,8 @@ endpoint loss). REPAIR is Jordan et al. 2023.
 from __future__ import annotations
 
 import copy
+import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -14,14 +16,16 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.optim.swa_utils import update_bn
 
 from ..errors import StateDictMismatch, WeightSpaceError
-from ..space import WeightSpace
+from ..space import ActivationSite, WeightSpace
 from ..utils import atomic_write
-from .matching import _batch_input, _feature_sites, _validate_pair
+from .matching import _batch_input, _flat_features, _need_sites, _site_name, _validate_pair
 
 StateDict = Mapping[str, Tensor]
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_log = logging.getLogger(__name__)
 
 
 def interpolate(space: WeightSpace | None, sd_a: StateDict, sd_b: StateDict, alpha: float) -> dict[str, Tensor]:
@@ -85,113 +89,100 @@ def reset_bn_stats(model: nn.Module, batches: Iterable) -> nn.Module:
     """Re-estimate every BatchNorm's running statistics on ``batches`` (cumulative average), in place.
 
     Interpolated weights no longer match the endpoints' statistics; this is the "reset" of
-    Jordan et al. 2023 and Git Re-Basin.
+    Jordan et al. 2023 and Git Re-Basin. ``batches`` yields inputs or ``(input, target)`` pairs;
+    the work is :func:`torch.optim.swa_utils.update_bn`'s.
     """
-    bns = [m for m in model.modules() if isinstance(m, _BN) and m.track_running_stats]
-    if not bns:
-        return model
-    was = model.training
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for batch in batches:
-        model(_batch_input(batch))
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-    model.train(was)
+    update_bn(batches, model)
     return model
 
 
-def _correctable(space: WeightSpace, model: nn.Module) -> list[tuple[str, nn.Module, int]]:
-    """Modules whose per-channel output can be rescaled by folding an affine map into their own weights."""
-    sites = _feature_sites(space, model)
-    out = []
-    for name, mod in model.named_modules():
-        if name not in sites:
-            continue
-        d, dim = sites[name]
-        leaves: list[int] = []
-        stack = [d]
-        while stack:
-            x = stack.pop()
-            if isinstance(x, int):
-                leaves.append(x)
-            else:
-                stack.extend(x.parts)
-        if not any(space.groups[g].permutable for g in leaves):
-            continue
-        if isinstance(mod, _BN) and mod.affine or \
-                isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and mod.bias is not None:
-            out.append((name, mod, dim))
+def _correctable(space: WeightSpace) -> list[ActivationSite]:
+    """Activation sites whose per-unit output can be set to ``s * out + t`` by folding the map into their own
+    weight and bias, in forward order.
+
+    A site without bias cannot be shifted, and one whose weight or bias also serves another site
+    (tied or shared) cannot be changed alone: both are left out, and logged.
+    """
+    sites = _need_sites(space, "REPAIR")
+    uses = Counter(k for s in sites for k in (s.weight, s.bias) if k)
+    tied = set(space.aliases) | set(space.aliases.values())
+    out, skipped = [], []
+    for s in sorted(sites, key=lambda s: s.call):
+        if s.weight is None or s.bias is None or s.weight_axis is None:
+            skipped.append(f"{_site_name(s)} (no bias)")
+        elif uses[s.weight] > 1 or uses[s.bias] > 1 or s.weight in tied or s.bias in tied:
+            skipped.append(f"{_site_name(s)} (shared weight)")
+        else:
+            out.append(s)
+    if skipped:
+        _log.info("REPAIR leaves %d activation site(s) uncorrected: %s", len(skipped), "; ".join(skipped))
+    if not out:
+        raise WeightSpaceError(f"REPAIR has nothing to correct in {space.name or 'this weight space'}: no activation "
+                               f"site has its own weight and bias ({'; '.join(skipped[:4])})")
     return out
 
 
 @torch.no_grad()
-def _channel_stats(model: nn.Module, mods: list[tuple[str, nn.Module, int]], batches: list) -> dict[str, tuple[Tensor, Tensor]]:
-    sums: dict[str, list] = {}
-    handles = []
-    for name, mod, dim in mods:
-        def hook(m, i, o, name=name, dim=dim):
-            y = o.detach().movedim(dim, -1).reshape(-1, o.shape[dim]).double()
-            s = sums.setdefault(name, [0, 0.0, 0.0])
-            s[0] += y.shape[0]
-            s[1] = s[1] + y.sum(0)
-            s[2] = s[2] + (y * y).sum(0)
-        handles.append(mod.register_forward_hook(hook))
-    was = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            model(_batch_input(batch))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
+def _unit_stats(space: WeightSpace, model: nn.Module, sites: Sequence[ActivationSite], batches: list
+                ) -> dict[int, tuple[Tensor, Tensor]]:
+    """Per-unit mean and standard deviation at each site over ``batches`` (model in eval mode), keyed by call."""
+    sums: dict[int, list] = {s.call: [0, 0.0, 0.0] for s in sites}
+    for batch in batches:
+        acts = space.capture_activations(model, _batch_input(batch), sites)
+        for s in sites:
+            y = _flat_features(acts[s.call], s.dim, _site_name(s)).double()
+            acc = sums[s.call]
+            acc[0] += y.shape[0]
+            acc[1] = acc[1] + y.sum(0)
+            acc[2] = acc[2] + (y * y).sum(0)
     out = {}
-    for name, (n, s1, s2) in sums.items():
+    for call, (n, s1, s2) in sums.items():
         mean = s1 / n
-        out[name] = (mean, (s2 / n - mean * mean).clamp_min(0).sqrt())
+        out[call] = (mean, (s2 / n - mean * mean).clamp_min(0).sqrt())
     return out
 
 
 @torch.no_grad()
 def repair(model: nn.Module, sd_a: StateDict, sd_b: StateDict, sd_merged: StateDict, batches: Iterable, *,
            alpha: float = 0.5, space: WeightSpace | None = None, eps: float = 1e-5) -> dict[str, Tensor]:
-    """REPAIR (Jordan et al. 2023): restore each hidden channel's output statistics after interpolation.
+    """REPAIR (Jordan et al. 2023, "REPAIR: REnormalizing Permuted Activations for Interpolation Repair").
 
-    For every Linear/Conv (with bias) or affine BatchNorm whose output axis is a permutable group,
-    the merged model's per-channel mean and standard deviation (measured on ``batches``) are mapped
-    to the interpolation of the endpoints' ones, ``(1 - alpha) * A + alpha * B``, by folding an affine
-    correction into that module's weight and bias. Layers are corrected in forward order, each
-    measured after the earlier ones were corrected. Returns the corrected state_dict; ``model`` is
-    only used as an architecture (a copy is loaded).
+    Interpolating two aligned networks shrinks the variance of hidden units. REPAIR maps the merged
+    model's per-unit mean and standard deviation (measured on ``batches``) at every activation site
+    of the space to the interpolation of the endpoints', ``(1 - alpha) * A + alpha * B``, by folding
+    ``out' = s * (out - mean) + target mean`` into the site's own weight (scaled along its unit axis)
+    and bias. Sites are corrected in forward order, each measured after the earlier ones were
+    corrected, so the merged model's statistics match the targets at every corrected site.
+    Returns the corrected state_dict; ``model`` is only used to run the forward (a copy is loaded).
     """
     batches = list(batches)
     if not batches:
         raise WeightSpaceError("REPAIR needs at least one batch of inputs")
     net = copy.deepcopy(model)
     space = space or WeightSpace.from_module(net, _batch_input(batches[0]))
-    mods = _correctable(space, net)
+    sites = _correctable(space)
     net.load_state_dict(sd_a)
-    st_a = _channel_stats(net, mods, batches)
+    st_a = _unit_stats(space, net, sites, batches)
     net.load_state_dict(sd_b)
-    st_b = _channel_stats(net, mods, batches)
-    net.load_state_dict(sd_merged)
-    for entry in mods:
-        name, mod, _ = entry
-        if name not in st_a:
-            continue
-        mu_m, sd_m = _channel_stats(net, [entry], batches)[name]
-        mu_t = (1 - alpha) * st_a[name][0] + alpha * st_b[name][0]
-        sd_t = (1 - alpha) * st_a[name][1] + alpha * st_b[name][1]
+    st_b = _unit_stats(space, net, sites, batches)
+    sd = {k: v.detach().clone() for k, v in sd_merged.items()}
+    for s in sites:
+        net.load_state_dict(sd)
+        mu_m, sd_m = _unit_stats(space, net, [s], batches)[s.call]
+        mu_t = (1 - alpha) * st_a[s.call][0] + alpha * st_b[s.call][0]
+        sd_t = (1 - alpha) * st_a[s.call][1] + alpha * st_b[s.call][1]
         scale = sd_t / (sd_m + eps)
-        w, b = mod.weight, mod.bias
-        shape = (-1,) + (1,) * (w.dim() - 1)
-        w.mul_(scale.to(w.dtype).view(shape))
-        b.copy_(((b.double() - mu_m) * scale + mu_t).to(b.dtype))
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+        w, b = sd[s.weight], sd[s.bias]
+        shape = [1] * w.dim()
+        shape[s.weight_axis] = -1
+        sd[s.weight] = (w.double() * scale.view(shape)).to(w.dtype)
+        sd[s.bias] = ((b.double().reshape(-1) - mu_m) * scale + mu_t).reshape(b.shape).to(b.dtype)
+    return sd
+
+
+def _has_running_stats(model: nn.Module) -> bool:
+    """Whether :func:`torch.optim.swa_utils.update_bn` has statistics to re-estimate in ``model``."""
+    return any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules())
 
 
 Evaluate = Callable[[nn.Module], "tuple[float, float] | float"]
@@ -204,15 +195,15 @@ def interpolation_curve(model: nn.Module, sd_a: StateDict, sd_b: StateDict, eval
     """Evaluate ``(1 - l) A + l B`` on a grid of ``l``; ``evaluate(model)`` returns a loss or ``(loss, accuracy)``.
 
     ``bn``: ``"none"`` keeps interpolated BatchNorm statistics, ``"reset"`` re-estimates them on
-    ``data`` (only where the model has BatchNorm), ``"repair"`` applies REPAIR on ``data``.
+    ``data`` (only where the model has BatchNorm), ``"repair"`` re-estimates them and then applies
+    REPAIR on ``data``, so that the evaluated model has the REPAIRed statistics.
     """
     if bn not in ("none", "reset", "repair"):
         raise ValueError(f"bn must be 'none', 'reset' or 'repair', got {bn!r}")
     grid = [i / (lambdas - 1) for i in range(lambdas)] if isinstance(lambdas, int) else [float(t) for t in lambdas]
     data = list(data) if data is not None else None
     net = copy.deepcopy(model)
-    has_bn = any(isinstance(m, _BN) for m in net.modules())
-    if bn != "none" and (bn == "repair" or has_bn) and not data:
+    if not data and (bn == "repair" or (bn == "reset" and _has_running_stats(net))):
         raise WeightSpaceError(f"bn={bn!r} needs data: pass data=batches of inputs")
     losses, accs = [], []
     it = grid
@@ -220,12 +211,11 @@ def interpolation_curve(model: nn.Module, sd_a: StateDict, sd_b: StateDict, eval
         from tqdm.auto import tqdm
         it = tqdm(grid, desc="interpolation", unit="point")
     for t in it:
-        sd = interpolate(space, sd_a, sd_b, t)
-        if bn == "repair" and 0 < t < 1:
-            sd = repair(net, sd_a, sd_b, sd, data, alpha=t, space=space)
-        net.load_state_dict(sd)
-        if (bn == "reset" or bn == "repair") and has_bn and 0 < t < 1:
+        net.load_state_dict(interpolate(space, sd_a, sd_b, t))
+        if bn != "none" and 0 < t < 1:
             reset_bn_stats(net, data)
+            if bn == "repair":
+                net.load_state_dict(repair(net, sd_a, sd_b, net.state_dict(), data, alpha=t, space=space))
         net.eval()
         r = evaluate(net)
         if isinstance(r, tuple):
@@ -238,12 +228,11 @@ def interpolation_curve(model: nn.Module, sd_a: StateDict, sd_b: StateDict, eval
 
 def plot_interpolation(curves: Mapping[str, Curve], path: str | Path, title: str = "") -> Path:
     """PNG of loss (and accuracy) along interpolation paths, e.g. ``{"naive": c0, "aligned": c1}``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     with_acc = any(c.accs for c in curves.values())
-    fig, axes = plt.subplots(1, 2 if with_acc else 1, figsize=(10 if with_acc else 5, 3.8), squeeze=False)
+    fig = Figure(figsize=(10 if with_acc else 5, 3.8))
+    axes = fig.subplots(1, 2 if with_acc else 1, squeeze=False)
     for label, c in curves.items():
         axes[0, 0].plot(c.lambdas, c.losses, marker="o", ms=3, label=f"{label} (barrier {c.barrier:.3f})")
         if with_acc and c.accs:
@@ -259,5 +248,4 @@ def plot_interpolation(curves: Mapping[str, Curve], path: str | Path, title: str
     fig.tight_layout()
     path = Path(path)
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
-    plt.close(fig)
     return path

@@ -11,6 +11,7 @@ cost is then a sum of plain matrix products over the pieces that contain it.
 """
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
@@ -22,8 +23,10 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from ..errors import StateDictMismatch, WeightSpaceError
-from ..space import Cat, Prod, WeightSpace
+from ..space import ActivationSite, Cat, Prod, WeightSpace
 from ..space.axes import Desc
+
+_log = logging.getLogger(__name__)
 
 Permutation = dict[str, Tensor]
 StateDict = Mapping[str, Tensor]
@@ -57,7 +60,7 @@ def _expand(t: Tensor, labels: list[int], d: Desc, size_of: Callable[[int], int]
     return res
 
 
-def pieces(space: WeightSpace, key: str, t: Tensor) -> list[tuple[Tensor, tuple[int, ...]]]:
+def _pieces(space: WeightSpace, key: str, t: Tensor) -> list[tuple[Tensor, tuple[int, ...]]]:
     """Views of ``t`` (the tensor of ``key``) whose every dimension is labelled by one group index."""
     spec = space.params[space.aliases.get(key, key)]
     res: list[tuple[Tensor, list[int]]] = [(t, [])]
@@ -177,7 +180,7 @@ class _WeightMatcher:
             a, b = sd_a[k], sd_b[k]
             if not a.is_floating_point() or a.dim() == 0:
                 continue
-            for (ta, la), (tb, _) in zip(pieces(space, k, a.detach()), pieces(space, k, b.detach())):
+            for (ta, la), (tb, _) in zip(_pieces(space, k, a.detach()), _pieces(space, k, b.detach())):
                 self.pa.append((ta, la))
                 self.pb.append((tb, la))
         self._cache: dict[tuple[int, tuple[int, ...]], Tensor] = {}
@@ -332,40 +335,6 @@ def weight_matching(space: WeightSpace, sd_a: StateDict, sd_b: StateDict, *, max
 
 
 # ---------------------------------------------------------------------------- activation matching
-_CHANNEL_FIRST = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm,
-                  nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-
-
-def _feature_sites(space: WeightSpace, model: nn.Module) -> dict[str, tuple[Desc, int]]:
-    """Modules whose output's feature axis is described by the space: name -> (descriptor, feature dim).
-
-    The descriptor is read off the module's own weight: output axis of a Linear/Conv, the
-    normalised axis of a norm layer, the embedding axis of an Embedding.
-    """
-    ids = {id(p): k for k, p in model.state_dict(keep_vars=True).items()}
-    out: dict[str, tuple[Desc, int]] = {}
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.MultiheadAttention):
-            w, axis, dim = mod.out_proj.weight, 0, -1
-        elif isinstance(mod, nn.Embedding):
-            w, axis, dim = mod.weight, 1, -1
-        elif isinstance(mod, (nn.Linear, nn.LayerNorm)):
-            w, axis, dim = getattr(mod, "weight", None), 0, -1
-            if isinstance(mod, nn.LayerNorm) and len(mod.normalized_shape) != 1:
-                continue
-        elif isinstance(mod, _CHANNEL_FIRST):
-            w, axis, dim = getattr(mod, "weight", None), 0, 1
-        else:
-            continue
-        if w is None or id(w) not in ids:
-            continue
-        key = ids[id(w)]
-        spec = space.params.get(space.aliases.get(key, key))
-        if spec is not None and spec.axes:
-            out[name] = (spec.axes[axis], dim)
-    return out
-
-
 def _diag_costs(space: WeightSpace, c: Tensor, d: Desc, direct: dict[int, Tensor], inner: dict[tuple[int, int], Tensor],
                 parent: Mapping[int, int]) -> None:
     """Split a unit-by-unit similarity ``c`` over an axis ``d`` into per-group costs (matching segments only)."""
@@ -434,11 +403,9 @@ class _Stats:
         return cov / (torch.outer(sa, sb) + 1e-8)
 
 
-def _flat_features(y, dim: int) -> Tensor | None:
-    if isinstance(y, (tuple, list)):
-        y = y[0]
-    if not isinstance(y, Tensor) or not y.is_floating_point():
-        return None
+def _flat_features(y: Tensor, dim: int, where: str) -> Tensor:
+    if not y.is_floating_point():
+        raise WeightSpaceError(f"activation site {where} holds {y.dtype} values, not features")
     y = y.detach().movedim(dim, -1)
     return y.reshape(-1, y.shape[-1])
 
@@ -447,76 +414,96 @@ def _batch_input(batch):
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
+def _site_name(site: ActivationSite) -> str:
+    return f"'{site.op}' output of module '{site.module or '<root>'}'"
+
+
+def _need_sites(space: WeightSpace, what: str) -> list[ActivationSite]:
+    if not space.activation_sites:
+        raise WeightSpaceError(
+            f"{what} needs activation sites, and {space.name or 'this weight space'} records none: no parameterised "
+            f"op's output carries permutable units, or the space was saved by an older weightspace (trace it again "
+            f"with WeightSpace.from_module)")
+    return space.activation_sites
+
+
+FALLBACKS = ("error", "weight")
+
+
 @torch.no_grad()
 def activation_matching(model_a: nn.Module, model_b: nn.Module, batches: Iterable, *,
-                        space: WeightSpace | None = None, method: str = "correlation",
+                        space: WeightSpace | None = None, method: str = "correlation", fallback: str = "error",
                         progress: bool = False) -> Permutation:
     """Permutation bringing ``model_b`` into the basin of ``model_a`` by matching activations (Ainsworth et al. 2023).
 
-    The features of every module whose output axis belongs to the space's groups (Linear, Conv,
-    norm layers, Embedding, MultiheadAttention) are recorded on the same inputs for both models;
-    each group's cost is the sum over its sites of the cross-correlation (``method="correlation"``)
-    or cross-covariance (``"covariance"``) of units. Attention heads are matched as blocks, the cost
-    of a head pair being the optimal assignment of their units. Groups seen at no site (e.g. heads
-    inside ``nn.MultiheadAttention``, whose projections are not modules) are matched by weight
-    matching with the others held fixed. ``batches`` yields inputs or ``(input, target)`` pairs.
+    The outputs at the space's activation sites (every parameterised op whose output units belong
+    to a permutable group: linear, conv, norm, embedding, attention out-projection, also when written
+    with raw parameters) are recorded on the same inputs for both models; each group's cost is the
+    sum over its sites of the cross-correlation (``method="correlation"``) or cross-covariance
+    (``"covariance"``) of units. Attention heads are matched as blocks, the cost of a head pair
+    being the optimal assignment of their units.
+
+    A group that no site carries (e.g. the units within the heads of ``nn.MultiheadAttention``,
+    whose projections happen inside one op) cannot be matched on activations: with
+    ``fallback="error"`` (default) this raises :class:`WeightSpaceError` naming the groups; with
+    ``fallback="weight"`` they are weight-matched with the others held fixed, and the fact is
+    logged. ``batches`` yields inputs or ``(input, target)`` pairs.
     """
     if method not in ("correlation", "covariance"):
         raise ValueError(f"method must be 'correlation' or 'covariance', got {method!r}")
+    if fallback not in FALLBACKS:
+        raise ValueError(f"fallback must be one of {FALLBACKS}, got {fallback!r}")
     batches = list(batches)
     if not batches:
         raise WeightSpaceError("activation matching needs at least one batch of inputs")
     space = space or WeightSpace.from_module(model_a, _batch_input(batches[0]))
     sd_a, sd_b = model_a.state_dict(), model_b.state_dict()
     _validate_pair(space, sd_a, sd_b)
-    sites_a, sites_b = _feature_sites(space, model_a), _feature_sites(space, model_b)
-    stats: dict[str, _Stats] = {name: _Stats() for name in sites_a if name in sites_b}
-    outputs: dict[str, dict[str, Tensor]] = {"a": {}, "b": {}}
-    handles = []
-    for tag, model, sites in (("a", model_a, sites_a), ("b", model_b, sites_b)):
-        for name, mod in model.named_modules():
-            if name in stats:
-                dim = sites[name][1]
-                handles.append(mod.register_forward_hook(
-                    lambda m, i, o, name=name, dim=dim, tag=tag: outputs[tag].__setitem__(name, _flat_features(o, dim))))
-    was = model_a.training, model_b.training
-    model_a.eval()
-    model_b.eval()
-    try:
-        it = batches
-        if progress:
-            from tqdm.auto import tqdm
-            it = tqdm(batches, desc="activation statistics", unit="batch")
-        for batch in it:
-            x = _batch_input(batch)
-            model_a(x)
-            model_b(x)
-            for name, st in stats.items():
-                a, b = outputs["a"].pop(name, None), outputs["b"].pop(name, None)
-                if a is not None and b is not None and a.shape == b.shape:
-                    st.add(a, b)
-    finally:
-        for h in handles:
-            h.remove()
-        model_a.train(was[0])
-        model_b.train(was[1])
+    sites = _need_sites(space, "activation matching")
+    stats = {s.call: _Stats() for s in sites}
+    it = batches
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(batches, desc="activation statistics", unit="batch")
+    for batch in it:
+        x = _batch_input(batch)
+        fa, fb = space.capture_activations(model_a, x), space.capture_activations(model_b, x)
+        for s in sites:
+            a, b = _flat_features(fa[s.call], s.dim, _site_name(s)), _flat_features(fb[s.call], s.dim, _site_name(s))
+            if a.shape != b.shape:
+                raise StateDictMismatch(f"{_site_name(s)} has {tuple(a.shape)} features in model A but "
+                                        f"{tuple(b.shape)} in model B")
+            stats[s.call].add(a, b)
     blocks = _Blocks(space)
     direct: dict[int, Tensor] = {}
     inner: dict[tuple[int, int], Tensor] = {}
-    for name, st in stats.items():
-        if st.n:
-            _diag_costs(space, st.matrix(method).cpu(), sites_a[name][0], direct, inner, blocks.parent)
+    for s in sites:
+        _diag_costs(space, stats[s.call].matrix(method).cpu(), s.desc, direct, inner, blocks.parent)
+    seen = set(direct) | {c for _, c in inner}
     perm = _from_names(space, space.identity_permutation())
-    solved: set[int] = set()
+    solved, unseen = set(), []
     for g in blocks.tops:
         inn = {c: v for (h, c), v in inner.items() if h == g}
         if g not in direct and not inn:
+            unseen += [g, *blocks.children.get(g, [])]
+            continue
+        missing = [c for c in blocks.children.get(g, []) if c not in seen]
+        if missing:
+            unseen += missing
             continue
         n = space.groups[g].size
         new, _, _ = _solve_block(g, n, direct.get(g, torch.zeros(n, n, dtype=torch.float64)), inn, perm)
         perm.update(new)
         solved.add(g)
-    if len(solved) < len([g for g in blocks.tops]):
+    if unseen:
+        names = [space.groups[g].name for g in unseen]
+        if fallback == "error":
+            raise WeightSpaceError(
+                f"activation matching: no activation site carries the units of group(s) {names[:8]}"
+                f"{' ...' if len(names) > 8 else ''}; pass fallback='weight' to weight-match them with the others held "
+                f"fixed")
+        _log.info("activation matching: group(s) %s are carried by no activation site; weight-matching them "
+                  "with the %d activation-matched group(s) held fixed (fallback='weight')", names, len(solved))
         fixed = {space.groups[g].name: p for g, p in perm.items() if blocks.parent.get(g, g) in solved}
         return weight_matching(space, sd_a, sd_b, init=_to_names(space, perm), fixed=fixed)
     return _to_names(space, perm)
@@ -533,7 +520,8 @@ def ste_matching(model: nn.Module, sd_a: StateDict, sd_b: StateDict, batches: It
     the projection ``P(B)``, the gradient flows to ``theta`` as if the projection were the identity.
     ``model`` is any module of the architecture (its weights are not used); ``batches`` yields
     ``(input, target)`` pairs, cycled for ``steps`` steps; ``loss_fn`` defaults to cross-entropy.
-    Returns the matching of the final ``theta``, or weight matching's if that had the lower loss.
+    Returns, of the distinct permutations met on the way (weight matching's first), the one whose
+    midpoint has the lowest loss summed over all ``batches``: never worse there than weight matching.
     """
     from torch.func import functional_call
 
@@ -547,7 +535,11 @@ def ste_matching(model: nn.Module, sd_a: StateDict, sd_b: StateDict, batches: It
     theta = {k: sd_a[k].detach().clone().requires_grad_(True) for k in floats}
     opt = torch.optim.Adam(theta.values(), lr=lr)
     perm = weight_matching(space, sd_a, sd_b, seed=seed)
-    best_perm, best_loss = perm, float("inf")
+    candidates = [perm]
+
+    def midpoint(pb: Mapping[str, Tensor], proj: Callable[[str], Tensor]) -> dict[str, Tensor]:
+        return {k: 0.5 * (sd_a[k] + proj(k)) if k in theta else sd_a[k].clone() for k in space.canonical_keys}
+
     it = range(steps)
     if progress:
         from tqdm.auto import tqdm
@@ -559,20 +551,20 @@ def ste_matching(model: nn.Module, sd_a: StateDict, sd_b: StateDict, batches: It
             x, y = batches[step % len(batches)]
             detached = {k: (theta[k].detach() if k in theta else v) for k, v in sd_a.items() if k in space.params}
             perm = weight_matching(space, detached, sd_b, init=perm, seed=seed + step)
+            if any(not torch.equal(v, candidates[-1][k]) for k, v in perm.items()):
+                candidates.append(perm)
             pb = space.permute(sd_b, perm)
-            mid = {}
-            for k in space.canonical_keys:
-                if k in theta:
-                    proj = theta[k] + (pb[k] - theta[k]).detach()
-                    mid[k] = 0.5 * (sd_a[k] + proj)
-                else:
-                    mid[k] = sd_a[k].clone()
+            mid = midpoint(pb, lambda k: theta[k] + (pb[k] - theta[k]).detach())
             loss = loss_fn(functional_call(model, mid, (x,)), y)
-            if loss.item() < best_loss:
-                best_loss, best_perm = loss.item(), perm
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        with torch.no_grad():
+            def total(p: Permutation) -> float:
+                pb = space.permute(sd_b, p)
+                mid = midpoint(pb, lambda k: pb[k])
+                return sum(float(loss_fn(functional_call(model, mid, (x,)), y)) for x, y in batches)
+            losses = [total(p) for p in candidates]
     finally:
         model.train(was)
-    return best_perm
+    return candidates[min(range(len(candidates)), key=losses.__getitem__)]
