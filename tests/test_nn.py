@@ -121,3 +121,58 @@ def test_gradients_flow_to_every_parameter(conv):
     gh(net(g)).sum().backward()
     unused = [n for n, p in net.named_parameters() if p.grad is None]
     assert unused == []
+
+
+def _mixed_batch():
+    graphs = []
+    for name, make, example in FAMILIES:
+        torch.manual_seed(0)
+        model = randomize(make())
+        graphs.append(WeightSpace.from_module(model, example()).to_graph(model.state_dict()))
+    return collate(graphs)
+
+
+def test_segment_routing_computes_the_scatter_path_function_and_gradients():
+    """The default segment routing (edges sorted by receiver once per batch) equals the reference scatter path.
+
+    Features get a little noise so that no two messages tie: at a tie, max and min have several valid
+    subgradients, and either path may pick another one.
+    """
+    batch = _mixed_batch()
+    torch.manual_seed(5)
+    batch.x = (batch.x + 0.1 * torch.randn_like(batch.x)).double()
+    batch.edge_attr = (batch.edge_attr + 0.1 * torch.randn_like(batch.edge_attr)).double()
+    outs, grads = {}, {}
+    for routing in ("scatter", "segment"):
+        torch.manual_seed(0)
+        net = GraphMetanetwork(hidden=16, layers=2, edge_features=9, node_features=4, max_positions=64,
+                               routing=routing).double()
+        head = EdgeHead(16, 1, 9).double()
+        enc = net(batch)
+        out = torch.cat([enc.node.flatten(), head(enc).flatten()])
+        torch.manual_seed(1)
+        (out * torch.randn_like(out)).sum().backward()
+        outs[routing] = out.detach()
+        grads[routing] = torch.cat([p.grad.flatten() for p in net.parameters()])
+    torch.testing.assert_close(outs["segment"], outs["scatter"], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(grads["segment"], grads["scatter"], atol=1e-8, rtol=1e-8)
+
+
+def test_fit_degrees_sets_the_mean_log_degree_of_each_direction():
+    from torch_geometric.data import Data
+
+    # node 2 receives from 0 and 1, node 3 from 2: forward in-degrees {2: 2, 3: 1}; backward {0: 1, 1: 1, 2: 1}
+    g = Data(edge_index=torch.tensor([[0, 1, 2], [2, 2, 3]]), num_nodes=4)
+    net = GraphMetanetwork(hidden=8, layers=2)
+    fwd, bwd = net.fit_degrees([g])
+    assert fwd == pytest.approx((torch.log(torch.tensor(3.0)) + torch.log(torch.tensor(2.0))).item() / 2)
+    assert bwd == pytest.approx(torch.log(torch.tensor(2.0)).item())
+    for layer in net.layers:
+        assert float(layer.fwd.pna.avg_log_degree) == pytest.approx(fwd)
+        assert float(layer.bwd.pna.avg_log_degree) == pytest.approx(bwd)
+    state = {k: v for k, v in net.state_dict().items() if not k.endswith("avg_log_degree")}
+    fresh = GraphMetanetwork(hidden=8, layers=2)
+    fresh.load_state_dict(state)  # checkpoints saved before the statistic existed load with the former 2.0
+    assert float(fresh.layers[0].fwd.pna.avg_log_degree) == 2.0
+    with pytest.raises(ValueError, match="routing"):
+        GraphMetanetwork(hidden=8, layers=1, routing="csr")
