@@ -15,6 +15,7 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 from torch_geometric.nn import MessagePassing, TransformerConv
 from torch_geometric.utils import scatter
@@ -71,12 +72,12 @@ class PNAAggregation(nn.Module):
         moments = [a for a in ("mean", "std") if a in self.aggregators]
         found: dict[str, Tensor] = {}
         if moments:
-            src = torch.cat([msg, msg * msg], -1) if "std" in moments else msg
-            sums = torch.segment_reduce(src, "sum", offsets=ptr, unsafe=True) / route.degree.clamp(min=1)
-            mean = sums[:, :H]
+            inv = 1.0 / route.degree.clamp(min=1)
+            mean = torch.segment_reduce(msg, "sum", offsets=ptr, unsafe=True) * inv
             found["mean"] = mean
             if "std" in moments:
-                found["std"] = torch.sqrt(torch.relu(sums[:, H:] - mean * mean) + 1e-6) - 1e-3
+                sq = torch.segment_reduce(msg * msg, "sum", offsets=ptr, unsafe=True) * inv
+                found["std"] = torch.sqrt(torch.relu(sq - mean * mean) + 1e-6) - 1e-3
         for a in ("max", "min"):
             if a in self.aggregators:
                 found[a] = torch.where(has, torch.segment_reduce(msg, a, offsets=ptr, unsafe=True), 0.0)
@@ -126,13 +127,16 @@ class FiLMMessages(MessagePassing):
         self.act = nn.SiLU()
         self.pna = PNAAggregation(dim, aggregators, scalers)
 
-    def forward(self, h: Tensor, e: Tensor, edge_index: Tensor | None = None, route: Route | None = None) -> Tensor:
+    def forward(self, h: Tensor, e: Tensor | None = None, edge_index: Tensor | None = None,
+                route: Route | None = None, film: Tensor | None = None) -> Tensor:
+        """Messages into every node of ``h``; ``film`` is ``self.film(e)`` when the caller computed it already."""
         a, b = self.lin(h).chunk(2, -1)
+        film = self.film(e) if film is None else film
         if route is not None:
-            e, edge_index = route.sort(e), route.edge_index
+            film, edge_index = route.sort(film), route.edge_index
         elif edge_index is None:
             raise ValueError("FiLMMessages needs an edge_index or a Route")
-        gamma, beta = self.film(e).chunk(2, -1)
+        gamma, beta = film.chunk(2, -1)
         return self.propagate(edge_index, a=a, b=b, gamma=gamma, beta=beta, route=route,
                               size=(h.shape[0], h.shape[0]))
 
@@ -182,9 +186,11 @@ class NeuralGraphLayer(nn.Module):
     def forward(self, h: Tensor, e: Tensor, edge_index: Tensor, routes: Routes | None = None) -> tuple[Tensor, Tensor]:
         """One layer; ``routes`` (built once per batch) selects the segment-reduction path of PNA."""
         hn, en = self.norm_h(h), self.norm_e(e)
+        edge_self = None
         if self.conv == "pna" and routes is not None:
-            m_in = self.fwd(hn, en, route=routes.forward)
-            m_out = self.bwd(hn, en, route=routes.backward)
+            film_in, film_out, edge_self = self._edge_maps(en)
+            m_in = self.fwd(hn, route=routes.forward, film=film_in)
+            m_out = self.bwd(hn, route=routes.backward, film=film_out)
         elif self.conv == "pna":
             m_in = self.fwd(hn, en, edge_index)
             m_out = self.bwd(hn, en, edge_index.flip(0))
@@ -194,5 +200,13 @@ class NeuralGraphLayer(nn.Module):
         h = h + self.node_update(torch.cat([hn, m_in, m_out], -1))
         if self.update_edges:
             src, dst = self.edge_nodes(self.norm_h(h)).chunk(2, -1)
-            e = e + self.edge_out(src[edge_index[0]] + dst[edge_index[1]] + self.edge_self(en))
+            edge_self = self.edge_self(en) if edge_self is None else edge_self
+            e = e + self.edge_out(src.index_select(0, edge_index[0]) + dst.index_select(0, edge_index[1]) + edge_self)
         return h, e
+
+    def _edge_maps(self, en: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Both directions' FiLM maps and the edge self-map of ``en`` as one matrix product (one pass over edges)."""
+        maps = [self.fwd.film, self.bwd.film] + ([self.edge_self] if self.update_edges else [])
+        bias = [m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in maps]
+        out = F.linear(en, torch.cat([m.weight for m in maps]), torch.cat(bias))
+        return tuple(out.split([m.out_features for m in maps], -1)) + ((None,) if not self.update_edges else ())
