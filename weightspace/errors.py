@@ -28,3 +28,7 @@ class CollectionError(WeightSpaceError):
 
 class HubRepositoryNotFound(CollectionError):
     """A Hugging Face Hub repository (or revision) could not be found or is not cached."""
+
+
+class InvalidPermutation(WeightSpaceError):
+    """A permutation names an unknown or fixed group, or is not a permutation of the group's units."""
