@@ -238,7 +238,11 @@ class GraphLayout:
         return data
 
     def graph_from_flat(self, flat: torch.Tensor) -> Data:
-        """Graph of a ``[T, P]`` (or ``[T, P + 2]`` from :meth:`flatten`) stack of flat parameter vectors."""
+        """Graph of a ``[T, P]`` (or ``[T, P + 2]`` from :meth:`flatten`) stack of flat parameter vectors.
+
+        ``edge_attr [E, T, F]`` and ``x [N, T, Fn]`` are views of one gather per checkpoint row
+        (contiguous when T is 1); the gather indices are those of a single checkpoint.
+        """
         T, P = flat.shape[0], self.num_values
         if flat.dim() != 2 or flat.shape[1] not in (P, P + 2):
             raise StateDictMismatch(f"flat parameters of shape {tuple(flat.shape)} do not match "
@@ -246,10 +250,14 @@ class GraphLayout:
         if flat.shape[1] == P:
             flat = torch.cat([flat, flat.new_zeros(T, 1), flat.new_ones(T, 1)], 1)
         idx = self._on(flat.device)
-        edge_attr = rearrange(flat.index_select(1, idx["edge_gather"]), "t (e f) -> e t f", f=self.edge_features)
-        x = rearrange(flat.index_select(1, idx["node_gather"]), "t (n f) -> n t f", f=self.node_features)
-        aux = rearrange(flat.index_select(1, idx["aux_gather"]), "t a -> 1 t a")
-        return Data(x=x.contiguous(), edge_index=idx["edge_index"], edge_attr=edge_attr.contiguous(),
+
+        def gather(name: str) -> torch.Tensor:
+            return flat[0].index_select(0, idx[name]).unsqueeze(0) if T == 1 else flat.index_select(1, idx[name])
+
+        edge_attr = rearrange(gather("edge_gather"), "t (e f) -> e t f", f=self.edge_features)
+        x = rearrange(gather("node_gather"), "t (n f) -> n t f", f=self.node_features)
+        aux = rearrange(gather("aux_gather"), "t a -> 1 t a")
+        return Data(x=x, edge_index=idx["edge_index"], edge_attr=edge_attr,
                     edge_type=idx["edge_type"], node_type=idx["node_type"], pos_id=idx["pos_id"], aux=aux,
                     num_nodes=self.num_nodes, space_id=self.space.fingerprint)
 
@@ -269,8 +277,13 @@ class GraphLayout:
                 f"{None if aux is None else tuple(aux.shape)}) does not match {self.space.name}'s layout "
                 f"(edges [{self.num_edges}, T, {self.edge_features}], nodes [{self.num_nodes}, T, "
                 f"{self.node_features}], aux [1, T, {A}])")
-        buf = torch.cat([rearrange(ea, "e t f -> t (e f)"), rearrange(x, "n t f -> t (n f)"), aux[0]], 1)
-        return buf.index_select(1, self._on(buf.device)["inverse"])
+        EF, NF = self.num_edges * self.edge_features, self.num_nodes * self.node_features
+        buf = ea.new_empty(T, EF + NF + A, dtype=torch.promote_types(torch.promote_types(ea.dtype, x.dtype), aux.dtype))
+        rearrange(buf[:, :EF], "t (e f) -> e t f", f=self.edge_features).copy_(ea)
+        rearrange(buf[:, EF:EF + NF], "t (n f) -> n t f", f=self.node_features).copy_(x)
+        buf[:, EF + NF:].copy_(aux[0])
+        inverse = self._on(buf.device)["inverse"]
+        return buf[0].index_select(0, inverse).unsqueeze(0) if T == 1 else buf.index_select(1, inverse)
 
     def unflatten(self, flat: torch.Tensor, dtypes: Sequence[torch.dtype] | None = None
                   ) -> list[dict[str, torch.Tensor]]:
