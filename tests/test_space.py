@@ -1,4 +1,6 @@
 """WeightSpace tracing: groups, permutations (function invariance), JSON persistence, errors."""
+import re
+
 import pytest
 import torch
 import torch.nn as nn
@@ -194,3 +196,40 @@ def test_summary_lists_every_key(family):
     text = space.summary()
     for k in model.state_dict():
         assert k in text
+
+
+def test_permute_refuses_state_dicts_that_do_not_fit(family):
+    """Missing, unexpected and wrongly shaped keys raise StateDictMismatch naming the key and shapes."""
+    _, _, model, _, space = family
+    sd = dict(model.state_dict())
+    perm = space.random_permutation(torch.Generator().manual_seed(0))
+    tied = set(space.aliases) | set(space.aliases.values())
+    key = next(k for k, t in sd.items() if t.is_floating_point() and t.dim() >= 1 and k not in tied)
+    shape = tuple(sd[key].shape)
+    with pytest.raises(StateDictMismatch, match=rf"missing keys '{key}' \(expected shape {re.escape(str(shape))}\)"):
+        space.permute({k: v for k, v in sd.items() if k != key}, perm)
+    wrong = torch.zeros(*shape[:-1], shape[-1] + 1)
+    with pytest.raises(StateDictMismatch,
+                       match=rf"'{key}' has shape {re.escape(str(tuple(wrong.shape)))}, expected {re.escape(str(shape))}"):
+        space.permute({**sd, key: wrong}, perm)
+    with pytest.raises(StateDictMismatch, match=r"unexpected keys 'bogus' \(shape \(2, 3\)\)"):
+        space.permute({**sd, "bogus": torch.zeros(2, 3)}, perm)
+
+
+def test_malformed_permutations_name_the_group():
+    from weightspace.errors import InvalidPermutation
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    space = WeightSpace.from_module(model, torch.randn(3, 4))
+    (g,) = space.permutable_groups
+    sd = model.state_dict()
+    cases = [({g.name: torch.arange(7)}, rf"'{g.name}'.*8 units.*got shape \(7,\)"),
+             ({g.name: torch.arange(8.0)}, rf"'{g.name}'.*float32 tensor, not integers"),
+             ({g.name: torch.zeros(8, dtype=torch.long)}, rf"'{g.name}'.*repeat"),
+             ({g.name: "01234567"}, rf"'{g.name}'.*got str"),
+             ({"g99": torch.arange(8)}, rf"unknown group 'g99'.*{g.name}"),
+             ([torch.arange(8)], "dict from group name")]
+    for perm, msg in cases:
+        for call in (lambda: space.permute(sd, perm), lambda: space.inverse(perm),
+                     lambda: space.compose(space.identity_permutation(), perm)):
+            with pytest.raises(InvalidPermutation, match=msg):
+                call()

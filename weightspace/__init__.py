@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import (CollectionError, ConfigError, CorruptCheckpoint, HubRepositoryNotFound, MergeError,
-                     NonFiniteWeights, StateDictMismatch, UnsupportedOperation, WeightSpaceError)
+from .errors import (CollectionError, ConfigError, CorruptCheckpoint, HubRepositoryNotFound, InvalidPermutation,
+                     MergeError, NonFiniteWeights, StateDictMismatch, UnsupportedOperation, WeightSpaceError)
 from .space import WeightSpace
 
 __version__ = "0.1.0"
@@ -23,7 +23,7 @@ _LAZY_NAMES = {"CheckpointCollection": "collections"}
 
 __all__ = ["WeightSpace", "CheckpointCollection", "WeightSpaceError", "UnsupportedOperation", "StateDictMismatch",
            "NonFiniteWeights", "CorruptCheckpoint", "CollectionError", "HubRepositoryNotFound", "MergeError",
-           "ConfigError", "__version__", *SUBPACKAGES]
+           "ConfigError", "InvalidPermutation", "__version__", *SUBPACKAGES]
 
 
 def __getattr__(name: str) -> Any:

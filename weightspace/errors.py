@@ -36,3 +36,7 @@ class MergeError(WeightSpaceError):
 
 class ConfigError(WeightSpaceError):
     """A configuration (a dict, JSON file or set of options) has an unknown key or a bad value."""
+
+
+class InvalidPermutation(WeightSpaceError):
+    """A permutation names an unknown or fixed group, or is not a permutation of the group's units."""

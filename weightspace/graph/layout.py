@@ -7,7 +7,10 @@ the feature axis F) plus identity edges (residual, norm, attention wiring) whose
 features are 1 in slot 0. Biases and norm parameters are node features.
 
 Converting checkpoints is one gather from the flat parameter vector; converting back
-is one gather from the graph's buffers. Both are exact to the bit.
+is one gather from the graph's buffers. Both are exact to the bit, dtypes included:
+the graph holds float64 features when a state_dict holds any float64 tensor, float32
+otherwise (float16, bfloat16 and integer values are exact in it), and records each
+tensor's dtype so that :meth:`GraphLayout.from_graph` casts it back.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch_geometric.data import Data
 
+from einops import rearrange
+
 from ..errors import StateDictMismatch
 from ..space.vocabulary import EDGE_TYPES, NODE_TYPES, NodeKind
 from ..utils import cat_flat
@@ -25,8 +30,16 @@ if TYPE_CHECKING:
     from ..space.weightspace import WeightSpace
 
 
-def _float_dtype(space: "WeightSpace") -> torch.dtype:
-    return torch.float64 if any(p.dtype == torch.float64 for p in space.params.values()) else torch.float32
+_INDEX_TENSORS = ("edge_gather", "node_gather", "aux_gather", "inverse", "edge_index", "edge_type", "node_type",
+                  "pos_id")
+
+
+def feature_dtype(dtypes: Sequence[torch.dtype]) -> torch.dtype:
+    """The dtype of graph features for tensors of ``dtypes``: float64 if any is float64, else float32.
+
+    Every float16, bfloat16 and float32 value is exact in float32, and every float value in float64.
+    """
+    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 class GraphLayout:
@@ -35,7 +48,6 @@ class GraphLayout:
     def __init__(self, space: "WeightSpace") -> None:
         self.space = space
         self.keys = space.canonical_keys
-        self.dtype = _float_dtype(space)
         numels = [torch.Size(space.params[k].shape).numel() for k in self.keys]
         self.numels = numels
         offsets = torch.tensor([0] + numels).cumsum(0)
@@ -54,8 +66,10 @@ class GraphLayout:
             rest = [a for a in range(len(shape)) if a not in (e.out_axis, e.in_axis)]
             O, I = shape[e.out_axis], shape[e.in_axis]
             K = torch.Size([shape[a] for a in rest]).numel()
-            flat_idx = torch.arange(torch.Size(shape).numel()).view(shape).permute(e.out_axis, e.in_axis, *rest)
-            flat_idx = flat_idx.reshape(O, I, K)
+            names = [f"d{a}" for a in range(len(shape))]
+            names[e.out_axis], names[e.in_axis] = "o", "i"
+            flat_idx = rearrange(torch.arange(torch.Size(shape).numel()).view(shape),
+                                 f"{' '.join(names)} -> o i ({' '.join(names[a] for a in rest)})")
             in_nodes = torch.tensor(e.in_nodes, dtype=torch.long)
             uniq, inv = torch.unique(in_nodes, return_inverse=True)
             U = len(uniq)
@@ -138,46 +152,74 @@ class GraphLayout:
             kinds[torch.tensor(space.output_nodes)] = NODE_TYPES.index(NodeKind.OUTPUT)
         self.node_type = kinds
         self.pos_id = pos
-        self._device_cache: dict[tuple[int, torch.device], tuple[torch.Tensor, ...]] = {}
+        self._device_cache: dict[torch.device, dict[str, torch.Tensor]] = {}
 
-    def _indices(self, T: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Gather indices for a stack of T checkpoints: ``[T, P+2] -> edge_attr, x`` and graph buffers -> ``[T, P]``."""
-        key = (T, device)
-        if key not in self._device_cache:
-            P, E, F, N, Fn = self.num_values, self.num_edges, self.edge_features, self.num_nodes, self.node_features
-            A = len(self.aux_gather)
-            big = (P + 2) * T >= 2**31 or (E * F + N * Fn + A) * T >= 2**31
-            itype = torch.long if big else torch.int32
-            t = torch.arange(T)
-            edge = (self.edge_gather.view(E, 1, F) + (t * (P + 2)).view(1, T, 1)).reshape(-1)
-            node = (self.node_gather.view(N, 1, Fn) + (t * (P + 2)).view(1, T, 1)).reshape(-1)
-            inv = self.inverse
-            in_edges = inv < E * F
-            in_nodes = ~in_edges & (inv < E * F + N * Fn)
-            e, f = inv // F, inv % F
-            rel = inv - E * F
-            n, c = rel // Fn, rel % Fn
-            a = inv - E * F - N * Fn
-            back = torch.where(in_edges.view(1, P), (e * T * F + f).view(1, P) + (t * F).view(T, 1),
-                               torch.where(in_nodes.view(1, P), (E * T * F + n * T * Fn + c).view(1, P)
-                                           + (t * Fn).view(T, 1),
-                                           (E * T * F + N * T * Fn + a).view(1, P) + (t * A).view(T, 1)))
-            self._device_cache[key] = tuple(x.to(device=device, dtype=itype) for x in (edge, node, back.reshape(-1)))
-        return self._device_cache[key]
+    def _on(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The index tensors on ``device``, copied there once.
+
+        They index one checkpoint, and a stack of any number of checkpoints reuses them, so the
+        cache holds one entry per device.
+        """
+        device = torch.device(device)
+        if device not in self._device_cache:
+            self._device_cache[device] = {name: getattr(self, name).to(device) for name in _INDEX_TENSORS}
+        return self._device_cache[device]
+
+    # ------------------------------------------------------------------ dtypes
+    def dtypes_of(self, state_dicts: Sequence[Mapping[str, torch.Tensor]]) -> tuple[torch.dtype, ...]:
+        """The dtype of each canonical key's tensor; every checkpoint of a stack must agree on them."""
+        dtypes = tuple(state_dicts[0][k].dtype for k in self.keys)
+        for i, sd in enumerate(state_dicts[1:], 1):
+            for k, d in zip(self.keys, dtypes):
+                if sd[k].dtype != d:
+                    raise StateDictMismatch(f"'{k}' is {d} in checkpoint 0 but {sd[k].dtype} in checkpoint {i}; "
+                                            f"stacked checkpoints must agree on dtypes")
+        return dtypes
+
+    def _feature_dtype(self, state_dicts: Sequence[Mapping[str, torch.Tensor]],
+                       dtypes: Sequence[torch.dtype]) -> torch.dtype:
+        """:func:`feature_dtype`, widened to float64 when integers lie beyond float32's exact range."""
+        dtype = feature_dtype(dtypes)
+        for k, d in zip(self.keys, dtypes):
+            if d.is_complex:
+                raise StateDictMismatch(f"'{k}' is {d}: complex tensors have no place in a neural graph")
+            if d.is_floating_point or d == torch.bool or state_dicts[0][k].numel() == 0:
+                continue
+            lo, hi = torch.stack([sd[k].reshape(-1) for sd in state_dicts]).aminmax()
+            for dt in (dtype, torch.float64):
+                limit = int(2 / torch.finfo(dt).eps)
+                if -limit <= int(lo) and int(hi) <= limit:
+                    dtype = dt
+                    break
+            else:
+                raise StateDictMismatch(f"'{k}' holds integers in [{int(lo)}, {int(hi)}], beyond +-2^53 where "
+                                        f"float64 graph features would round them")
+        return dtype
 
     # ------------------------------------------------------------------ conversion
-    def flatten(self, state_dicts: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
-        """Stack checkpoints into a ``[T, P + 2]`` matrix: values in canonical key order, then a 0 and a 1."""
+    def _flatten(self, state_dicts: Sequence[Mapping[str, torch.Tensor]]
+                 ) -> tuple[torch.Tensor, tuple[torch.dtype, ...]]:
         T, P = len(state_dicts), self.num_values
+        dtypes = self.dtypes_of(state_dicts)
         device = next(iter(state_dicts[0].values())).device if self.keys else torch.device("cpu")
-        buf = torch.empty(T, P + 2, dtype=self.dtype, device=device)
+        buf = torch.empty(T, P + 2, dtype=self._feature_dtype(state_dicts, dtypes), device=device)
         for t, sd in enumerate(state_dicts):
             cat_flat([sd[k] for k in self.keys], buf[t, :P])
         buf[:, P] = 0
         buf[:, P + 1] = 1
-        return buf
+        return buf, dtypes
 
-    def to_graph(self, state_dicts, *, check: bool = True, allow_nonfinite: bool = False) -> Data:
+    def flatten(self, state_dicts: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
+        """Stack checkpoints into a ``[T, P + 2]`` matrix: values in canonical key order, then a 0 and a 1.
+
+        It is float64 if any tensor is float64 (or holds integers beyond 2^24), else float32; every
+        value is exact in it.
+        """
+        return self._flatten(state_dicts)[0]
+
+    def to_graph(self, state_dicts: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]], *,
+                 check: bool = True, allow_nonfinite: bool = False) -> Data:
+        """Neural graph of one checkpoint or a stack of T; ``param_dtypes`` records each tensor's dtype."""
         if isinstance(state_dicts, Mapping):
             state_dicts = [state_dicts]
         if not state_dicts:
@@ -186,51 +228,89 @@ class GraphLayout:
             for i, sd in enumerate(state_dicts):
                 self.space.check(sd, allow_nonfinite=allow_nonfinite,
                                  source=f"checkpoint {i}" if len(state_dicts) > 1 else None)
-        return self.graph_from_flat(self.flatten(state_dicts))
+        flat, dtypes = self._flatten(state_dicts)
+        data = self.graph_from_flat(flat)
+        data.param_dtypes = dtypes
+        return data
 
     def graph_from_flat(self, flat: torch.Tensor) -> Data:
-        """Graph of a ``[T, P]`` (or ``[T, P + 2]`` from :meth:`flatten`) stack of flat parameter vectors."""
+        """Graph of a ``[T, P]`` (or ``[T, P + 2]`` from :meth:`flatten`) stack of flat parameter vectors.
+
+        ``edge_attr [E, T, F]`` and ``x [N, T, Fn]`` are views of one gather per checkpoint row
+        (contiguous when T is 1); the gather indices are those of a single checkpoint.
+        """
         T, P = flat.shape[0], self.num_values
+        if flat.dim() != 2 or flat.shape[1] not in (P, P + 2):
+            raise StateDictMismatch(f"flat parameters of shape {tuple(flat.shape)} do not match "
+                                    f"{self.space.name or 'the weight space'} ([T, {P}] or [T, {P + 2}])")
         if flat.shape[1] == P:
             flat = torch.cat([flat, flat.new_zeros(T, 1), flat.new_ones(T, 1)], 1)
-        edge_idx, node_idx, _ = self._indices(T, flat.device)
-        src = flat.reshape(-1)
-        edge_attr = src.index_select(0, edge_idx).view(self.num_edges, T, self.edge_features)
-        x = src.index_select(0, node_idx).view(self.num_nodes, T, self.node_features)
-        aux = flat[:, self.aux_gather.to(flat.device)].unsqueeze(0)
-        dev = flat.device
-        return Data(x=x, edge_index=self.edge_index.to(dev), edge_attr=edge_attr, edge_type=self.edge_type.to(dev),
-                    node_type=self.node_type.to(dev), pos_id=self.pos_id.to(dev), aux=aux,
+        idx = self._on(flat.device)
+
+        def gather(name: str) -> torch.Tensor:
+            return flat[0].index_select(0, idx[name]).unsqueeze(0) if T == 1 else flat.index_select(1, idx[name])
+
+        edge_attr = rearrange(gather("edge_gather"), "t (e f) -> e t f", f=self.edge_features)
+        x = rearrange(gather("node_gather"), "t (n f) -> n t f", f=self.node_features)
+        aux = rearrange(gather("aux_gather"), "t a -> 1 t a")
+        return Data(x=x, edge_index=idx["edge_index"], edge_attr=edge_attr,
+                    edge_type=idx["edge_type"], node_type=idx["node_type"], pos_id=idx["pos_id"], aux=aux,
                     num_nodes=self.num_nodes, space_id=self.space.fingerprint)
 
     def flat_from_graph(self, data: Data) -> torch.Tensor:
         """The ``[T, P]`` flat parameter vectors stored in a graph (one gather)."""
         ea, x = data.edge_attr, data.x
+        aux = getattr(data, "aux", None)
+        T = ea.shape[1] if ea.dim() == 3 else -1
+        A = len(self.aux_gather)
+        if aux is None and A == 0:
+            aux = ea.new_zeros(1, max(T, 0), 0)
         if ea.dim() != 3 or ea.shape[0] != self.num_edges or ea.shape[2] != self.edge_features \
-                or x.shape[0] != self.num_nodes or x.shape[2] != self.node_features:
+                or x.dim() != 3 or x.shape[0] != self.num_nodes or x.shape[1] != T or x.shape[2] != self.node_features \
+                or aux is None or tuple(aux.shape) != (1, T, A):
             raise StateDictMismatch(
-                f"graph (edges {tuple(ea.shape)}, nodes {tuple(x.shape)}) does not match {self.space.name}'s layout "
+                f"graph (edges {tuple(ea.shape)}, nodes {tuple(x.shape)}, aux "
+                f"{None if aux is None else tuple(aux.shape)}) does not match {self.space.name}'s layout "
                 f"(edges [{self.num_edges}, T, {self.edge_features}], nodes [{self.num_nodes}, T, "
-                f"{self.node_features}])")
-        T = ea.shape[1]
-        aux = data.aux if getattr(data, "aux", None) is not None else ea.new_zeros(1, T, 0)
-        buf = torch.cat([ea.reshape(-1), x.reshape(-1), aux.reshape(-1)])
-        return buf.index_select(0, self._indices(T, buf.device)[2]).view(T, self.num_values)
+                f"{self.node_features}], aux [1, T, {A}])")
+        EF, NF = self.num_edges * self.edge_features, self.num_nodes * self.node_features
+        buf = ea.new_empty(T, EF + NF + A, dtype=torch.promote_types(torch.promote_types(ea.dtype, x.dtype), aux.dtype))
+        rearrange(buf[:, :EF], "t (e f) -> e t f", f=self.edge_features).copy_(ea)
+        rearrange(buf[:, EF:EF + NF], "t (n f) -> n t f", f=self.node_features).copy_(x)
+        buf[:, EF + NF:].copy_(aux[0])
+        inverse = self._on(buf.device)["inverse"]
+        return buf[0].index_select(0, inverse).unsqueeze(0) if T == 1 else buf.index_select(1, inverse)
 
-    def unflatten(self, flat: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        """Split ``[T, P]`` flat vectors back into state_dicts with the original dtypes."""
+    def unflatten(self, flat: torch.Tensor, dtypes: Sequence[torch.dtype] | None = None
+                  ) -> list[dict[str, torch.Tensor]]:
+        """Split ``[T, P]`` flat vectors back into state_dicts, each tensor cast to its dtype.
+
+        ``dtypes`` gives one dtype per canonical key (as :meth:`dtypes_of` returns); without it,
+        each tensor gets the dtype the space was traced with.
+        """
+        if dtypes is None:
+            dtypes = [self.space.params[k].dtype for k in self.keys]
+        elif len(dtypes) != len(self.keys):
+            raise StateDictMismatch(f"{len(dtypes)} dtypes given for the {len(self.keys)} tensors of "
+                                    f"{self.space.name or 'the weight space'}")
         out = []
         for row in flat:
             parts = torch.split(row, self.numels) if self.keys else []
             sd = {}
-            for k, p in zip(self.keys, parts):
-                spec = self.space.params[k]
-                sd[k] = p.view(spec.shape) if p.dtype == spec.dtype else p.view(spec.shape).to(spec.dtype)
+            for k, p, dtype in zip(self.keys, parts, dtypes):
+                shape = self.space.params[k].shape
+                sd[k] = p.view(shape) if p.dtype == dtype else p.view(shape).to(dtype)
             out.append({k: sd[k] if k in sd else sd[self.space.aliases[k]].clone() for k in self.space.keys})
         return out
 
     def from_graph(self, data: Data, *, as_list: bool | None = None):
-        sds = self.unflatten(self.flat_from_graph(data))
+        """The state_dict(s) a graph holds (a list when it stacks several, unless ``as_list`` says otherwise).
+
+        Each tensor comes back in the dtype :meth:`to_graph` recorded in ``data.param_dtypes``, so
+        float64, float16, bfloat16, integer and mixed-dtype checkpoints round-trip bit for bit. A graph
+        without that record (one a metanetwork wrote) gives the dtypes the space was traced with.
+        """
+        sds = self.unflatten(self.flat_from_graph(data), getattr(data, "param_dtypes", None))
         if as_list is None:
             as_list = len(sds) > 1
         return sds if as_list else sds[0]

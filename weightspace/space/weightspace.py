@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from ..errors import NonFiniteWeights, StateDictMismatch, WeightSpaceError
+from ..errors import InvalidPermutation, NonFiniteWeights, StateDictMismatch, WeightSpaceError
 from ..utils import atomic_write_text
 from .axes import Cat, Desc, Prod, axis_index
 from .records import ActivationSite
@@ -66,6 +66,10 @@ def _desc_str(d: Desc, groups: Sequence[Group]) -> str:
 
 def _desc_leaves(d: Desc) -> list[int]:
     return [d] if isinstance(d, int) else [leaf for p in d.parts for leaf in _desc_leaves(p)]
+
+
+def _shape(t: Any) -> tuple[int, ...] | str:
+    return tuple(t.shape) if isinstance(t, torch.Tensor) else f"not a tensor: {type(t).__name__}"
 
 
 def _nested_groups(groups: list[Group], descs: list[Desc], leafsets: list[frozenset[int]]) -> dict[int, int]:
@@ -224,16 +228,23 @@ class WeightSpace:
 
     # ------------------------------------------------------------------ validation
     def check(self, state_dict: StateDict, *, allow_nonfinite: bool = False, source: str | None = None) -> None:
-        """Raise a clear error if ``state_dict`` does not fit this space or holds NaN/Inf."""
+        """Raise a clear error if ``state_dict`` does not fit this space or holds NaN/Inf.
+
+        :class:`~weightspace.errors.StateDictMismatch` names each missing or unexpected key, or the
+        key of a wrong shape, with the shape expected and the shape found.
+        """
         where = f" in {source}" if source else ""
         missing = [k for k in self.canonical_keys if k not in state_dict]
         extra = [k for k in state_dict if k not in self.params and k not in self.aliases]
         if missing or extra:
+            def listed(keys: list[str], shape_of) -> str:
+                return ", ".join(f"'{k}' {shape_of(k)}" for k in keys[:8]) + (" ..." if len(keys) > 8 else "")
+
             parts = []
             if missing:
-                parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+                parts.append("missing keys " + listed(missing, lambda k: f"(expected shape {self.params[k].shape})"))
             if extra:
-                parts.append(f"unexpected keys {extra[:8]}{' ...' if len(extra) > 8 else ''}")
+                parts.append("unexpected keys " + listed(extra, lambda k: f"(shape {_shape(state_dict[k])})"))
             raise StateDictMismatch(f"state_dict{where} does not match {self.name or 'the weight space'}: "
                                     + "; ".join(parts))
         for k, t in state_dict.items():
@@ -282,6 +293,7 @@ class WeightSpace:
 
     def inverse(self, perm: Permutation) -> Permutation:
         """The permutation undoing ``perm``: ``permute(permute(sd, p), inverse(p)) == sd``."""
+        self._perm_by_index(perm)
         out: Permutation = {}
         for name, p in perm.items():
             g = self.group(name)
@@ -295,6 +307,8 @@ class WeightSpace:
 
     def compose(self, first: Permutation, then: Permutation) -> Permutation:
         """The permutation equal to applying ``first`` and then ``then``."""
+        self._perm_by_index(first)
+        self._perm_by_index(then)
         out = dict(first)
         for name, q in then.items():
             g = self.group(name)
@@ -309,20 +323,34 @@ class WeightSpace:
         return out
 
     def _perm_by_index(self, perm: Permutation) -> dict[int, torch.Tensor]:
+        """``perm`` keyed by group index, after checking it; raises :class:`InvalidPermutation`."""
+        if not isinstance(perm, Mapping):
+            raise InvalidPermutation(f"a permutation is a dict from group name to index tensor, "
+                                     f"not a {type(perm).__name__}")
         out: dict[int, torch.Tensor] = {}
         for name, p in perm.items():
             if name not in self._group_index:
-                raise WeightSpaceError(f"permutation names unknown group '{name}'")
+                names = ", ".join(g.name for g in self.permutable_groups) or "none"
+                raise InvalidPermutation(f"permutation names unknown group '{name}' (permutable groups of "
+                                         f"{self.name or 'this space'}: {names})")
             g = self.group(name)
             if not g.permutable:
-                raise WeightSpaceError(f"group '{name}' ({g.label}) is fixed and cannot be permuted")
-            p = torch.as_tensor(p, dtype=torch.long).cpu()
+                raise InvalidPermutation(f"group '{name}' ({g.label}) is fixed and cannot be permuted")
             shape = self._shape_of_perm(g)
-            if p.shape != shape or not torch.equal(torch.sort(p, dim=-1).values,
-                                                   torch.arange(g.size).expand(shape)):
-                raise WeightSpaceError(f"permutation of group '{name}' must be {'rows of ' if g.parent else ''}"
-                                       f"a permutation of {g.size} units, shaped {shape}")
-            out[self._group_index[name]] = p
+            what = f"permutation of group '{name}' must be {'rows of ' if g.parent else ''}" \
+                   f"a permutation of {g.size} units, shaped {shape}"
+            try:
+                t = torch.as_tensor(p)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise InvalidPermutation(f"{what}; got {type(p).__name__} ({e})") from e
+            if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+                raise InvalidPermutation(f"{what}; got a {t.dtype} tensor, not integers")
+            if tuple(t.shape) != shape:
+                raise InvalidPermutation(f"{what}; got shape {tuple(t.shape)}")
+            t = t.to(device="cpu", dtype=torch.long)
+            if not torch.equal(torch.sort(t, dim=-1).values, torch.arange(g.size).expand(shape)):
+                raise InvalidPermutation(f"{what}; got values that repeat or leave the range 0..{g.size - 1}")
+            out[self._group_index[name]] = t
         return out
 
     @cached_property
@@ -335,13 +363,18 @@ class WeightSpace:
         return axis_index(lambda g: self.groups[g].size, d, byi, self._parents)  # type: ignore[arg-type]
 
     def permute(self, state_dict: StateDict, perm: Permutation) -> dict[str, torch.Tensor]:
-        """Apply a permutation of the groups to a state_dict; the model's function is unchanged."""
+        """Apply a permutation of the groups to a state_dict; the model's function is unchanged.
+
+        Groups that ``perm`` does not name keep their order. A malformed ``perm`` raises
+        :class:`~weightspace.errors.InvalidPermutation`; a state_dict that does not fit the space
+        (missing, unexpected or wrongly shaped keys) raises
+        :class:`~weightspace.errors.StateDictMismatch`, as :meth:`check` and :meth:`to_graph` do.
+        """
         byi = self._perm_by_index(perm)
+        self.check(state_dict, allow_nonfinite=True)
         out: dict[str, torch.Tensor] = {}
         for k, t in state_dict.items():
-            spec = self.params.get(self.aliases.get(k, k))
-            if spec is None:
-                raise StateDictMismatch(f"'{k}' is not a parameter of {self.name or 'the weight space'}")
+            spec = self.params[self.aliases.get(k, k)]
             for axis, d in enumerate(spec.axes):
                 idx = self.axis_index(d, byi)
                 if not torch.equal(idx, torch.arange(len(idx))):
@@ -363,11 +396,21 @@ class WeightSpace:
 
     def to_graph(self, state_dicts: StateDict | Sequence[StateDict], *, check: bool = True,
                  allow_nonfinite: bool = False):
-        """Neural graph of one checkpoint or a stack of T checkpoints (``edge_attr`` is ``[E, T, F]``)."""
+        """Neural graph of one checkpoint or a stack of T checkpoints (``edge_attr`` is ``[E, T, F]``).
+
+        Features are float64 when any tensor is float64, else float32, so every value (float16,
+        bfloat16, integer buffers such as BatchNorm's ``num_batches_tracked``) is exact in them; the
+        graph records each tensor's dtype in ``param_dtypes`` for :meth:`from_graph`. A state_dict may
+        mix dtypes; the checkpoints of a stack must agree on them.
+        """
         return self.layout.to_graph(state_dicts, check=check, allow_nonfinite=allow_nonfinite)
 
     def from_graph(self, data, *, as_list: bool | None = None):
-        """Inverse of :meth:`to_graph`: the state_dict (or list of them, one per stacked state)."""
+        """Inverse of :meth:`to_graph`: the state_dict (or list of them, one per stacked state).
+
+        Bit-exact, dtypes included: each tensor is cast back to the dtype ``to_graph`` recorded. A graph
+        without that record (one a metanetwork wrote) gives the dtypes the space was traced with.
+        """
         return self.layout.from_graph(data, as_list=as_list)
 
     # ------------------------------------------------------------------ activations
