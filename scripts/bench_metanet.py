@@ -110,6 +110,39 @@ def loss_curves(steps: int, family: str = "mlp", n: int = 24) -> dict[str, list[
     return curves
 
 
+VARIANTS = {
+    "old": ({"routing": "scatter"}, False, "former default: scatter path, edge width 64, degree normaliser 2.0"),
+    "e64": ({}, False, "segment path, edge width 64, degree normaliser 2.0 (same function as old)"),
+    "e32": ({"edge_hidden": 32}, False, "segment path, edge width 32, degree normaliser 2.0"),
+    "e16": ({"edge_hidden": 16}, False, "segment path, edge width 16, degree normaliser 2.0"),
+    "e32fit": ({"edge_hidden": 32}, True, "segment path, edge width 32, degree normaliser fitted on training graphs"),
+    "e16fit": ({"edge_hidden": 16}, True, "segment path, edge width 16, degree normaliser fitted on training graphs"),
+}
+
+
+def quality(collection: Path, variants: list[str], steps: int, batch_size: int, results: Path) -> dict:
+    """Train the property predictor in each variant on one run-level split; resumable through ``results``."""
+    from weightspace.collections import CheckpointCollection
+    from weightspace.predict import PropertyGraphs, train_predictor
+    from weightspace.training import TrainConfig
+
+    done = json.loads(results.read_text()) if results.exists() else {}
+    data = PropertyGraphs.from_collections(CheckpointCollection.open(collection), ["test_acc"], progress=False)
+    for name in variants:
+        if name in done:
+            continue
+        mc, fit, _ = VARIANTS[name]
+        cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=2e-3, seed=0, eval_every=max(1, steps // 5),
+                          checkpoint_every=0, progress=False, plot=False, log_every=1)
+        run = train_predictor(data, model_config=mc, train_config=cfg, fit_degrees=fit)
+        done[name] = {"loss": [h["loss"] for h in run.result.history if "loss" in h],
+                      "tau": run.metrics["test_acc"]["tau"], "r2": run.metrics["test_acc"]["r2"],
+                      "graphs_per_second": run.result.graphs_per_second, "seconds": run.result.seconds}
+        results.write_text(json.dumps(done))
+        print(name, {k: v for k, v in done[name].items() if k != "loss"}, file=sys.stderr, flush=True)
+    return done
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
@@ -118,11 +151,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--curve-steps", type=int, default=60, help="training steps of the loss-curve comparison")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-write", action="store_true", help="print the section instead of writing BENCHMARKS.md")
+    ap.add_argument("--quality", type=Path, metavar="COLLECTION",
+                    help="also train the predictor in each --variants setting on this collection (one split)")
+    ap.add_argument("--variants", nargs="+", default=["old", "e32", "e16"], choices=list(VARIANTS))
+    ap.add_argument("--quality-steps", type=int, default=300)
+    ap.add_argument("--quality-batch", type=int, default=16)
+    ap.add_argument("--quality-results", type=Path, default=Path("metanet_quality.json"),
+                    help="where quality results accumulate (re-running skips finished variants)")
+    ap.add_argument("--quality-only", action="store_true", help="run only the quality comparison (resumable)")
     ap.add_argument("--worker", nargs=2, metavar=("FAMILY", "ROUTING"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(measure(*args.worker, args.batch_sizes, args.repeats)))
+        return
+    if args.quality_only:
+        quality(args.quality, args.variants, args.quality_steps, args.quality_batch, args.quality_results)
         return
     rows = []
     for family in args.families:

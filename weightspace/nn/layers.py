@@ -52,14 +52,14 @@ class PNAAggregation(nn.Module):
     """
 
     def __init__(self, dim: int, aggregators: Sequence[str] = AGGREGATORS, scalers: Sequence[str] = SCALERS,
-                 avg_log_degree: float = 2.0) -> None:
+                 avg_log_degree: float = 2.0, out_dim: int | None = None) -> None:
         super().__init__()
         bad = [a for a in aggregators if a not in AGGREGATORS] + [s for s in scalers if s not in SCALERS]
         if bad:
             raise ValueError(f"unknown aggregators/scalers {bad}; choose from {AGGREGATORS} and {SCALERS}")
         self.aggregators, self.scalers = tuple(aggregators), tuple(scalers)
         self.register_buffer("avg_log_degree", torch.tensor(float(avg_log_degree)))
-        self.out = nn.Linear(dim * len(self.aggregators) * len(self.scalers), dim)
+        self.out = nn.Linear(dim * len(self.aggregators) * len(self.scalers), out_dim or dim)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         state_dict.setdefault(prefix + "avg_log_degree", torch.tensor(2.0))
@@ -115,17 +115,21 @@ class FiLMMessages(MessagePassing):
     """Messages ``m_ij = act(A h_i + B h_j) * (1 + gamma(e_ij)) + beta(e_ij)``, aggregated by PNA at ``i``.
 
     ``A h`` and ``B h`` are computed once per node and gathered per edge, which is the same as a
-    linear map of ``[h_i, h_j]`` but costs O(N) rather than O(E) matrix products. Given a
+    linear map of ``[h_i, h_j]`` but costs O(N) rather than O(E) matrix products. Messages have
+    the edges' width ``edge_dim`` (the node width ``dim`` by default) and the aggregate is mapped
+    back to ``dim``, so every per-edge tensor is ``edge_dim`` wide. Given a
     :class:`Route`, messages are formed in receiver order and aggregated by segment reductions;
     without one, by scatters over ``edge_index`` (the reference path).
     """
 
-    def __init__(self, dim: int, aggregators: Sequence[str] = AGGREGATORS, scalers: Sequence[str] = SCALERS) -> None:
+    def __init__(self, dim: int, aggregators: Sequence[str] = AGGREGATORS, scalers: Sequence[str] = SCALERS,
+                 edge_dim: int | None = None) -> None:
         super().__init__(aggr=None, node_dim=0)
-        self.lin = nn.Linear(dim, 2 * dim)
-        self.film = nn.Linear(dim, 2 * dim)
+        de = edge_dim or dim
+        self.lin = nn.Linear(dim, 2 * de)
+        self.film = nn.Linear(de, 2 * de)
         self.act = nn.SiLU()
-        self.pna = PNAAggregation(dim, aggregators, scalers)
+        self.pna = PNAAggregation(de, aggregators, scalers, out_dim=dim)
 
     def forward(self, h: Tensor, e: Tensor | None = None, edge_index: Tensor | None = None,
                 route: Route | None = None, film: Tensor | None = None) -> Tensor:
@@ -155,33 +159,36 @@ class NeuralGraphLayer(nn.Module):
 
     Nodes receive messages from their inputs (forward edges) and from their outputs (backward
     edges) separately; then each edge is updated from its two endpoints and itself. Pre-norm
-    residual updates keep deep stacks stable. ``conv="transformer"`` is the graph-transformer
+    residual updates keep deep stacks stable. Edges and messages may be narrower than nodes
+    (``edge_dim``): a neural graph has far more edges than nodes, so the per-edge width sets the
+    cost. ``conv="transformer"`` is the graph-transformer
     variant: messages are combined by multi-head attention over each node's neighbours, with the
     edge embedding in keys and values (PyG's ``TransformerConv``, Shi et al. 2021), instead of
     FiLM messages with PNA aggregation.
     """
 
     def __init__(self, dim: int, aggregators: Sequence[str] = AGGREGATORS, scalers: Sequence[str] = SCALERS,
-                 update_edges: bool = True, conv: str = "pna", heads: int = 4) -> None:
+                 update_edges: bool = True, conv: str = "pna", heads: int = 4, edge_dim: int | None = None) -> None:
         super().__init__()
         if conv not in CONVS:
             raise ValueError(f"unknown conv {conv!r}; choose from {CONVS}")
-        self.norm_h, self.norm_e = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        de = edge_dim or dim
+        self.norm_h, self.norm_e = nn.LayerNorm(dim), nn.LayerNorm(de)
         self.conv = conv
         if conv == "pna":
-            self.fwd = FiLMMessages(dim, aggregators, scalers)
-            self.bwd = FiLMMessages(dim, aggregators, scalers)
+            self.fwd = FiLMMessages(dim, aggregators, scalers, de)
+            self.bwd = FiLMMessages(dim, aggregators, scalers, de)
         else:
             if dim % heads:
                 raise ValueError(f"hidden size {dim} is not divisible by {heads} attention heads")
-            self.fwd = TransformerConv(dim, dim // heads, heads=heads, edge_dim=dim)
-            self.bwd = TransformerConv(dim, dim // heads, heads=heads, edge_dim=dim)
+            self.fwd = TransformerConv(dim, dim // heads, heads=heads, edge_dim=de)
+            self.bwd = TransformerConv(dim, dim // heads, heads=heads, edge_dim=de)
         self.node_update = mlp([3 * dim, 2 * dim, dim])
         self.update_edges = update_edges
         if update_edges:
-            self.edge_nodes = nn.Linear(dim, 4 * dim)
-            self.edge_self = nn.Linear(dim, 2 * dim, bias=False)
-            self.edge_out = nn.Sequential(nn.SiLU(), nn.Linear(2 * dim, dim))
+            self.edge_nodes = nn.Linear(dim, 4 * de)
+            self.edge_self = nn.Linear(de, 2 * de, bias=False)
+            self.edge_out = nn.Sequential(nn.SiLU(), nn.Linear(2 * de, de))
 
     def forward(self, h: Tensor, e: Tensor, edge_index: Tensor, routes: Routes | None = None) -> tuple[Tensor, Tensor]:
         """One layer; ``routes`` (built once per batch) selects the segment-reduction path of PNA."""

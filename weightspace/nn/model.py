@@ -34,7 +34,8 @@ class MetanetConfig:
     ``"transformer"`` (multi-head attention over neighbours with ``heads`` heads). ``routing``
     picks how PNA aggregates: ``"segment"`` sorts each direction's edges by receiver once per
     batch and reduces contiguous segments; ``"scatter"`` is the former per-layer scatter path,
-    the same function, kept to measure against.
+    the same function, kept to measure against. ``edge_hidden`` is the width of edge states and
+    messages (``hidden`` when ``None``); edges outnumber nodes by far, so it sets the cost.
     """
 
     hidden: int = 64
@@ -50,6 +51,7 @@ class MetanetConfig:
     conv: str = "pna"
     heads: int = 4
     routing: str = "segment"
+    edge_hidden: int | None = None
 
     def __post_init__(self) -> None:
         if self.positional not in ("fixed", "none", "all"):
@@ -64,7 +66,7 @@ class MetanetConfig:
 
 @dataclass
 class GraphEncoding:
-    """Per-node ``[N, H]`` and per-edge ``[E, H]`` embeddings with each one's graph index."""
+    """Per-node ``[N, H]`` and per-edge ``[E, De]`` embeddings with each one's graph index (``De`` = edge_hidden)."""
 
     node: Tensor
     edge: Tensor
@@ -101,16 +103,16 @@ class GraphMetanetwork(nn.Module):
         super().__init__()
         cfg = config or MetanetConfig(**kwargs)
         self.config = cfg
-        H = cfg.hidden
-        self.edge_in = nn.Linear(cfg.states * cfg.edge_features, H)
+        H, De = cfg.hidden, cfg.edge_hidden or cfg.hidden
+        self.edge_in = nn.Linear(cfg.states * cfg.edge_features, De)
         self.node_in = nn.Linear(cfg.states * cfg.node_features, H)
-        self.edge_type_emb = nn.Embedding(len(EDGE_TYPES), H)
+        self.edge_type_emb = nn.Embedding(len(EDGE_TYPES), De)
         self.node_type_emb = nn.Embedding(len(NODE_TYPES), H)
         self.pos_emb = nn.Embedding(cfg.max_positions + 1, H)
         nn.init.normal_(self.pos_emb.weight, std=0.1)
         self.layers = nn.ModuleList(NeuralGraphLayer(H, cfg.aggregators, cfg.scalers, cfg.update_edges, cfg.conv,
-                                                     cfg.heads) for _ in range(cfg.layers))
-        self.norm_h, self.norm_e = nn.LayerNorm(H), nn.LayerNorm(H)
+                                                     cfg.heads, De) for _ in range(cfg.layers))
+        self.norm_h, self.norm_e = nn.LayerNorm(H), nn.LayerNorm(De)
 
     def check(self, data: Any) -> None:
         """Raise :class:`IncompatibleGraph` if ``data`` has wider features, other T or positions beyond range."""
@@ -193,9 +195,9 @@ class GraphMetanetwork(nn.Module):
 class GraphHead(nn.Module):
     """Invariant graph-level readout: mean and max over nodes and mean over edges, then an MLP."""
 
-    def __init__(self, hidden: int, out_features: int) -> None:
+    def __init__(self, hidden: int, out_features: int, edge_hidden: int | None = None) -> None:
         super().__init__()
-        self.mlp = mlp([3 * hidden, hidden, out_features])
+        self.mlp = mlp([2 * hidden + (edge_hidden or hidden), hidden, out_features])
 
     def forward(self, enc: GraphEncoding) -> Tensor:
         B = enc.num_graphs
@@ -220,6 +222,7 @@ class EdgeHead(nn.Module):
     """Equivariant edge-level readout ``[E, states, edge_features]`` (e.g. future weights, predicted weights)."""
 
     def __init__(self, hidden: int, states: int = 1, edge_features: int = 9) -> None:
+        """``hidden`` is the width of the edge embeddings it reads (the metanetwork's ``edge_hidden``)."""
         super().__init__()
         self.states, self.edge_features = states, edge_features
         self.mlp = mlp([hidden, hidden, states * edge_features])

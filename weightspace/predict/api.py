@@ -130,12 +130,16 @@ class PredictorRun:
 
 def train_predictor(data: PropertyGraphs, out_dir: str | Path | None = None, *, model_config: dict[str, Any] | None = None,
                     train_config: TrainConfig | None = None, test_fraction: float = 0.2, split_seed: int = 0,
-                    test: PropertyGraphs | None = None, resume: bool = True, rank_weight: float = 1.0) -> PredictorRun:
+                    test: PropertyGraphs | None = None, resume: bool = True, rank_weight: float = 1.0,
+                    fit_degrees: bool = True) -> PredictorRun:
     """Split ``data`` by run (no run in both parts), train a :class:`PropertyPredictor`, evaluate it on held-out runs.
 
     The loss is MSE on standardised targets plus ``rank_weight`` times a pairwise ranking loss
     (:class:`PredictionLoss`); ``rank_weight=0`` is plain regression. Every target of ``data`` is
     predicted by one shared network, so extra targets (e.g. ``test_loss``) act as auxiliary tasks.
+
+    With ``fit_degrees``, PNA's degree scalers are normalised by the training architectures' mean
+    log-degree (:meth:`~weightspace.nn.GraphMetanetwork.fit_degrees`) rather than a fixed 2.0.
 
     ``out_dir`` receives resumable checkpoints, ``split.json`` (held-out runs), the final model
     (``model/``, loadable with ``PropertyPredictor.from_pretrained``), ``metrics.json`` and ``loss.png``.
@@ -154,6 +158,9 @@ def train_predictor(data: PropertyGraphs, out_dir: str | Path | None = None, *, 
     model = PropertyPredictor(targets=data.target_names, target_mean=mean.tolist(), target_std=std.tolist(),
                               arch_ids=sorted(set(train.arch_ids)), **mc)
     check_compatible(model, both)
+    if fit_degrees and len(train):
+        first = [int((train.block_of == b).nonzero()[0]) for b in train.block_of.unique().tolist()]
+        model.backbone.fit_degrees([train.batch(first)[0]])
 
     def eval_fn(m: nn.Module) -> dict[str, float]:
         res = evaluate_predictor(m, test)
