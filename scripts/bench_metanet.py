@@ -132,7 +132,7 @@ def quality(collection: Path, variants: list[str], steps: int, batch_size: int, 
         if name in done:
             continue
         mc, fit, _ = VARIANTS[name]
-        cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=2e-3, seed=0, eval_every=max(1, steps // 5),
+        cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=2e-3, seed=0, eval_every=0,
                           checkpoint_every=0, progress=False, plot=False, log_every=1)
         run = train_predictor(data, model_config=mc, train_config=cfg, fit_degrees=fit)
         done[name] = {"loss": [h["loss"] for h in run.result.history if "loss" in h],

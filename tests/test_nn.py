@@ -12,12 +12,13 @@ FAMILIES = families()
 TOL = 1e-4
 
 
-def make_net(positional: str = "fixed", states: int = 1, conv: str = "pna"
+def make_net(positional: str = "fixed", states: int = 1, conv: str = "pna", edge_hidden: int | None = None
              ) -> tuple[GraphMetanetwork, GraphHead, NodeHead, EdgeHead]:
     torch.manual_seed(0)
     net = GraphMetanetwork(hidden=16, layers=2, states=states, edge_features=9, node_features=4, max_positions=16,
-                           positional=positional, conv=conv)
-    return net.eval(), GraphHead(16, 2).eval(), NodeHead(16, 3).eval(), EdgeHead(16, states, 9).eval()
+                           positional=positional, conv=conv, edge_hidden=edge_hidden)
+    de = edge_hidden or 16
+    return net.eval(), GraphHead(16, 2, de).eval(), NodeHead(16, 3).eval(), EdgeHead(de, states, 9).eval()
 
 
 @pytest.fixture(scope="module", params=FAMILIES, ids=[f[0] for f in FAMILIES])
@@ -49,9 +50,10 @@ def edge_correspondence(g0, g1, idx: torch.Tensor) -> torch.Tensor:
     return order[pos]
 
 
-def check_symmetry(g0, g1, idx: torch.Tensor, positional: str, conv: str = "pna") -> None:
+def check_symmetry(g0, g1, idx: torch.Tensor, positional: str, conv: str = "pna", edge_hidden: int | None = None
+                   ) -> None:
     """Assert graph outputs are invariant, and node and edge outputs equivariant, under the permutation."""
-    net, gh, nh, eh = make_net(positional=positional, states=2, conv=conv)
+    net, gh, nh, eh = make_net(positional=positional, states=2, conv=conv, edge_hidden=edge_hidden)
     e0, e1 = net(g0), net(g1)
     torch.testing.assert_close(nh(e1), nh(e0)[idx], atol=TOL, rtol=TOL)
     emap = edge_correspondence(g0, g1, idx)
@@ -70,6 +72,15 @@ def test_outputs_are_invariant_and_equivariant(permuted_pair, conv):
     check_symmetry(g0, g1, idx, "fixed", conv)
     net, _, _, eh = make_net(states=2, conv=conv)
     assert eh(net(g0)).shape == (g0.edge_index.shape[1], 2, 9)
+
+
+@torch.no_grad()
+def test_narrow_edges_keep_the_symmetry(permuted_pair):
+    """Edge states and messages narrower than nodes (edge_hidden) change widths, not the symmetry."""
+    name, g0, g1, idx = permuted_pair
+    check_symmetry(g0, g1, idx, "fixed", edge_hidden=8)
+    net, _, _, eh = make_net(states=2, edge_hidden=8)
+    assert net(g0).edge.shape == (g0.edge_index.shape[1], 8)
 
 
 @torch.no_grad()
