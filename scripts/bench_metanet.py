@@ -3,12 +3,14 @@
 For one representative architecture of each zoo family (digits MLP, digits CNN, tiny GPT) and
 several batch sizes, it times the property predictor's forward pass (inference) and forward +
 backward (a training step without the optimizer), in graphs per second, and its peak memory, for
-each routing of :class:`weightspace.nn.MetanetConfig`. Both paths compute the same function;
-the script also trains a predictor with each from the same seed and reports how far their loss
-curves drift apart. Results go to the ``metanet`` section of BENCHMARKS.md.
+the former scatter path, the segment path (the same function) and the package default (segment
+path, narrower edges). It trains a predictor in the first two settings from the same seed to show
+their loss curves agree, and with ``--quality`` compares the settings' held-out quality on a real
+zoo. Results go to the ``metanet`` section of BENCHMARKS.md.
 
     python scripts/bench_metanet.py                      # every family, batch sizes 1, 8, 32
     python scripts/bench_metanet.py --families mlp --batch-sizes 8 --no-write
+    python scripts/bench_metanet.py --quality ZOO --quality-results scripts/results/metanet_quality.json
 """
 from __future__ import annotations
 
@@ -31,7 +33,12 @@ FAMILIES = {
                                                "num_classes": 10}),
     "gpt": ("tiny GPT d=48, 2 layers", "gpt", {"d_model": 48, "n_layer": 2, "n_head": 4}),
 }
-ROUTINGS = ("scatter", "segment")
+SETTINGS = {
+    "old": {"routing": "scatter", "edge_hidden": 64},
+    "segment": {"routing": "segment", "edge_hidden": 64},
+    "new": {},
+}
+"""Speed settings: the former path, the segment routing alone (same function), and the package default."""
 
 
 def _batch(family: str, size: int):
@@ -50,17 +57,22 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def measure(family: str, routing: str, batch_sizes: list[int], repeats: int) -> list[dict]:
-    """Timings and peak memory of one family and routing, batch sizes in increasing order (one process)."""
+def _predictor(batch, setting: str, **kw):
+    from weightspace.predict import PropertyPredictor
+
+    return PropertyPredictor(edge_features=batch.edge_attr.shape[-1], node_features=batch.x.shape[-1],
+                             **SETTINGS[setting], **kw)
+
+
+def measure(family: str, setting: str, batch_sizes: list[int], repeats: int) -> list[dict]:
+    """Timings and peak memory of one family and setting, batch sizes in increasing order (one process)."""
     from weightspace.predict import PropertyPredictor
 
     torch.manual_seed(0)
     rows = []
     for B in sorted(batch_sizes):
         batch = _batch(family, B)
-        model = PropertyPredictor(edge_features=batch.edge_attr.shape[-1], node_features=batch.x.shape[-1],
-                                  max_positions=512)
-        model.backbone.config.routing = routing
+        model = _predictor(batch, setting, max_positions=512)
 
         def forward() -> None:
             with torch.no_grad():
@@ -81,23 +93,37 @@ def measure(family: str, routing: str, batch_sizes: list[int], repeats: int) -> 
                 fn()
                 ts.append(time.perf_counter() - t0)
             times[name] = statistics.median(ts)
-        rows.append({"family": family, "routing": routing, "batch": B, "edges": int(batch.edge_index.shape[1]),
+        rows.append({"family": family, "setting": setting, "batch": B, "edges": int(batch.edge_index.shape[1]),
                      "forward_gps": B / times["forward"], "train_gps": B / times["train"], "peak_mb": peak})
     return rows
 
 
-def loss_curves(steps: int, family: str = "mlp", n: int = 24) -> dict[str, list[float]]:
-    """Train a predictor with each routing from the same seed on the same random-init checkpoints."""
-    from weightspace.predict import PropertyPredictor
+def profile_step(family: str, setting: str, batch_size: int, top: int = 5) -> list[tuple[str, float]]:
+    """The ``top`` operators by share of self CPU time in two training steps (torch.profiler)."""
+    from torch.profiler import profile
 
+    batch = _batch(family, batch_size)
+    model = _predictor(batch, setting, max_positions=512)
+    model(batch).pow(2).mean().backward()
+    with profile() as prof:
+        for _ in range(2):
+            model.zero_grad(set_to_none=True)
+            model(batch).pow(2).mean().backward()
+    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    total = sum(e.self_cpu_time_total for e in events)
+    events.sort(key=lambda e: -e.self_cpu_time_total)
+    return [(e.key.removeprefix("aten::"), e.self_cpu_time_total / total) for e in events[:top]]
+
+
+def loss_curves(steps: int, family: str = "mlp", n: int = 24) -> dict[str, list[float]]:
+    """Train a predictor in the old and segment settings (the same function) from the same seed."""
     graphs = _batch(family, n)
     target = torch.stack([g.edge_attr.std() for g in graphs.to_data_list()]).unsqueeze(-1)
     target = (target - target.mean()) / target.std()
     curves = {}
-    for routing in ROUTINGS:
+    for setting in ("old", "segment"):
         torch.manual_seed(0)
-        model = PropertyPredictor(edge_features=graphs.edge_attr.shape[-1], node_features=graphs.x.shape[-1])
-        model.backbone.config.routing = routing
+        model = _predictor(graphs, setting)
         opt = torch.optim.AdamW(model.parameters(), 2e-3)
         curve = []
         for _ in range(steps):
@@ -106,13 +132,13 @@ def loss_curves(steps: int, family: str = "mlp", n: int = 24) -> dict[str, list[
             loss.backward()
             opt.step()
             curve.append(float(loss))
-        curves[routing] = curve
+        curves[setting] = curve
     return curves
 
 
 VARIANTS = {
-    "old": ({"routing": "scatter"}, False, "former default: scatter path, edge width 64, degree normaliser 2.0"),
-    "e64": ({}, False, "segment path, edge width 64, degree normaliser 2.0 (same function as old)"),
+    "old": ({"routing": "scatter", "edge_hidden": 64}, False, "former default: scatter path, edge width 64, degree normaliser 2.0"),
+    "e64": ({"edge_hidden": 64}, False, "segment path, edge width 64, degree normaliser 2.0 (same function as old)"),
     "e32": ({"edge_hidden": 32}, False, "segment path, edge width 32, degree normaliser 2.0"),
     "e16": ({"edge_hidden": 16}, False, "segment path, edge width 16, degree normaliser 2.0"),
     "e32fit": ({"edge_hidden": 32}, True, "segment path, edge width 32, degree normaliser fitted on training graphs"),
@@ -143,6 +169,21 @@ def quality(collection: Path, variants: list[str], steps: int, batch_size: int, 
     return done
 
 
+def quality_section(done: dict, args: argparse.Namespace) -> list[str]:
+    """The quality table: loss at the end of training and held-out Kendall tau of each variant."""
+    rows = []
+    for name, r in done.items():
+        tail = r["loss"][-max(1, len(r["loss"]) // 10):]
+        rows.append([name, VARIANTS[name][2], f"{statistics.mean(tail):.4f}", f"{r['tau']:.3f}", f"{r['r2']:.3f}",
+                     f"{r['graphs_per_second']:.2f}"])
+    return ["### Equal quality on a real zoo",
+            f"Property predictor trained on `{args.quality}` (test accuracy; one run-level split, 20% of runs held "
+            f"out; AdamW lr 2e-3, batch {args.quality_batch}, {args.quality_steps} steps, seed 0, MSE + ranking "
+            "loss), one variant at a time on one thread:",
+            markdown_table(["variant", "setting", "train loss (last 10% of steps)", "held-out Kendall tau",
+                            "held-out R²", "training graphs/s"], rows)]
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
@@ -150,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--curve-steps", type=int, default=60, help="training steps of the loss-curve comparison")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--profile-batch", type=int, default=8, help="batch size of the profiled training steps")
     ap.add_argument("--no-write", action="store_true", help="print the section instead of writing BENCHMARKS.md")
     ap.add_argument("--quality", type=Path, metavar="COLLECTION",
                     help="also train the predictor in each --variants setting on this collection (one split)")
@@ -159,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quality-results", type=Path, default=Path("metanet_quality.json"),
                     help="where quality results accumulate (re-running skips finished variants)")
     ap.add_argument("--quality-only", action="store_true", help="run only the quality comparison (resumable)")
-    ap.add_argument("--worker", nargs=2, metavar=("FAMILY", "ROUTING"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=2, metavar=("FAMILY", "SETTING"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.worker:
@@ -168,43 +210,60 @@ def main(argv: list[str] | None = None) -> None:
     if args.quality_only:
         quality(args.quality, args.variants, args.quality_steps, args.quality_batch, args.quality_results)
         return
+    if args.quality:
+        quality(args.quality, args.variants, args.quality_steps, args.quality_batch, args.quality_results)
     rows = []
     for family in args.families:
-        for routing in ROUTINGS:
-            cmd = [sys.executable, __file__, "--worker", family, routing, "--threads", str(args.threads),
+        for setting in SETTINGS:
+            cmd = [sys.executable, __file__, "--worker", family, setting, "--threads", str(args.threads),
                    "--repeats", str(args.repeats), "--batch-sizes", *map(str, args.batch_sizes)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             rows += json.loads(out.strip().splitlines()[-1])
-            print(f"{family} {routing} done", file=sys.stderr)
-    by = {(r["family"], r["batch"], r["routing"]): r for r in rows}
+            print(f"{family} {setting} done", file=sys.stderr)
+    by = {(r["family"], r["batch"], r["setting"]): r for r in rows}
     table = []
     for family in args.families:
         for B in sorted(args.batch_sizes):
-            old, new = by[(family, B, "scatter")], by[(family, B, "segment")]
+            old, seg, new = (by[(family, B, k)] for k in SETTINGS)
             table.append([FAMILIES[family][0], B, old["edges"],
-                          f"{old['forward_gps']:.1f}", f"{new['forward_gps']:.1f}",
-                          f"{old['train_gps']:.2f}", f"{new['train_gps']:.2f}",
+                          f"{old['forward_gps']:.1f}", f"{seg['forward_gps']:.1f}", f"{new['forward_gps']:.1f}",
+                          f"{old['train_gps']:.2f}", f"{seg['train_gps']:.2f}", f"{new['train_gps']:.2f}",
                           f"**{new['train_gps'] / old['train_gps']:.2f}x**",
                           f"{old['peak_mb']:.0f}", f"{new['peak_mb']:.0f}"])
+    prof_rows = []
+    for family in args.families:
+        for setting in ("old", "new"):
+            ops = profile_step(family, setting, args.profile_batch)
+            prof_rows.append([FAMILIES[family][0], setting, ", ".join(f"{k} {v:.0%}" for k, v in ops)])
     curves = loss_curves(args.curve_steps)
-    drift = max(abs(a - b) for a, b in zip(curves["scatter"], curves["segment"]))
-    body = "\n\n".join([
+    drift = max(abs(a - b) for a, b in zip(curves["old"], curves["segment"]))
+    from weightspace.nn import MetanetConfig
+
+    default_edge = MetanetConfig().edge_hidden or MetanetConfig().hidden
+    parts = [
         "## Metanetwork throughput (`scripts/bench_metanet.py`)",
-        "Property predictor (default metanetwork: 4 edge-updating FiLM/PNA layers, hidden 64) on "
-        "random-init checkpoints of one architecture per family; graphs/s are medians of "
-        f"{args.repeats} runs after one warm-up, on {args.threads} thread(s); *train* is forward + backward "
-        "of an MSE loss; peak is the growth of resident memory over the first training step. *old* is "
-        "`routing=\"scatter\"` (PNA by scatters, degrees recomputed in every layer); *new* is the default "
-        "`routing=\"segment\"` (each direction's edges sorted by receiver once per batch, PNA as segment "
-        "reductions with sum and sum of squares in one pass).",
-        markdown_table(["architecture", "batch", "edges", "forward old (graphs/s)", "forward new",
-                        "train old (graphs/s)", "train new", "train speed-up", "peak old (MB)", "peak new (MB)"],
-                       table),
-        f"Equal quality: both paths compute the same function. Trained for {args.curve_steps} steps from the "
-        f"same seed (AdamW, lr 2e-3, 24 MLP graphs), their loss curves differ by at most {drift:.2e} "
-        f"(final loss {curves['scatter'][-1]:.4f} old, {curves['segment'][-1]:.4f} new).",
-        f"Run with `python scripts/bench_metanet.py {' '.join(argv if argv is not None else sys.argv[1:])}`.",
-    ])
+        "Property predictor (4 edge-updating FiLM/PNA layers, node width 64) on random-init checkpoints of one "
+        f"architecture per family; graphs/s are medians of {args.repeats} runs after one warm-up, on "
+        f"{args.threads} thread(s); *train* is forward + backward of an MSE loss; peak is the growth of "
+        "resident memory over the first training step. Settings: *old* is the former path (`routing=\"scatter\"`: "
+        "PNA by scatters over unsorted edges, degrees recomputed in every layer; edge width 64); *segment* sorts "
+        "each direction's edges by receiver once per batch and aggregates by segment reductions, with both FiLM "
+        "maps and the edge self-map in one matrix product (the same function as *old*); *new* is the package "
+        f"default: segment routing with edge states and messages {default_edge} wide (`edge_hidden`).",
+        markdown_table(["architecture", "batch", "edges", "forward old (graphs/s)", "forward segment",
+                        "forward new", "train old (graphs/s)", "train segment", "train new", "train new / old",
+                        "peak old (MB)", "peak new (MB)"], table),
+        f"Where the time goes (torch.profiler, share of self CPU time over aten operators in a training step "
+        f"at batch {args.profile_batch}):",
+        markdown_table(["architecture", "setting", "top operators"], prof_rows),
+        f"*old* and *segment* compute the same function: trained for {args.curve_steps} steps from the same seed "
+        f"(AdamW, lr 2e-3, 24 random MLP graphs), their loss curves differ by at most {drift:.2e} (final loss "
+        f"{curves['old'][-1]:.4f} and {curves['segment'][-1]:.4f}).",
+    ]
+    if args.quality_results.exists():
+        parts += quality_section(json.loads(args.quality_results.read_text()), args)
+    parts.append(f"Run with `python scripts/bench_metanet.py {' '.join(argv if argv is not None else sys.argv[1:])}`.")
+    body = "\n\n".join(parts)
     if args.no_write:
         print(body)
     else:

@@ -28,7 +28,8 @@ class PropertyPredictor(nn.Module, PyTorchModelHubMixin, library_name="weightspa
                  edge_features: int = 9, node_features: int = 4, max_positions: int = 128,
                  positional: str = "fixed", aggregators: Sequence[str] = AGGREGATORS,
                  scalers: Sequence[str] = DEFAULT_SCALERS, update_edges: bool = True, conv: str = "pna",
-                 heads: int = 4, edge_hidden: int | None = None, target_mean: Sequence[float] | None = None, target_std: Sequence[float] | None = None,
+                 heads: int = 4, edge_hidden: int | None = None, routing: str = "segment",
+                 target_mean: Sequence[float] | None = None, target_std: Sequence[float] | None = None,
                  arch_ids: Sequence[str] = ()) -> None:
         super().__init__()
         self.targets = list(targets)
@@ -39,7 +40,7 @@ class PropertyPredictor(nn.Module, PyTorchModelHubMixin, library_name="weightspa
                                                        max_positions=max_positions, positional=positional,
                                                        aggregators=list(aggregators), scalers=list(scalers),
                                                        update_edges=update_edges, conv=conv, heads=heads,
-                                                       edge_hidden=edge_hidden))
+                                                       edge_hidden=edge_hidden, routing=routing))
         self.head = GraphHead(hidden, K, edge_hidden)
         self.register_buffer("target_mean", torch.tensor(list(target_mean) if target_mean is not None else [0.0] * K))
         self.register_buffer("target_std", torch.tensor(list(target_std) if target_std is not None else [1.0] * K))
