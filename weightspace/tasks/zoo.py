@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import CollectionError
-from .data import digits_split, stdlib_corpus
+from .data import SYNTH_TEST, SYNTH_TRAIN, digits_split, stdlib_corpus, synthetic_split
 from .models import build, example_input
 from .train import Callback, TrainResult, train_classifier, train_lm
 
@@ -113,6 +113,37 @@ def _digits(flat: bool):
     return digits_split(0, flat=flat)
 
 
+# ----------------------------------------------------------------------------- synth-mlp
+
+SYNTH_GRID: dict[str, tuple[Any, ...]] = {
+    "width": (8, 16, 32, 48),
+    "depth": (1, 2, 3),
+    "activation": ("relu", "gelu", "tanh", "silu"),
+    "lr": (3e-4, 1e-3, 3e-3, 1e-2),
+    "weight_decay": (0.0, 1e-3, 1e-2, 1e-1),
+}
+
+
+def _sample_synth(rng: random.Random) -> dict[str, Any]:
+    g = SYNTH_GRID
+    width, depth = _pick(rng, g, "width"), _pick(rng, g, "depth")
+    return {"family": "mlp", "in_features": 32, "widths": [width] * depth, "out_features": 5,
+            "activation": _pick(rng, g, "activation"), "lr": _pick(rng, g, "lr"),
+            "weight_decay": _pick(rng, g, "weight_decay"), "optimizer": "adamw", "batch_size": 64,
+            "seed": rng.randrange(10_000)}
+
+
+@lru_cache(maxsize=1)
+def _synthetic():
+    return synthetic_split(0)
+
+
+def _train_synth(model: nn.Module, c: Mapping[str, Any], size: ZooSize, callback: Callback) -> TrainResult:
+    return train_classifier(model, _synthetic(), size.steps, lr=c["lr"], weight_decay=c["weight_decay"],
+                            batch_size=c["batch_size"], seed=c["seed"], optimizer=c["optimizer"],
+                            eval_every=size.save_every, callback=callback)
+
+
 # ----------------------------------------------------------------------------- digits-cnn
 
 CNN_GRID: dict[str, tuple[Any, ...]] = {
@@ -188,6 +219,18 @@ RECIPES: dict[str, Recipe] = {
         sizes={"tiny": ZooSize(4, 100, 25), "small": ZooSize(64, 400, 20),
                "medium": ZooSize(512, 1000, 25), "large": ZooSize(4096, 1000, 25)},
         sample=_sample_mlp, model=_model_mlp, train=_train_digits(flat=True),
+        metrics=("train_loss", "train_acc", "test_loss", "test_acc")),
+    "synth-mlp": Recipe(
+        name="synth-mlp", prefix="smlp",
+        description=f"MLPs trained on a fixed synthetic scikit-learn classification task (make_classification: "
+                    f"32 features, 5 classes, random_state=0; {SYNTH_TRAIN:,} train / {SYNTH_TEST:,} test points, "
+                    "so test accuracy carries little measurement noise), varying width, depth, activation, "
+                    "learning rate, weight decay and seed. Each run saves its trajectory with train/test loss "
+                    "and accuracy.",
+        grid=SYNTH_GRID,
+        sizes={"tiny": ZooSize(2, 20, 10), "small": ZooSize(48, 300, 20),
+               "medium": ZooSize(512, 600, 25), "large": ZooSize(2048, 1000, 25)},
+        sample=_sample_synth, model=_model_mlp, train=_train_synth,
         metrics=("train_loss", "train_acc", "test_loss", "test_acc")),
     "digits-cnn": Recipe(
         name="digits-cnn", prefix="cnn",
