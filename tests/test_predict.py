@@ -162,7 +162,7 @@ def test_architecture_the_model_was_not_built_for_is_refused(store):
     narrow = PropertyPredictor(targets=store.target_names, hidden=8, layers=1, edge_features=1)
     with pytest.raises(IncompatibleGraph, match="values per edge"):
         check_compatible(narrow, store)
-    with pytest.raises(IncompatibleGraph, match="at most 1"):
+    with pytest.raises(IncompatibleGraph, match=r"18 checkpoints \(run 'cnn00' \(3 steps, 0..2\); .*values per edge"):
         predict_store(narrow, store)
     only_mlp = PropertyPredictor(targets=store.target_names, hidden=8, layers=1, arch_ids=store.arch_ids[:1])
     check_compatible(only_mlp, store)

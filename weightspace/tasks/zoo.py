@@ -301,7 +301,7 @@ def build_zoo(recipe: str, out: str | Path, size: str = "small", seed: int = 0,
 
 
 def _build(r: Recipe, zs: ZooSize, out: str | Path, size: str, seed: int, progress: bool) -> "CheckpointCollection":
-    from tqdm.auto import tqdm
+    from ..utils import progress_bar
 
     from ..collections import CheckpointCollection
     from ..space import WeightSpace
@@ -310,7 +310,7 @@ def _build(r: Recipe, zs: ZooSize, out: str | Path, size: str, seed: int, progre
     coll = CheckpointCollection.create(out, name=f"{recipe}-{size}", description=r.description, exist_ok=True)
     spaces: dict[tuple, WeightSpace] = {}
     existing = set(coll.runs())
-    bar = tqdm(range(zs.runs), desc=f"{recipe} ({size})", unit="run", disable=not progress)
+    bar = progress_bar(range(zs.runs), desc=f"{recipe} ({size})", unit="run", disable=not progress)
     for i in bar:
         run_id = r.run_id(i, seed)
         config = {**r.config(i, seed), "steps": zs.steps, "save_every": zs.save_every}
