@@ -80,11 +80,13 @@ class _LineWriter:
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream
+        self.last = ""
 
     def write(self, s: str) -> int:
         text = s.replace("\r", "").rstrip()
-        if text:
+        if text and text != self.last:
             self.stream.write(text + "\n")
+            self.last = text
         return len(s)
 
     def flush(self) -> None:

@@ -325,7 +325,7 @@ def weight_matching(space: WeightSpace, sd_a: StateDict, sd_b: StateDict, *, max
         objective += gain
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(objective=f"{objective:.6g}", gain=f"{gain:.3g}")
+            bar.set_postfix(objective=f"{objective:.6g}", gain=f"{gain:.3g}", refresh=False)
         if not dirty or gain <= tol * abs(objective):
             break
     if bar is not None:

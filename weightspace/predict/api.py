@@ -18,7 +18,7 @@ from ..errors import WeightSpaceError
 from ..nn import IncompatibleGraph
 from ..training import EarlyStopping, TrainConfig, Trainer, TrainResult, gather_batch
 from ..utils import atomic_write_text
-from .data import PropertyGraphs, TooFewRuns
+from .data import FewRunsWarning, PropertyGraphs, TooFewRuns
 from .model import PropertyPredictor
 
 SPLIT_FILE = "split.json"
@@ -141,21 +141,25 @@ def check_compatible(model: PropertyPredictor, store: PropertyGraphs, allow_new_
                                     "does not fit this predictor: " + "; ".join(problems))
 
 
-def auto_train_config(n_items: int, base: TrainConfig | None = None, *, batch_size: int | None = None) -> TrainConfig:
-    """Steps and batch sized to a training set of ``n_items`` checkpoints, for early stopping to cut short.
+def auto_train_config(n_items: int, base: TrainConfig | None = None) -> TrainConfig:
+    """``base`` with steps and batch sized to a training set of ``n_items`` checkpoints, for early stopping.
 
-    The batch is 32 (at most an eighth of the data, at least 4) unless ``batch_size`` is given; the
-    step budget is 100 epochs, between 300 and 4,000 steps; evaluations come about 40 times over the
-    budget (every 10 steps or more), warm-up is a tenth of the budget (at most 50 steps). Other fields
-    come from ``base``.
+    Only what ``base`` leaves open is sized: ``steps``/``batch_size`` when they are ``None``, and
+    ``warmup``/``eval_every`` when they are at :class:`TrainConfig`'s defaults. The batch is 32, or
+    less for small data (a multiple of 4 near a 32nd of the checkpoints, at least 4, so that 2 or 4
+    processes can share it); the step budget is 100 epochs, between 300 and 4,000 steps; evaluations
+    come about 40 times over the budget (on log steps); warm-up is a tenth of the budget, at most 50.
     """
-    base = base or TrainConfig()
-    batch = batch_size or max(4, min(32, n_items // 8))
-    steps = int(min(4000, max(300, 100 * math.ceil(n_items / batch))))
-    log_every = 10
-    eval_every = max(log_every, round(steps / 40 / log_every) * log_every)
-    return TrainConfig(**{**asdict(base), "steps": steps, "batch_size": batch, "warmup": min(50, steps // 10),
-                          "log_every": log_every, "eval_every": eval_every})
+    base = base or TrainConfig(steps=None, batch_size=None)  # type: ignore[arg-type]
+    default = TrainConfig()
+    batch = base.batch_size or 4 * max(1, min(8, n_items // 32))
+    steps = base.steps or int(min(4000, max(300, 100 * math.ceil(n_items / batch))))
+    fields_ = {"steps": steps, "batch_size": batch}
+    if base.warmup == default.warmup:
+        fields_["warmup"] = min(default.warmup, steps // 10)
+    if base.eval_every == default.eval_every:
+        fields_["eval_every"] = base.log_every * max(1, round(steps / 40 / base.log_every))
+    return TrainConfig(**{**asdict(base), **fields_})
 
 
 def _check_runs(train: PropertyGraphs, what: str) -> None:
@@ -169,7 +173,7 @@ def _check_runs(train: PropertyGraphs, what: str) -> None:
                f"about {FEW_RUNS}, its predictions on unseen runs are unreliable (a 1-run training set can rank "
                "held-out checkpoints backwards)")
         _log.warning(msg)
-        warnings.warn(msg, stacklevel=3)
+        warnings.warn(msg, FewRunsWarning, stacklevel=3)
 
 
 def _validation_loss(store: PropertyGraphs, rank_weight: float) -> Callable[[PropertyPredictor], float]:
@@ -183,6 +187,27 @@ def _validation_loss(store: PropertyGraphs, rank_weight: float) -> Callable[[Pro
             loss = loss + rank_weight * ranking_loss(p, t)
         return float(loss)
     return metric
+
+
+def describe_schedule(schedule: dict[str, Any]) -> str:
+    """One line saying how a predictor is (or was) trained, from ``PredictorRun.schedule``."""
+    s = schedule
+    text = (f"training on {s['training_runs']} runs ({s['training_checkpoints']} checkpoints): "
+            + ("at most " if s["early_stopping"] else "") + f"{s['steps']} steps of batch {s['batch_size']}"
+            + (" (sized to the data)" if s.get("sized_to_data") else ""))
+    if s["early_stopping"]:
+        text += (f", early stopping on the loss of {s['validation_runs']} validation runs "
+                 f"({s['validation_checkpoints']} checkpoints) evaluated every {s['eval_every']} steps, "
+                 f"patience {s['patience']} evaluations")
+    elif s.get("note"):
+        text += f"; {s['note']}"
+    if "trained_steps" in s:
+        text += f"; trained {s['trained_steps']} steps"
+        if s.get("stopped_early"):
+            text += " (stopped early)"
+        if s.get("best_step") is not None:
+            text += f", kept the weights of step {s['best_step']} (lowest validation loss)"
+    return text
 
 
 @dataclass
@@ -210,11 +235,12 @@ def train_predictor(data: PropertyGraphs, out_dir: str | Path | None = None, *, 
     (:class:`PredictionLoss`); ``rank_weight=0`` is plain regression. Every target of ``data`` is
     predicted by one shared network, so extra targets (e.g. ``test_loss``) act as auxiliary tasks.
 
-    Without ``train_config``, steps and batch are sized to the data (:func:`auto_train_config`) and
-    training stops early: ``val_fraction`` of the training runs (by run, never by checkpoint) become a
-    validation split, the loss on it is measured every ``eval_every`` steps, training stops after
-    ``patience`` evaluations without improvement, and the model ends with its best weights.
-    ``early_stopping`` forces this on or off (``None``: on exactly when no ``train_config`` is given);
+    Without ``train_config`` (or with ``steps``/``batch_size`` left ``None`` in it), steps and batch are
+    sized to the data (:func:`auto_train_config`) and training stops early: ``val_fraction`` of the
+    training runs (by run, never by checkpoint) become a validation split, the loss on it is measured
+    every ``eval_every`` steps, training stops after ``patience`` evaluations without improvement, and
+    the model ends with its best weights.
+    ``early_stopping`` forces this on or off (``None``: on exactly when ``steps`` is not given);
     with fewer than :data:`MIN_VALIDATION_RUNS` training runs there is no validation split and the
     full budget is trained. What was chosen is in ``PredictorRun.schedule`` and ``metrics.json``.
 
@@ -224,8 +250,9 @@ def train_predictor(data: PropertyGraphs, out_dir: str | Path | None = None, *, 
     final model (``model/``, loadable with ``PropertyPredictor.from_pretrained``), ``metrics.json``
     and ``loss.png``.
     """
+    sized = train_config is None or train_config.steps is None or train_config.batch_size is None
     if early_stopping is None:
-        early_stopping = train_config is None
+        early_stopping = train_config is None or train_config.steps is None
     if test is None:
         if len(data.runs()) < 2:
             _check_runs(data, "the data")
@@ -246,10 +273,10 @@ def train_predictor(data: PropertyGraphs, out_dir: str | Path | None = None, *, 
             _log.warning(schedule["note"])
     _check_runs(train, "the training split")
     train.check_finite()
-    cfg = train_config or auto_train_config(len(train))
+    cfg = auto_train_config(len(train), train_config) if sized else train_config
     schedule.update(steps=cfg.steps, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
-                    training_runs=len(train.runs()), training_checkpoints=len(train),
-                    sized_to_data=train_config is None)
+                    training_runs=len(train.runs()), training_checkpoints=len(train), sized_to_data=sized)
+    _log.info(describe_schedule(schedule))
     mean = train.targets.mean(0)
     std = train.targets.std(0).clamp(min=1e-6) if len(train) > 1 else torch.ones_like(mean)
     both = PropertyGraphs.concat([s for s in (train, val, test) if s is not None and len(s)])

@@ -33,6 +33,10 @@ class MissingMetric(CollectionError):
     """A collection has no value of a requested target metric."""
 
 
+class FewRunsWarning(UserWarning):
+    """A predictor is trained on so few runs that its predictions on unseen runs are unreliable."""
+
+
 class TooFewRuns(CollectionError):
     """Too few training runs are left to fit a predictor (e.g. after the held-out and validation runs)."""
 
@@ -235,23 +239,27 @@ class PropertyGraphs:
 
     @classmethod
     def from_state_dicts(cls, space: "WeightSpace", state_dicts: Sequence[Mapping[str, Tensor]],
-                         target_names: Sequence[str], names: Sequence[str], *,
-                         allow_nonfinite: bool = False) -> "PropertyGraphs":
+                         target_names: Sequence[str], names: Sequence[str], *, steps: Sequence[int] | None = None,
+                         sources: Sequence[str] | None = None, allow_nonfinite: bool = False) -> "PropertyGraphs":
         """A store of checkpoints of one architecture given as state_dicts, with unknown (NaN) targets.
 
-        ``names`` says where each came from (e.g. its file) and is used in errors. Each state_dict is
+        ``names`` says where each came from and is used in errors: the file it was read from, or
+        its run id when ``steps`` and ``sources`` (its collection) are given too. Each state_dict is
         checked against ``space`` (:class:`~weightspace.errors.StateDictMismatch`,
         :class:`~weightspace.errors.NonFiniteWeights` unless ``allow_nonfinite``).
         """
-        if len(names) != len(state_dicts):
-            raise ValueError(f"{len(state_dicts)} state_dicts but {len(names)} names")
-        for sd, n in zip(state_dicts, names):
-            space.check(sd, allow_nonfinite=allow_nonfinite, source=n)
-        flat = space.layout.flatten(list(state_dicts))[:, :space.layout.num_values].float()
         M = len(state_dicts)
-        return cls([ArchBlock(space.fingerprint, space, flat)], torch.zeros(M, dtype=torch.long),
-                   torch.arange(M), torch.full((M, len(target_names)), math.nan), list(target_names), list(names),
-                   [0] * M, list(names))
+        steps = list(steps) if steps is not None else [0] * M
+        sources = list(sources) if sources is not None else list(names)
+        if not (len(names) == len(steps) == len(sources) == M):
+            raise ValueError(f"{M} state_dicts but {len(names)} names, {len(steps)} steps, {len(sources)} sources")
+        store = cls([ArchBlock(space.fingerprint, space, torch.empty(0))], torch.zeros(M, dtype=torch.long),
+                    torch.arange(M), torch.full((M, len(target_names)), math.nan), list(target_names), list(names),
+                    steps, sources)
+        for i, sd in enumerate(state_dicts):
+            space.check(sd, allow_nonfinite=allow_nonfinite, source=store.name(i))
+        store.blocks[0].flat = space.layout.flatten(list(state_dicts))[:, :space.layout.num_values].float()
+        return store
 
     @classmethod
     def from_collections(cls, collections: Sequence["CheckpointCollection"] | "CheckpointCollection",

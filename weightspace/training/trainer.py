@@ -347,7 +347,7 @@ class Trainer:
                     self.model.train()
                     self._track_best(rec)
                 self.history.append(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.4g}")
+                bar.set_postfix(loss=f"{rec['loss']:.4g}", refresh=False)
             if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
                                          or self.best["stopped"]):
                 self.save_checkpoint()
