@@ -417,3 +417,12 @@ def test_cli_predict_checkpoint(tmp_path, coll, store, capsys):
     assert "NaN/Inf" in err and str(loose / "model.safetensors") in err
     assert main(["predict", "checkpoint", str(coll.root), "--model", str(tmp_path / "m")]) == 2
     assert "has 22 runs; choose one with --run" in capsys.readouterr().err
+
+
+def test_cli_early_stopping_options_are_not_ignored(tmp_path, coll, capsys):
+    assert main(["predict", "train", "--collection", str(coll.root), "--out", str(tmp_path / "r"), "--steps", "5",
+                 "--patience", "3", "--no-progress"]) == 2
+    assert "--patience applies to early stopping, which is off (--steps was given)" in capsys.readouterr().err
+    assert main(["predict", "train", "--collection", str(coll.root), "--out", str(tmp_path / "r"),
+                 "--no-early-stopping", "--val-fraction", "0.3", "--no-progress"]) == 2
+    assert "--val-fraction applies to early stopping" in capsys.readouterr().err

@@ -31,10 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None,
                    help="stop when the loss on validation runs (carved from the training runs) stops improving, and "
                         "keep the best weights (default: on when --steps is not given)")
-    t.add_argument("--val-fraction", type=float, default=0.15,
-                   help="fraction of the training runs held out for early stopping")
-    t.add_argument("--patience", type=int, default=8,
-                   help="early stopping: evaluations without improvement before training stops")
+    t.add_argument("--val-fraction", type=float, default=None,
+                   help="fraction of the training runs held out for early stopping (default: 0.15)")
+    t.add_argument("--patience", type=int, default=None,
+                   help="early stopping: evaluations without improvement before training stops (default: 8)")
     add_train_arguments(t, steps=None, batch_size=None)
     t.set_defaults(func=train)
 
@@ -88,6 +88,16 @@ def train(args: argparse.Namespace) -> int:
     from ..predict import FewRunsWarning, PropertyGraphs, describe_schedule, train_predictor
     from ..training import is_main_process, train_config_from_args
 
+    from ..errors import ConfigError
+
+    early = args.early_stopping if args.early_stopping is not None else args.steps is None
+    if not early:
+        given = [f for f, v in (("--patience", args.patience), ("--val-fraction", args.val_fraction)) if v is not None]
+        if given:
+            verb = "apply" if len(given) > 1 else "applies"
+            why = "--no-early-stopping" if args.early_stopping is False else "--steps"
+            raise ConfigError(f"{' and '.join(given)} {verb} to early stopping, which is off ({why} was given); "
+                              "add --early-stopping to stop early within --steps")
     torch.manual_seed(args.seed)
     targets = args.target or ["test_acc"]
     store = PropertyGraphs.from_collections(_open(args.collection), targets, progress=args.progress)
@@ -99,8 +109,9 @@ def train(args: argparse.Namespace) -> int:
         run = train_predictor(store, args.out,
                               model_config={"hidden": args.hidden, "layers": args.layers, "conv": args.conv},
                               train_config=cfg, test_fraction=args.test_fraction, split_seed=args.seed,
-                              rank_weight=args.rank_weight, early_stopping=args.early_stopping,
-                              val_fraction=args.val_fraction, patience=args.patience)
+                              rank_weight=args.rank_weight, early_stopping=early,
+                              val_fraction=0.15 if args.val_fraction is None else args.val_fraction,
+                              patience=8 if args.patience is None else args.patience)
     if is_main_process():
         print(f"{store}")
         print(describe_schedule(run.schedule))

@@ -177,7 +177,8 @@ class PropertyGraphs:
             bad.append(sel[~finite])
         bad_t = torch.cat(bad) if bad else torch.empty(0, dtype=torch.long)
         if len(bad_t):
-            raise NonFiniteWeights(f"{len(bad_t)} checkpoint(s) hold NaN/Inf weights: {self.names(bad_t.sort().values)}")
+            raise NonFiniteWeights(f"{len(bad_t)} checkpoint(s) hold NaN/Inf weights: "
+                                   f"{self.names(bad_t.sort().values)}")
 
     def flat(self, block: int) -> tuple[Tensor, Tensor]:
         """Flat parameter rows of one architecture in this store, with the item indices they belong to."""

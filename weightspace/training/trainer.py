@@ -362,7 +362,9 @@ class Trainer:
                            self.out_dir, self.best["step"], bool(self.best["stopped"]))
 
     def _track_best(self, rec: dict[str, float]) -> None:
-        """Early stopping: remember the best weights by the monitored metric and count evaluations without gain."""
+        """Early stopping: remember the best weights by the monitored metric and count evaluations without gain.
+
+        Under DDP every process takes rank 0's value, so all of them stop at the same step."""
         es = self.early_stopping
         if es is None:
             return
@@ -370,6 +372,12 @@ class Trainer:
             raise ConfigError(f"early stopping monitors {es.metric!r}, which the evaluation does not report; it "
                               f"reports {sorted(k for k in rec if k not in ('step', 'loss', 'lr'))}")
         value = float(rec[es.metric])
+        if self.world > 1:
+            import torch.distributed as dist
+
+            shared = torch.tensor([value], dtype=torch.float64, device=self.device)
+            dist.broadcast(shared, 0)
+            value = float(shared)
         if value < self.best["value"] - es.min_delta:
             self.best.update(value=value, step=self.step, bad=0)
             self._best_weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
