@@ -426,3 +426,42 @@ def test_cli_early_stopping_options_are_not_ignored(tmp_path, coll, capsys):
     assert main(["predict", "train", "--collection", str(coll.root), "--out", str(tmp_path / "r"),
                  "--no-early-stopping", "--val-fraction", "0.3", "--no-progress"]) == 2
     assert "--val-fraction applies to early stopping" in capsys.readouterr().err
+
+
+def _early_stop_worker(rank: int, world: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from weightspace.training import EarlyStopping, Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        scores = [5.0, 3.0, 4.0, 4.0, 4.0] if rank == 0 else [5.0 - k for k in range(20)]
+        fn, _ = _scripted_eval(scores)
+        torch.manual_seed(0)
+        cfg = TrainConfig(steps=200, batch_size=8, lr=1e-2, warmup=1, eval_every=10, log_every=10,
+                          checkpoint_every=0, progress=False, plot=False, device="cpu")
+        res = Trainer(torch.nn.Linear(3, 1), _mse, _Regression(), cfg, eval_fn=fn,
+                      early_stopping=EarlyStopping("eval_score", patience=3)).fit()
+        torch.save(torch.tensor([res.step, res.best_step]), f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_processes_stop_together_on_rank_0s_metric(tmp_path):
+    """Each process would decide otherwise on its own evaluation; all follow rank 0's."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "r")
+    mp.spawn(_early_stop_worker, args=(2, port, out), nprocs=2, join=True)
+    for rank in range(2):
+        assert torch.load(f"{out}.{rank}", weights_only=True).tolist() == [50, 20]
