@@ -77,6 +77,7 @@ class Settings:
     nowcast_cpu_steps: int = 80
     ddp_steps: int = 40
     batch_size: int = 16
+    lr: float = 1e-3
     hidden: int = 32
     layers: int = 2
     bench_hidden: int = 64
@@ -144,7 +145,7 @@ def new_predictor(ctx: Context, store, seed: int = 0):
 
 
 def train_config(ctx: Context, steps: int, device: str, seed: int = 0) -> TrainConfig:
-    return TrainConfig(steps=steps, batch_size=ctx.settings.batch_size, lr=1e-3, warmup=max(1, steps // 10),
+    return TrainConfig(steps=steps, batch_size=ctx.settings.batch_size, lr=ctx.settings.lr, warmup=max(1, steps // 10),
                        seed=seed, device=device, checkpoint_every=0, log_every=1, eval_every=0, progress=False,
                        plot=False)
 
