@@ -222,7 +222,17 @@ def check_nowcast(ctx: Context) -> dict[str, Any]:
 
 def _ddp_worker(rank: int, world: int, port: int, backend: str, device: str, zoo_root: str, hidden: int,
                 layers: int, steps: int, batch_size: int, out: str) -> None:
-    """One DDP rank: join the group, check an all-reduce, train the predictor, save weights and losses."""
+    """One DDP rank: join the group, check an all-reduce, train the predictor, save weights and losses
+    (or, on failure, the error in ``rank<r>.err``)."""
+    try:
+        _ddp_rank(rank, world, port, backend, device, zoo_root, hidden, layers, steps, batch_size, out)
+    except BaseException as e:
+        Path(out, f"rank{rank}.err").write_text(f"{type(e).__name__}: {e}"[:2000])
+        raise
+
+
+def _ddp_rank(rank: int, world: int, port: int, backend: str, device: str, zoo_root: str, hidden: int,
+              layers: int, steps: int, batch_size: int, out: str) -> None:
     import torch.distributed as dist
 
     from weightspace.collections import CheckpointCollection
@@ -285,7 +295,9 @@ def _launch(backend: str, devices: list[str], ctx: Context, out: Path) -> tuple[
         return False, f"{backend}: {len(hung)} rank(s) still running after {s.ddp_timeout_s} s, killed"
     codes = [p.exitcode for p in procs]
     if any(codes):
-        return False, f"{backend}: ranks exited with codes {codes}"
+        why = "; ".join(f"rank {r}: {(out / f'rank{r}.err').read_text()}" for r in range(2)
+                        if (out / f"rank{r}.err").exists())
+        return False, f"{backend}: ranks exited with codes {codes}" + (f" ({why})" if why else "")
     return True, ""
 
 
@@ -312,7 +324,7 @@ def check_ddp(ctx: Context) -> dict[str, Any]:
         k = max(1, len(losses) // 4)
         falls = sum(losses[-k:]) / k < 0.9 * sum(losses[:k]) / k
         fallback = backend != s.ddp_backend
-        note = (f"NCCL refused two ranks on {devices} ({errors[0]}); gloo on CUDA tensors used instead"
+        note = (f"NCCL failed on {devices} ({errors[0]}); fell back to gloo on the same devices"
                 if fallback else "")
         log(f"ddp over {backend} on {devices}: {s.ddp_steps} steps in {time.perf_counter() - t:.1f} s (with start-up), "
             f"replicas identical: {same}, loss {losses[0]:.4g} -> {losses[-1]:.4g}" + (f"; {note}" if note else ""))
@@ -491,8 +503,12 @@ def main(argv: list[str] | None = None) -> int:
     if settings.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-        log(f"CUDA: {torch.cuda.get_device_name(settings.device)}, torch {torch.__version__}, "
-            f"CUDA {torch.version.cuda}, NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}")
+        try:
+            nccl = ".".join(map(str, torch.cuda.nccl.version()))
+        except Exception as e:  # noqa: BLE001 - a torch built without NCCL still runs every other check
+            nccl = f"unavailable ({type(e).__name__})"
+        log(f"CUDA: {torch.cuda.get_device_name(settings.device)}, {torch.cuda.device_count()} device(s), "
+            f"torch {torch.__version__}, CUDA {torch.version.cuda}, NCCL {nccl}")
     log(f"settings: {settings}")
     tmp = None
     if args.work:
