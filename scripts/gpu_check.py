@@ -27,7 +27,8 @@ autocast on CPU moved the same mean by under 0.02% (1.30368 vs 1.30371). So a GP
 is as close to the CPU run as another seed would be (0.25 is about twice that spread) and fails when
 bf16 or a device bug changes what is learnt, e.g. a loss off by a factor of 2.
 
-At the end it prints a JSON summary (also written to ``--out``) and a markdown snippet for
+At the end it prints a JSON summary (also written to ``--out``, and rewritten there after every
+check with ``"finished": false``, so a run cut short still leaves what it measured) and a markdown snippet for
 BENCHMARKS.md (``--benchmarks FILE`` writes it there as the ``gpu_check`` section). Exit status 1
 when a check fails. New checks (the hypernetwork, generators) are added to ``CHECKS``.
 """
@@ -519,6 +520,22 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp.name)
     ctx = Context(settings, args.cpu_dry_run, work)
     results: dict[str, Any] = {}
+
+    def summary(finished: bool) -> dict[str, Any]:
+        return {"ok": finished and all(r["ok"] for r in results.values()), "finished": finished,
+                "dry_run": args.cpu_dry_run, "device": settings.device, "machine": machine(),
+                "seconds": round(time.perf_counter() - T0, 1),
+                "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
+                "checks": results}
+
+    def write(s: dict[str, Any]) -> str:
+        text = json.dumps(s, indent=1, default=str)
+        if args.out:
+            from weightspace.utils import atomic_write_text
+
+            atomic_write_text(Path(args.out), text)
+        return text
+
     try:
         for name, fn in CHECKS:
             if name != "zoos" and name not in wanted:
@@ -530,29 +547,23 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # noqa: BLE001 - one failed check must not hide the others' results
                 traceback.print_exc()
                 results[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-                if name == "zoos":
-                    break
             results[name]["check_seconds"] = round(time.perf_counter() - t, 2)
             log(f"== {name}: {'ok' if results[name]['ok'] else 'FAILED'} ({results[name]['check_seconds']} s)")
+            write(summary(False))
+            if name == "zoos" and not results[name]["ok"]:
+                break
     finally:
         if tmp is not None:
             tmp.cleanup()
-    summary = {"ok": all(r["ok"] for r in results.values()), "dry_run": args.cpu_dry_run,
-               "device": settings.device, "machine": machine(), "seconds": round(time.perf_counter() - T0, 1),
-               "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.__dict__.items()},
-               "checks": results}
-    md = markdown(summary)
-    summary["markdown"] = md
+    final = summary(True)
+    md = markdown(final)
+    final["markdown"] = md
     print("\n" + md + "\n", flush=True)
-    text = json.dumps(summary, indent=1, default=str)
-    if args.out:
-        from weightspace.utils import atomic_write_text
-
-        atomic_write_text(Path(args.out), text)
+    text = write(final)
     if args.benchmarks:
         write_section("gpu_check", md, args.benchmarks)
     print(text, flush=True)
-    return 0 if summary["ok"] else 1
+    return 0 if final["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def _dry_run(tmp_path: Path, *extra: str) -> dict:
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(out.read_text())
-    assert summary["ok"] and summary["dry_run"] and summary["device"] == "cpu"
+    assert summary["ok"] and summary["finished"] and summary["dry_run"] and summary["device"] == "cpu"
     assert json.loads(proc.stdout[proc.stdout.rindex("\n{"):]) == summary
     assert "| check | steps |" in summary["markdown"]
     return summary
