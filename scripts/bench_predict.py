@@ -1,12 +1,14 @@
 """Benchmark: predicting test accuracy and the generalisation gap from weights (issue 3).
 
-For the digits CNN zoo, the digits MLP zoo and their union (mixed architectures), it trains the
+For the digits CNN zoo, the digits MLP zoo, their union (mixed architectures) and the synthetic-task
+MLP zoo (``synth-mlp``: test accuracy measured on 8,000 points, so its noise ceiling is near 1), it trains the
 graph metanetwork and every baseline on the same run-level split and reports Kendall tau and
 R^2 on held-out runs, training throughput and data-loading cost, and a scatter plot of predicted
 against true test accuracy. Results go to the ``predict`` section of BENCHMARKS.md.
 
     python scripts/bench_predict.py --size small            # builds the zoos if missing
-    python scripts/bench_predict.py --cnn-zoo Z1 --mlp-zoo Z2 --steps 3000
+    python scripts/bench_predict.py --cnn-zoo Z1 --mlp-zoo Z2 --synth-zoo Z3 --steps 3000
+    python scripts/bench_predict.py --settings synth-mlp --synth-zoo Z3 --no-write   # one zoo, BENCHMARKS.md untouched
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from weightspace.collections import CheckpointCollection
 from weightspace.predict import (FlatMLP, PropertyGraphs, NotApplicable, StatNN, predict_store, regression_metrics,
                                  train_predictor)
 from weightspace.tasks import digits_split
+from weightspace.tasks.data import SYNTH_TEST, SYNTH_TRAIN
 from weightspace.training import TrainConfig
 from weightspace.utils import atomic_write, atomic_write_text
 
@@ -33,6 +36,18 @@ METANETS = {"deepsets": ("DeepSets-style (no message passing)", {"layers": 0}),
             "pna": ("NG-GNN metanetwork (ours)", {"conv": "pna"}),
             "transformer": ("graph-transformer metanetwork (ours)", {"conv": "transformer"})}
 BASELINES = {"statnn": ("StatNN (per-tensor stats + GBT)", StatNN), "flat": ("MLP on flat weights", FlatMLP)}
+ZOOS = ("digits-cnn", "digits-mlp", "synth-mlp")
+SETTING_ZOOS = {"digits-cnn": ("digits-cnn",), "digits-mlp": ("digits-mlp",), "synth-mlp": ("synth-mlp",),
+                "mixed": ("digits-cnn", "digits-mlp")}
+"""The zoos each setting reads; ``mixed`` is the union of the two digits zoos."""
+
+
+def eval_sizes(name: str) -> tuple[int, int]:
+    """How many test and training examples a setting's accuracies are measured on (for the noise ceiling)."""
+    if name == "synth-mlp":
+        return SYNTH_TEST, SYNTH_TRAIN
+    data = digits_split()
+    return len(data.y_val), len(data.y_train)
 
 
 def open_zoo(recipe: str, path: Path | None, size: str, build: bool) -> CheckpointCollection:
@@ -155,7 +170,8 @@ def run_setting(name: str, store: PropertyGraphs, args: argparse.Namespace, out:
             print(f"  {label}: n/a ({e})")
             results[label] = None
         print(f"  {label}: {results[label]} ({time.perf_counter() - t0:.1f}s)", flush=True)
-    steps = {"digits-mlp": args.steps_mlp, "mixed": args.steps_mixed}.get(name) or args.steps
+    steps = {"digits-mlp": args.steps_mlp, "mixed": args.steps_mixed, "synth-mlp": args.steps_synth}.get(name) \
+        or args.steps
     cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       warmup=min(100, steps // 10), checkpoint_every=0, progress=args.progress,
                       log_every=25, device=args.device)
@@ -184,8 +200,7 @@ def run_setting(name: str, store: PropertyGraphs, args: argparse.Namespace, out:
                      "runs": (len(set(train.run_ids)), len(set(test.run_ids))), "archs": len(store.blocks)}
     rows = [[name, label, fmt(m, "test_acc", "tau"), fmt(m, "test_acc", "r2"), fmt(m, "gap", "tau"),
              fmt(m, "gap", "r2")] for label, m in results.items()]
-    data = digits_split()
-    ceiling = noise_ceiling(test, len(data.y_val), len(data.y_train), args.seed)
+    ceiling = noise_ceiling(test, *eval_sizes(name), args.seed)
     rows.append([name, "measurement-noise ceiling (see below)", f"{ceiling['test_acc']:.3f}", "-",
                  f"{ceiling['gap']:.3f}", "-"])
     return rows, extra
@@ -195,6 +210,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cnn-zoo", type=Path, default=None)
     p.add_argument("--mlp-zoo", type=Path, default=None)
+    p.add_argument("--synth-zoo", type=Path, default=None, help="a synth-mlp collection (built if missing)")
     p.add_argument("--size", default="small", help="zoo size to build when a zoo path is not given")
     p.add_argument("--build", action="store_true", help="build (or resume building) the zoos")
     p.add_argument("--min-step", type=int, default=1, help="skip checkpoints before this step (step 0 is the init)")
@@ -203,6 +219,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--steps-mlp", type=int, default=0, help="steps on the MLP zoo (default: --steps)")
     p.add_argument("--steps-mixed", type=int, default=0, help="steps on the mixed collection (default: --steps)")
+    p.add_argument("--steps-synth", type=int, default=0, help="steps on the synth-mlp zoo (default: --steps)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--rank-weight", type=float, default=1.0, help="pairwise ranking loss weight (0: MSE only)")
@@ -218,7 +235,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--settings", default="digits-cnn,digits-mlp,mixed")
+    p.add_argument("--settings", default="digits-cnn,digits-mlp,mixed,synth-mlp",
+                   help=f"comma-separated, from {', '.join(SETTING_ZOOS)}; only the zoos they need are opened")
     p.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench_predict")
     p.add_argument("--progress", action="store_true")
     p.add_argument("--reuse", action="store_true",
@@ -230,11 +248,16 @@ def main() -> None:
                         "merge their results into --work and write the section from them (implies --reuse)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    cnn = open_zoo("digits-cnn", args.cnn_zoo, args.size, args.build)
-    mlp = open_zoo("digits-mlp", args.mlp_zoo, args.size, args.build)
+    settings = args.settings.split(",")
+    unknown = [n for n in settings if n not in SETTING_ZOOS]
+    if unknown:
+        p.error(f"unknown settings {unknown}; choose from {', '.join(SETTING_ZOOS)}")
+    paths = {"digits-cnn": args.cnn_zoo, "digits-mlp": args.mlp_zoo, "synth-mlp": args.synth_zoo}
+    needed = [z for z in ZOOS if any(z in SETTING_ZOOS[n] for n in settings)]
+    zoos = {z: open_zoo(z, paths[z], args.size, args.build) for z in needed}
 
     stores, load = {}, {}
-    for name, coll in (("digits-cnn", cnn), ("digits-mlp", mlp)):
+    for name, coll in zoos.items():
         def usable(r: dict, coll: CheckpointCollection = coll) -> bool:
             return (r["step"] >= args.min_step and bool(r.get("finished"))
                     and coll.space(r["arch_id"]).num_params <= args.max_params)
@@ -243,11 +266,13 @@ def main() -> None:
         stores[name] = PropertyGraphs.from_collections([coll], TARGETS + args.aux_targets, where=usable,
                                                    progress=args.progress)
         load[name] = time.perf_counter() - t0
-    stores["mixed"] = PropertyGraphs.concat([stores["digits-cnn"], stores["digits-mlp"]])
-    bench_idx = torch.randperm(len(stores["mixed"]))[:args.batch_size]
+    if "mixed" in settings:
+        stores["mixed"] = PropertyGraphs.concat([stores["digits-cnn"], stores["digits-mlp"]])
+    largest = max(stores, key=lambda n: len(stores[n].blocks))
+    bench_idx = torch.randperm(len(stores[largest]))[:args.batch_size]
     t0 = time.perf_counter()
     for _ in range(20):
-        stores["mixed"].batch(bench_idx)
+        stores[largest].batch(bench_idx)
     batch_rate = 20 * args.batch_size / (time.perf_counter() - t0)
 
     if args.merge:
@@ -266,7 +291,7 @@ def main() -> None:
     previous = load_previous(args.work / "results.json") if args.reuse else ({}, {}, [])
     other_splits = previous[2]
     rows, extras = [], {}
-    for name in args.settings.split(","):
+    for name in settings:
         r, extra = run_setting(name, stores[name], args, args.work, previous)
         rows += r
         if extra:
@@ -279,7 +304,7 @@ def main() -> None:
         "Predicting a checkpoint's test accuracy and generalisation gap (train − test accuracy) from its "
         "weights, on held-out runs (split by run: no run in both train and test). "
         f"Checkpoints from step {args.min_step} on of finished runs of architectures with at most {args.max_params} "
-        f"parameters; zoos: `{cnn.name}`, `{mlp.name}` (built with the zoo recipes). "
+        f"parameters; zoos: {', '.join(f'`{c.name}`' for c in zoos.values())} (built with the zoo recipes). "
         "Kendall τ from `scipy.stats.kendalltau`, R² from `sklearn.metrics.r2_score`.",
         "",
         markdown_table(header, rows),
@@ -287,7 +312,7 @@ def main() -> None:
         f"Metanetwork: {args.layers} edge-updating PNA/FiLM layers, hidden {args.hidden} (the graph-transformer "
         "variant swaps FiLM/PNA messages for 4-head attention over neighbours with edge features); AdamW, "
         f"batch {args.batch_size}, steps {args.steps} (CNN) / {args.steps_mlp or args.steps} (MLP) / "
-        f"{args.steps_mixed or args.steps} (mixed) for it and the DeepSets-style model, lr {args.lr}, loss MSE + "
+        f"{args.steps_mixed or args.steps} (mixed) / {args.steps_synth or args.steps} (synth-mlp) for it and the DeepSets-style model, lr {args.lr}, loss MSE + "
         f"{args.rank_weight} x pairwise ranking loss, seed {args.seed}"
         + "".join(f"; {n}: mean ± standard deviation over {len(s)} run-level splits (split and training seeds "
                   f"{', '.join(map(str, s))})" for n, s in several.items())
@@ -298,8 +323,9 @@ def main() -> None:
         "per-tensor statistics by name (NaN where a tensor is absent). NG-GNN reports τ 0.934 on CIFAR10-GS "
         "(ANCHORS.md; a different, larger zoo).",
         "",
-        "Measurement-noise ceiling: test accuracy is measured on the 360 digits validation images (train accuracy "
-        "on 1,437), so it is a binomial draw around the checkpoint's true accuracy. The row gives Kendall τ between "
+        "Measurement-noise ceiling: on the digits zoos test accuracy is measured on the 360 digits validation images "
+        "(train accuracy on 1,437), on synth-mlp on 8,000 test points (train accuracy on 2,000), so it is a binomial "
+        "draw around the checkpoint's true accuracy. The row gives Kendall τ between "
         "the held-out runs' measured values and binomial resamples of them (median of 20): about how much of the "
         "ranking that noise alone scrambles, a rough ceiling for any predictor on these zoos.",
         "",
@@ -311,7 +337,7 @@ def main() -> None:
         "",
         f"Data loading: each collection is read once into per-architecture flat tensors "
         f"({', '.join(f'{n}: {len(stores[n])} checkpoints in {load[n]:.1f}s' for n in load)}); a mixed batch is then "
-        f"assembled by gathers at {batch_rate:.0f} graphs/s, far above the training rate, so loading is not the "
+        f"assembled by gathers at {batch_rate:.0f} graphs/s ({largest}), far above the training rate, so loading is not the "
         "bottleneck.",
         "",
         "Predicted vs true test accuracy (metanetwork, held-out runs): "

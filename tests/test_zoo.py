@@ -126,3 +126,55 @@ def test_scripts_run(tmp_path):
         sys.argv = argv
     expected = RECIPES["digits-mlp"].sizes["tiny"].runs
     assert len(CheckpointCollection.open(tmp_path / "z").runs()) == expected
+
+
+def test_synthetic_task_has_a_large_fixed_test_set():
+    from weightspace.tasks import synthetic_split
+
+    a, b = synthetic_split(), synthetic_split()
+    assert len(a.y_val) >= 5000 and len(a.y_train) == 2000 and a.num_classes == 5 and a.input_shape == (32,)
+    assert torch.equal(a.x_val, b.x_val) and torch.equal(a.y_val, b.y_val)
+    assert torch.allclose(a.x_train.mean(0), torch.zeros(32), atol=1e-5)
+    assert set(a.y_val.unique().tolist()) == set(range(5))
+    assert not torch.equal(synthetic_split(1).x_train, a.x_train)
+
+
+def test_synth_zoo_measures_accuracy_on_the_whole_test_set(zoos):
+    from weightspace.tasks import evaluate_classifier, synthetic_split
+
+    data = synthetic_split()
+    coll = CheckpointCollection.open(zoos["synth-mlp"][0])
+    recipe = RECIPES["synth-mlp"]
+    for run in coll.runs():
+        step = coll.steps(run)[-1]
+        row = coll.row(run, step)
+        assert row["hp.widths"][0] in recipe.grid["width"] and row["hp.in_features"] == 32
+        model = recipe.model({k[3:]: v for k, v in row.items() if k.startswith("hp.")})
+        model.load_state_dict(coll.load(run, step))
+        loss, acc = evaluate_classifier(model, data.x_val, data.y_val)
+        assert row["test_acc"] == acc and row["test_loss"] == pytest.approx(loss, rel=1e-5)
+        assert float(row["test_acc"] * len(data.y_val)).is_integer()
+    assert RECIPES["synth-mlp"].config(5) == RECIPES["synth-mlp"].config(5)
+
+
+def test_synth_script_and_cli_build(tmp_path):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    from weightspace.cli import main
+
+    script = Path(__file__).resolve().parents[1] / "datasets" / "synth_mlp.py"
+    argv = sys.argv
+    sys.argv = [str(script), "--out", str(tmp_path / "z"), "--size", "tiny", "--quiet"]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert main(["zoo", "build", "synth-mlp", "--out", str(tmp_path / "cli"), "--size", "tiny"]) == 0
+    a, b = CheckpointCollection.open(tmp_path / "z"), CheckpointCollection.open(tmp_path / "cli")
+    assert a.runs() == b.runs() == ["smlp-0000", "smlp-0001"]
+    for run in a.runs():
+        assert [r["test_acc"] for r in a.select(run_id=run)] == [r["test_acc"] for r in b.select(run_id=run)]
+        last = a.steps(run)[-1]
+        assert all(torch.equal(x, y) for x, y in zip(a.load(run, last).values(), b.load(run, last).values()))

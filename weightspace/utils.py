@@ -1,10 +1,10 @@
-"""Small shared helpers: atomic writes and device selection."""
+"""Small shared helpers: atomic writes, device selection and progress bars."""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -69,3 +69,48 @@ def cat_flat(tensors: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
         torch.cat([t.detach().reshape(-1) if t.dtype == out.dtype else t.detach().reshape(-1).to(out.dtype)
                    for t in tensors], out=out)
     return out
+
+
+PIPED_PROGRESS_INTERVAL = 30.0
+"""Seconds between progress lines when stderr is not a terminal (a log file or a pipe)."""
+
+
+class _LineWriter:
+    """A file wrapper that turns tqdm's carriage-return redraws into one plain line per refresh."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.last = ""
+
+    def write(self, s: str) -> int:
+        text = s.replace("\r", "").rstrip()
+        if text and text != self.last:
+            self.stream.write(text + "\n")
+            self.last = text
+        return len(s)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress_bar(iterable: Any = None, **kwargs: Any) -> Any:
+    """A tqdm progress bar that stays readable when piped.
+
+    On a terminal it is ``tqdm.auto.tqdm(iterable, **kwargs)``. When the output stream (``file``,
+    default stderr) is not a TTY, the bar redraws at most every :data:`PIPED_PROGRESS_INTERVAL`
+    seconds, each redraw as one plain line instead of a carriage-return overwrite, so a log of a
+    long run holds a few hundred lines rather than thousands of redraws. Every progress bar of
+    the package goes through here.
+    """
+    import sys
+
+    from tqdm.auto import tqdm
+
+    stream = kwargs.get("file") or sys.stderr
+    isatty = getattr(stream, "isatty", None)
+    if not (callable(isatty) and isatty()):
+        kwargs["file"] = _LineWriter(stream)
+        kwargs["mininterval"] = max(kwargs.get("mininterval", 0.0), PIPED_PROGRESS_INTERVAL)
+        kwargs.setdefault("ascii", True)
+        kwargs.setdefault("dynamic_ncols", False)
+    return tqdm(iterable, **kwargs)

@@ -208,8 +208,8 @@ def interpolation_curve(model: nn.Module, sd_a: StateDict, sd_b: StateDict, eval
     losses, accs = [], []
     it = grid
     if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(grid, desc="interpolation", unit="point")
+        from ..utils import progress_bar
+        it = progress_bar(grid, desc="interpolation", unit="point")
     for t in it:
         net.load_state_dict(interpolate(space, sd_a, sd_b, t))
         if bn != "none" and 0 < t < 1:

@@ -293,8 +293,8 @@ def weight_matching(space: WeightSpace, sd_a: StateDict, sd_b: StateDict, *, max
     rng = random.Random(seed)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=max_iter, desc="weight matching", unit="sweep")
+        from ..utils import progress_bar
+        bar = progress_bar(total=max_iter, desc="weight matching", unit="sweep")
     if init is None:
         solved = set(frozen)
         todo = list(order)
@@ -325,7 +325,7 @@ def weight_matching(space: WeightSpace, sd_a: StateDict, sd_b: StateDict, *, max
         objective += gain
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(objective=f"{objective:.6g}", gain=f"{gain:.3g}")
+            bar.set_postfix(objective=f"{objective:.6g}", gain=f"{gain:.3g}", refresh=False)
         if not dirty or gain <= tol * abs(objective):
             break
     if bar is not None:
@@ -463,8 +463,8 @@ def activation_matching(model_a: nn.Module, model_b: nn.Module, batches: Iterabl
     stats = {s.call: _Stats() for s in sites}
     it = batches
     if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(batches, desc="activation statistics", unit="batch")
+        from ..utils import progress_bar
+        it = progress_bar(batches, desc="activation statistics", unit="batch")
     for batch in it:
         x = _batch_input(batch)
         fa, fb = space.capture_activations(model_a, x), space.capture_activations(model_b, x)
@@ -542,8 +542,8 @@ def ste_matching(model: nn.Module, sd_a: StateDict, sd_b: StateDict, batches: It
 
     it = range(steps)
     if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc="STE matching", unit="step")
+        from ..utils import progress_bar
+        it = progress_bar(it, desc="STE matching", unit="step")
     was = model.training
     model.train()
     try:

@@ -523,7 +523,7 @@ class CheckpointCollection:
         checkpoint as ``y_<metric>`` and numeric hyperparameters as ``hp_<name>`` (float tensors of shape [1],
         NaN where missing).
         """
-        from tqdm.auto import tqdm
+        from ..utils import progress_bar
 
         if trajectory_length < 1:
             raise CollectionError(f"trajectory_length must be >= 1, got {trajectory_length}")
@@ -543,7 +543,7 @@ class CheckpointCollection:
             return sd
 
         graphs = []
-        for r in tqdm(rows, desc="to_graphs", unit="ckpt", disable=not progress or len(rows) < 100):
+        for r in progress_bar(rows, desc="to_graphs", unit="ckpt", disable=not progress or len(rows) < 100):
             run_id, step = r["run_id"], r["step"]
             if trajectory_length == 1:
                 window = [step]

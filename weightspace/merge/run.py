@@ -230,8 +230,8 @@ def merge(models: Sequence[ModelLike], method: str = "linear", *, base: ModelLik
     keys = list(base_sd if base_sd is not None else sds[0])
     it: Iterable[str] = keys
     if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(keys, desc=f"merge ({m.name})", unit="tensor")
+        from ..utils import progress_bar
+        it = progress_bar(keys, desc=f"merge ({m.name})", unit="tensor")
     return {k: merge_tensor(m, k, [sd[k] for sd in sds], None if base_sd is None else base_sd[k],
                             parameters or {}, mp) for k in it}
 
@@ -385,8 +385,8 @@ def merge_files(models: Sequence[str | Path], out_dir: str | Path, method: str =
         def produce() -> Iterator[tuple[str, Tensor]]:
             it: Iterable[str] = keys
             if progress:
-                from tqdm.auto import tqdm
-                it = tqdm(keys, desc=f"merge ({m.name}, streaming)", unit="tensor")
+                from ..utils import progress_bar
+                it = progress_bar(keys, desc=f"merge ({m.name}, streaming)", unit="tensor")
             for k in it:
                 ts = [permuted(r.get(k), k, p) for r, p in zip(readers, perms)]
                 for t, r in zip(ts, readers):

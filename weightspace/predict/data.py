@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
-from ..errors import CollectionError
+from ..errors import CollectionError, NonFiniteWeights
 
 if TYPE_CHECKING:
     from ..collections import CheckpointCollection
@@ -31,6 +31,14 @@ DERIVED_TARGETS: dict[str, tuple[tuple[str, ...], Callable[[Mapping[str, Any]], 
 
 class MissingMetric(CollectionError):
     """A collection has no value of a requested target metric."""
+
+
+class FewRunsWarning(UserWarning):
+    """A predictor is trained on so few runs that its predictions on unseen runs are unreliable."""
+
+
+class TooFewRuns(CollectionError):
+    """Too few training runs are left to fit a predictor (e.g. after the held-out and validation runs)."""
 
 
 def target_value(row: Mapping[str, Any], name: str) -> float:
@@ -126,6 +134,52 @@ class PropertyGraphs:
         idx = [i for i, (s, r) in enumerate(zip(self.sources, self.run_ids)) if (s, r) in want or (None, r) in want]
         return self.subset(idx)
 
+    def runs(self) -> list[tuple[str, str]]:
+        """The distinct ``(source, run_id)`` pairs of the store, sorted."""
+        return sorted(set(zip(self.sources, self.run_ids)))
+
+    def name(self, item: int) -> str:
+        """Where item ``item`` came from: ``run 'r' step s of SOURCE`` (or the file it was read from)."""
+        run, step, source = self.run_ids[item], self.steps[item], self.sources[item]
+        if run == source:
+            return f"checkpoint {source}"
+        return f"run {run!r} step {step} of {source}"
+
+    def names(self, items: Sequence[int] | Tensor, limit: int = 3) -> str:
+        """Where ``items`` came from, in a few words: one checkpoint by :meth:`name`; several by run (the first
+        ``limit`` runs with their steps) and collection, with how many more there are."""
+        il = torch.as_tensor(items, dtype=torch.long).flatten().tolist()
+        if len(il) == 1:
+            return self.name(il[0])
+        by_run: dict[tuple[str, str], list[int]] = {}
+        for i in il:
+            by_run.setdefault((self.sources[i], self.run_ids[i]), []).append(self.steps[i])
+        sources = {src for src, _ in by_run}
+        parts = []
+        for (src, run), steps in list(by_run.items())[:limit]:
+            if run == src:
+                parts.append(f"checkpoint {src}")
+                continue
+            where = f" of {src}" if len(sources) > 1 else ""
+            parts.append(f"run {run!r} step {steps[0]}{where}" if len(steps) == 1 else
+                         f"run {run!r} ({len(steps)} steps, {min(steps)}..{max(steps)}){where}")
+        more = f" and {len(by_run) - limit} more runs" if len(by_run) > limit else ""
+        tail = f" of {next(iter(sources))}" if len(sources) == 1 and not all(r == s for s, r in by_run) else ""
+        return f"{len(il)} checkpoints ({'; '.join(parts)}{more}){tail}"
+
+    def check_finite(self, items: Sequence[int] | Tensor | None = None) -> None:
+        """Raise :class:`NonFiniteWeights` naming the checkpoints (of ``items``, default all) with NaN/Inf weights."""
+        idx = torch.arange(len(self)) if items is None else torch.as_tensor(items, dtype=torch.long).flatten()
+        bad = []
+        for b in self.block_of[idx].unique().tolist():
+            sel = idx[self.block_of[idx] == b]
+            finite = torch.isfinite(self.blocks[b].flat[self.row_of[sel]]).all(1)
+            bad.append(sel[~finite])
+        bad_t = torch.cat(bad) if bad else torch.empty(0, dtype=torch.long)
+        if len(bad_t):
+            raise NonFiniteWeights(f"{len(bad_t)} checkpoint(s) hold NaN/Inf weights: "
+                                   f"{self.names(bad_t.sort().values)}")
+
     def flat(self, block: int) -> tuple[Tensor, Tensor]:
         """Flat parameter rows of one architecture in this store, with the item indices they belong to."""
         items = torch.nonzero(self.block_of == block).flatten()
@@ -185,6 +239,30 @@ class PropertyGraphs:
                    [x for s in stores for x in s.sources])
 
     @classmethod
+    def from_state_dicts(cls, space: "WeightSpace", state_dicts: Sequence[Mapping[str, Tensor]],
+                         target_names: Sequence[str], names: Sequence[str], *, steps: Sequence[int] | None = None,
+                         sources: Sequence[str] | None = None, allow_nonfinite: bool = False) -> "PropertyGraphs":
+        """A store of checkpoints of one architecture given as state_dicts, with unknown (NaN) targets.
+
+        ``names`` says where each came from and is used in errors: the file it was read from, or
+        its run id when ``steps`` and ``sources`` (its collection) are given too. Each state_dict is
+        checked against ``space`` (:class:`~weightspace.errors.StateDictMismatch`,
+        :class:`~weightspace.errors.NonFiniteWeights` unless ``allow_nonfinite``).
+        """
+        M = len(state_dicts)
+        steps = list(steps) if steps is not None else [0] * M
+        sources = list(sources) if sources is not None else list(names)
+        if not (len(names) == len(steps) == len(sources) == M):
+            raise ValueError(f"{M} state_dicts but {len(names)} names, {len(steps)} steps, {len(sources)} sources")
+        store = cls([ArchBlock(space.fingerprint, space, torch.empty(0))], torch.zeros(M, dtype=torch.long),
+                    torch.arange(M), torch.full((M, len(target_names)), math.nan), list(target_names), list(names),
+                    steps, sources)
+        for i, sd in enumerate(state_dicts):
+            space.check(sd, allow_nonfinite=allow_nonfinite, source=store.name(i))
+        store.blocks[0].flat = space.layout.flatten(list(state_dicts))[:, :space.layout.num_values].float()
+        return store
+
+    @classmethod
     def from_collections(cls, collections: Sequence["CheckpointCollection"] | "CheckpointCollection",
                          targets: Sequence[str], *, where: Callable[[dict[str, Any]], bool] | None = None,
                          arch_ids: Sequence[str] | None = None, progress: bool = True) -> "PropertyGraphs":
@@ -193,7 +271,7 @@ class PropertyGraphs:
         Raises :class:`MissingMetric` naming the available metrics when a target is absent from a
         collection; rows where a target is missing are skipped.
         """
-        from tqdm.auto import tqdm
+        from ..utils import progress_bar
 
         from ..collections import CheckpointCollection
 
@@ -219,7 +297,7 @@ class PropertyGraphs:
                 if all(math.isnan(v[k]) for v in vals):
                     raise MissingMetric(f"collection {coll.source} has no metric {t!r}; available: "
                                         f"{available_metrics(rows) or 'none'}")
-            for r, v in tqdm(list(zip(rows, vals)), desc=f"loading {coll.name}", unit="ckpt",
+            for r, v in progress_bar(list(zip(rows, vals)), desc=f"loading {coll.name}", unit="ckpt",
                              disable=not progress):
                 if any(math.isnan(x) for x in v):
                     continue

@@ -19,7 +19,8 @@ def _flag(name: str) -> str:
 def add_train_arguments(parser: argparse.ArgumentParser, **task_defaults: Any) -> None:
     """Add one option per :class:`TrainConfig` field (``--batch-size``; ``--no-progress`` for a flag that
     is on by default), typed and documented from the field; defaults are the dataclass's, except
-    ``steps`` and ``batch_size``, which a command may set through ``task_defaults``."""
+    ``steps`` and ``batch_size``, which a command may set through ``task_defaults`` (``None``: the command
+    sizes them to its data)."""
     bad = set(task_defaults) - set(TASK_SIZED)
     if bad:
         raise ConfigError(f"training options {sorted(bad)} take TrainConfig's defaults; only {TASK_SIZED} are "
@@ -37,8 +38,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, **task_defaults: Any) -
                 g.add_argument(_flag(f.name), dest=f.name, action="store_true", help=help_)
             continue
         kind = type(f.default) if f.default is not None else float
+        shown = "sized to the task" if default is None and f.name in TASK_SIZED else default
         g.add_argument(_flag(f.name), dest=f.name, type=kind, default=default,
-                       help=f"{help_} (default: {default})")
+                       help=f"{help_} (default: {shown})")
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -19,6 +19,7 @@ from ..utils import atomic_write, atomic_write_text, resolve_device
 from .distributed import init_distributed
 
 LATEST = "latest.json"
+BEST_WEIGHTS = "best_model.safetensors"
 RESUME_IGNORED = ("progress", "checkpoint_every", "log_every", "eval_every", "device", "plot")
 
 
@@ -78,6 +79,23 @@ class TrainResult:
     seconds: float = 0.0
     graphs_per_second: float = 0.0
     out_dir: Path | None = None
+    best_step: int | None = None
+    """With early stopping: the step whose weights the model holds at the end (best validation metric)."""
+    stopped_early: bool = False
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Stop when ``metric`` (a key of the trainer's ``eval_fn`` result; lower is better) has not improved by
+    more than ``min_delta`` for ``patience`` evaluations in a row, and end with the best weights seen."""
+
+    metric: str
+    patience: int = 5
+    min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.patience < 1:
+            raise ConfigError(f"early-stopping patience must be at least 1 evaluation, got {self.patience}")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -196,8 +214,14 @@ class Trainer:
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any, Tensor], Tensor], data: BatchSource,
                  config: TrainConfig, out_dir: str | Path | None = None, *,
-                 eval_fn: Callable[[nn.Module], dict[str, float]] | None = None, resume: bool = True) -> None:
+                 eval_fn: Callable[[nn.Module], dict[str, float]] | None = None, resume: bool = True,
+                 early_stopping: EarlyStopping | None = None) -> None:
+        if early_stopping is not None and (eval_fn is None or not config.eval_every):
+            raise ConfigError("early stopping needs an eval_fn and eval_every > 0")
         self.config = config
+        self.early_stopping = early_stopping
+        self.best: dict[str, Any] = {"value": math.inf, "step": None, "bad": 0, "stopped": False}
+        self._best_weights: dict[str, Tensor] | None = None
         self.device = resolve_device(config.device)
         self.rank, self.world = init_distributed(self.device)
         if config.batch_size % self.world:
@@ -217,8 +241,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
-        return {"step": self.step, "config": asdict(self.config), "model_config": _model_config(self.model),
-                "model_class": type(self.model).__name__, "history": self.history}
+        state = {"step": self.step, "config": asdict(self.config), "model_config": _model_config(self.model),
+                 "model_class": type(self.model).__name__, "history": self.history}
+        if self.early_stopping is not None:
+            state["early_stopping"] = {**asdict(self.early_stopping), **self.best}
+        return state
 
     def save_checkpoint(self) -> Path | None:
         """Write the checkpoint of the current step (rank 0 only); older checkpoints are removed."""
@@ -229,6 +256,10 @@ class Trainer:
             shutil.rmtree(d)
         save_model(self.model, d)
         save_optimizer(self.opt, d / "optimizer.safetensors")
+        if self._best_weights is not None:
+            from safetensors.torch import save_file
+
+            atomic_write(d / BEST_WEIGHTS, lambda tmp: save_file(self._best_weights, str(tmp)))
         atomic_write_text(d / "trainer_state.json", json.dumps(self._state(), indent=1))
         atomic_write_text(self.out_dir / LATEST, json.dumps({"checkpoint": d.name, "step": self.step}))
         for old in self.out_dir.glob("ckpt-*"):
@@ -246,6 +277,13 @@ class Trainer:
             raise CheckpointMismatch(f"cannot read training checkpoint {d}: {e}") from e
         mine, theirs = asdict(self.config), state["config"]
         diff = {k: (theirs.get(k), v) for k, v in mine.items() if k not in RESUME_IGNORED and theirs.get(k) != v}
+        if self.early_stopping is not None:
+            es = state.get("early_stopping") or {}
+            for k, v in asdict(self.early_stopping).items():
+                if es.get(k) != v:
+                    diff[f"early_stopping.{k}"] = (es.get(k), v)
+        elif state.get("early_stopping"):
+            diff["early_stopping"] = (state["early_stopping"].get("metric"), None)
         if state.get("model_class") != type(self.model).__name__:
             diff["model_class"] = (state.get("model_class"), type(self.model).__name__)
         mc = _model_config(self.model)
@@ -259,6 +297,13 @@ class Trainer:
         load_optimizer(self.opt, d / "optimizer.safetensors", self.device)
         self.step = int(state["step"])
         self.history = list(state["history"])
+        if self.early_stopping is not None:
+            es = state["early_stopping"]
+            self.best = {k: es[k] for k in self.best}
+            if (d / BEST_WEIGHTS).exists():
+                from safetensors.torch import load_file
+
+                self._best_weights = load_file(str(d / BEST_WEIGHTS))
 
     # ------------------------------------------------------------------ loop
     def _autocast(self):
@@ -266,16 +311,16 @@ class Trainer:
 
     def fit(self, stop_at: int | None = None) -> TrainResult:
         """Train until ``config.steps`` (or ``stop_at``, to simulate an interruption) and return the history."""
-        from tqdm.auto import tqdm
+        from ..utils import progress_bar
 
         cfg = self.config
         end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step",
+        bar = progress_bar(total=cfg.steps, initial=self.step, desc="train", unit="step",
                    disable=not cfg.progress or self.rank != 0)
         n_graphs, t0 = 0, time.perf_counter()
         self.model.train()
         running: list[float] = []
-        while self.step < end:
+        while self.step < end and not self.best["stopped"]:
             idx = batch_indices(self.step, len(self.data), cfg.batch_size, cfg.seed)
             local = idx[self.rank::self.world]
             batch, y = self.data.batch(local, self.device)
@@ -300,14 +345,43 @@ class Trainer:
                     self.model.eval()
                     rec.update(self.eval_fn(self.model))
                     self.model.train()
+                    self._track_best(rec)
                 self.history.append(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.4g}")
-            if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps):
+                bar.set_postfix(loss=f"{rec['loss']:.4g}", refresh=False)
+            if cfg.checkpoint_every and (self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
+                                         or self.best["stopped"]):
                 self.save_checkpoint()
         bar.close()
+        if self._best_weights is not None:
+            self.model.load_state_dict({k: v.to(self.device) for k, v in self._best_weights.items()})
         self.model.eval()
         seconds = time.perf_counter() - t0
         if self.out_dir is not None and self.rank == 0 and cfg.plot and self.history:
             plot_history(self.history, self.out_dir / "loss.png")
         return TrainResult(self.step, self.history, seconds, n_graphs / seconds if seconds > 0 else 0.0,
-                           self.out_dir)
+                           self.out_dir, self.best["step"], bool(self.best["stopped"]))
+
+    def _track_best(self, rec: dict[str, float]) -> None:
+        """Early stopping: remember the best weights by the monitored metric and count evaluations without gain.
+
+        Under DDP every process takes rank 0's value, so all of them stop at the same step."""
+        es = self.early_stopping
+        if es is None:
+            return
+        if es.metric not in rec:
+            raise ConfigError(f"early stopping monitors {es.metric!r}, which the evaluation does not report; it "
+                              f"reports {sorted(k for k in rec if k not in ('step', 'loss', 'lr'))}")
+        value = float(rec[es.metric])
+        if self.world > 1:
+            import torch.distributed as dist
+
+            shared = torch.tensor([value], dtype=torch.float64, device=self.device)
+            dist.broadcast(shared, 0)
+            value = float(shared)
+        if value < self.best["value"] - es.min_delta:
+            self.best.update(value=value, step=self.step, bad=0)
+            self._best_weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        else:
+            self.best["bad"] += 1
+            if self.best["bad"] >= es.patience:
+                self.best["stopped"] = True
