@@ -237,9 +237,11 @@ def main(argv: list[str] | None = None) -> None:
             prof_rows.append([FAMILIES[family][0], setting, ", ".join(f"{k} {v:.0%}" for k, v in ops)])
     curves = loss_curves(args.curve_steps)
     drift = max(abs(a - b) for a, b in zip(curves["old"], curves["segment"]))
-    from weightspace.nn import MetanetConfig
+    import inspect
 
-    default_edge = MetanetConfig().edge_hidden or MetanetConfig().hidden
+    from weightspace.predict import PropertyPredictor
+
+    default_edge = inspect.signature(PropertyPredictor).parameters["edge_hidden"].default
     parts = [
         "## Metanetwork throughput (`scripts/bench_metanet.py`)",
         "Property predictor (4 edge-updating FiLM/PNA layers, node width 64) on random-init checkpoints of one "

@@ -465,3 +465,18 @@ def test_processes_stop_together_on_rank_0s_metric(tmp_path):
     mp.spawn(_early_stop_worker, args=(2, port, out), nprocs=2, join=True)
     for rank in range(2):
         assert torch.load(f"{out}.{rank}", weights_only=True).tolist() == [50, 20]
+
+
+def test_predictor_saved_before_edge_hidden_loads_with_edges_as_wide_as_nodes(tmp_path):
+    torch.manual_seed(0)
+    old = PropertyPredictor(hidden=8, layers=1, edge_hidden=None)
+    old.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    for key in ("edge_hidden", "routing"):
+        cfg.pop(key)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    loaded = PropertyPredictor.from_pretrained(tmp_path)
+    assert loaded.backbone.config.edge_hidden is None
+    for k, v in old.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    assert PropertyPredictor(hidden=8, layers=1).backbone.config.edge_hidden == 16

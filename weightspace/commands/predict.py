@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weight of the pairwise ranking loss added to MSE (0: plain regression)")
     t.add_argument("--hidden", type=int, default=64)
     t.add_argument("--layers", type=int, default=4)
+    t.add_argument("--edge-hidden", type=int, default=16,
+                   help="width of edge states and messages (edges outnumber nodes, so this sets the cost)")
     t.add_argument("--conv", default="pna", choices=["pna", "transformer"],
                    help="message passing: FiLM messages with PNA aggregation, or graph-transformer attention")
     t.add_argument("--test-fraction", type=float, default=0.2)
@@ -107,7 +109,8 @@ def train(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FewRunsWarning)  # the logger has already said it on stderr
         run = train_predictor(store, args.out,
-                              model_config={"hidden": args.hidden, "layers": args.layers, "conv": args.conv},
+                              model_config={"hidden": args.hidden, "layers": args.layers, "conv": args.conv,
+                                            "edge_hidden": args.edge_hidden},
                               train_config=cfg, test_fraction=args.test_fraction, split_seed=args.seed,
                               rank_weight=args.rank_weight, early_stopping=early,
                               val_fraction=0.15 if args.val_fraction is None else args.val_fraction,
