@@ -115,6 +115,36 @@ def profile_step(family: str, setting: str, batch_size: int, top: int = 5) -> li
     return [(e.key.removeprefix("aten::"), e.self_cpu_time_total / total) for e in events[:top]]
 
 
+def aggregation_timings(repeats: int, nodes: int = 4000, degree: int = 40, width: int = 16) -> list[list[str]]:
+    """Forward + backward seconds of PNA aggregation alone: ours (segment, scatter) against PyG's DegreeScalerAggregation."""
+    from torch_geometric.nn.aggr import DegreeScalerAggregation
+
+    from weightspace.nn.layers import PNAAggregation
+    from weightspace.nn.routes import Routes
+
+    g = torch.Generator().manual_seed(0)
+    dst = torch.arange(nodes).repeat_interleave(degree)
+    route = Routes.build(torch.stack([torch.randint(0, nodes, (dst.numel(),), generator=g), dst]), nodes).forward
+    aggs, scalers = ["mean", "min", "max", "std"], ["identity", "amplification"]
+    ours = PNAAggregation(width, aggs, scalers)
+    ours.out = torch.nn.Identity()
+    pyg = DegreeScalerAggregation(aggs, scalers, deg=torch.bincount(torch.full((nodes,), degree)))
+    msg = torch.randn(dst.numel(), width, generator=g, requires_grad=True)
+    fns = {"ours, segment (default)": lambda: ours(msg, route),
+           "ours, scatter (old)": lambda: ours.forward_scatter(msg, dst, nodes),
+           "PyG DegreeScalerAggregation with CSR ptr": lambda: pyg(msg, dst, ptr=route.ptr, dim_size=nodes),
+           "PyG DegreeScalerAggregation with index": lambda: pyg(msg, dst, dim_size=nodes)}
+    rows = []
+    for name, fn in fns.items():
+        ts = []
+        for _ in range(repeats + 1):
+            t0 = time.perf_counter()
+            fn().sum().backward()
+            ts.append(time.perf_counter() - t0)
+        rows.append([name, f"{statistics.median(ts[1:]) * 1e3:.0f}"])
+    return rows
+
+
 def loss_curves(steps: int, family: str = "mlp", n: int = 24) -> dict[str, list[float]]:
     """Train a predictor in the old and segment settings (the same function) from the same seed."""
     graphs = _batch(family, n)
@@ -235,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
         for setting in ("old", "new"):
             ops = profile_step(family, setting, args.profile_batch)
             prof_rows.append([FAMILIES[family][0], setting, ", ".join(f"{k} {v:.0%}" for k, v in ops)])
+    agg_rows = aggregation_timings(args.repeats)
     curves = loss_curves(args.curve_steps)
     drift = max(abs(a - b) for a, b in zip(curves["old"], curves["segment"]))
     import inspect
@@ -258,6 +289,11 @@ def main(argv: list[str] | None = None) -> None:
         f"Where the time goes (torch.profiler, share of self CPU time over aten operators in a training step "
         f"at batch {args.profile_batch}):",
         markdown_table(["architecture", "setting", "top operators"], prof_rows),
+        "PNA aggregation alone (mean/min/max/std with identity and amplification scalers, forward + backward, "
+        "160,000 messages 16 wide into 4,000 nodes, median ms). PyG's module computes the mean twice and the "
+        "degrees on every call, so ours stays; its degree normaliser is what `fit_degrees` takes from the "
+        "training graphs:",
+        markdown_table(["aggregation", "ms"], agg_rows),
         f"*old* and *segment* compute the same function: trained for {args.curve_steps} steps from the same seed "
         f"(AdamW, lr 2e-3, 24 random MLP graphs), their loss curves differ by at most {drift:.2e} (final loss "
         f"{curves['old'][-1]:.4f} and {curves['segment'][-1]:.4f}).",
