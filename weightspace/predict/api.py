@@ -228,7 +228,7 @@ def train_predictor(data: PropertyGraphs, out_dir: str | Path | None = None, *, 
                     train_config: TrainConfig | None = None, test_fraction: float = 0.2, split_seed: int = 0,
                     test: PropertyGraphs | None = None, resume: bool = True, rank_weight: float = 1.0,
                     early_stopping: bool | None = None, val_fraction: float = 0.15,
-                    patience: int = 8, fit_degrees: bool = True) -> PredictorRun:
+                    patience: int = 8, fit_degrees: bool = False) -> PredictorRun:
     """Split ``data`` by run (no run in both parts), train a :class:`PropertyPredictor`, evaluate it on held-out runs.
 
     The loss is MSE on standardised targets plus ``rank_weight`` times a pairwise ranking loss
@@ -247,7 +247,8 @@ def train_predictor(data: PropertyGraphs, out_dir: str | Path | None = None, *, 
     Training on fewer than 2 runs raises :class:`TooFewRuns`; on fewer than :data:`FEW_RUNS` it warns.
 
     With ``fit_degrees``, PNA's degree scalers are normalised by the training architectures' mean
-    log-degree (:meth:`~weightspace.nn.GraphMetanetwork.fit_degrees`) rather than a fixed 2.0.
+    log-degree (:meth:`~weightspace.nn.GraphMetanetwork.fit_degrees`) rather than a fixed 2.0. It is
+    off by default: on the small digits-MLP zoo it did not help (BENCHMARKS.md, metanet).
 
     ``out_dir`` receives resumable checkpoints, ``split.json`` (held-out and validation runs), the
     final model (``model/``, loadable with ``PropertyPredictor.from_pretrained``), ``metrics.json``
