@@ -224,24 +224,24 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile-batch", type=int, default=8, help="batch size of the profiled training steps")
     ap.add_argument("--no-write", action="store_true", help="print the section instead of writing BENCHMARKS.md")
     ap.add_argument("--quality", type=Path, metavar="COLLECTION",
-                    help="also train the predictor in each --variants setting on this collection (one split)")
+                    help="instead of timings, train the predictor in each --variants setting on this collection "
+                         "(one run-level split) and write the metanet_quality section")
     ap.add_argument("--variants", nargs="+", default=["old", "e32", "e16"], choices=list(VARIANTS))
     ap.add_argument("--quality-steps", type=int, default=300)
     ap.add_argument("--quality-batch", type=int, default=16)
     ap.add_argument("--quality-results", type=Path, default=Path("metanet_quality.json"),
                     help="where quality results accumulate (re-running skips finished variants)")
-    ap.add_argument("--quality-only", action="store_true", help="run only the quality comparison (resumable)")
     ap.add_argument("--worker", nargs=2, metavar=("FAMILY", "SETTING"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.worker:
         print(json.dumps(measure(*args.worker, args.batch_sizes, args.repeats)))
         return
-    if args.quality_only:
-        quality(args.quality, args.variants, args.quality_steps, args.quality_batch, args.quality_results)
-        return
+    run_line = f"Run with `python scripts/bench_metanet.py {' '.join(argv if argv is not None else sys.argv[1:])}`."
     if args.quality:
-        quality(args.quality, args.variants, args.quality_steps, args.quality_batch, args.quality_results)
+        done = quality(args.quality, args.variants, args.quality_steps, args.quality_batch, args.quality_results)
+        _emit("metanet_quality", "\n\n".join(quality_section(done, args) + [run_line]), args.no_write)
+        return
     rows = []
     for family in args.families:
         for setting in SETTINGS:
@@ -298,15 +298,14 @@ def main(argv: list[str] | None = None) -> None:
         f"(AdamW, lr 2e-3, 24 random MLP graphs), their loss curves differ by at most {drift:.2e} (final loss "
         f"{curves['old'][-1]:.4f} and {curves['segment'][-1]:.4f}).",
     ]
-    if args.quality_results.exists():
-        parts += quality_section(json.loads(args.quality_results.read_text()), args)
-    parts.append(f"Run with `python scripts/bench_metanet.py {' '.join(argv if argv is not None else sys.argv[1:])}`.")
-    body = "\n\n".join(parts)
-    if args.no_write:
-        print(body)
-    else:
-        write_section("metanet", body, Path(__file__).resolve().parent.parent / "BENCHMARKS.md")
-        print(body)
+    parts.append(run_line)
+    _emit("metanet", "\n\n".join(parts), args.no_write)
+
+
+def _emit(section: str, body: str, no_write: bool) -> None:
+    print(body)
+    if not no_write:
+        write_section(section, body, Path(__file__).resolve().parent.parent / "BENCHMARKS.md")
 
 
 if __name__ == "__main__":
