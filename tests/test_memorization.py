@@ -231,3 +231,24 @@ def test_cli_report_on_a_tiny_collection(zoo, tmp_path, capsys):
                  "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "c.safetensors" in err and "'net.0.weight' has shape (5, 64)" in err
+
+
+def test_max_similarity_and_agreement_are_exact():
+    from weightspace.memorization import accuracy, agreement, max_similarity
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    train = torch.tensor([[0, 1, 2, 3, 0, 1],     # no mistakes
+                          [1, 1, 2, 3, 1, 1],     # wrong on {0, 4}
+                          [1, 0, 0, 3, 0, 1],     # wrong on {0, 1, 2}
+                          [-1] * 6])              # excluded model
+    gen = torch.tensor([[1, 0, 2, 3, 0, 1],       # wrong on {0, 1}: IoU 1/3 with #1, 2/3 with #2
+                        [0, 1, 2, 3, 0, 1],       # no mistakes: IoU 1 with #0
+                        [-1] * 6])
+    sim, idx = max_similarity(gen, y, train)
+    assert torch.allclose(sim[:2], torch.tensor([2 / 3, 1.0], dtype=torch.float64)) and math.isnan(sim[2])
+    assert idx.tolist() == [2, 0, -1]
+    mask = torch.zeros(3, 4, dtype=torch.bool)
+    mask[0, 2] = True
+    assert max_similarity(gen, y, train, mask=mask)[0][0] == pytest.approx(1 / 3)
+    assert torch.allclose(accuracy(gen, y)[:2], torch.tensor([4 / 6, 1.0], dtype=torch.float64))
+    ag = agreement(gen, train, [1, 2, 0])
+    assert ag[0] == pytest.approx(4 / 6) and ag[1] == pytest.approx(3 / 6) and math.isnan(ag[2])
