@@ -16,7 +16,9 @@ To scale to thousands of training checkpoints the search has three stages:
    after that alignment (float64) is kept; the nearest is the candidate with the smallest one.
 
 With ``k`` at least the number of training models the result equals brute-force pairwise
-weight matching. With ``aligned=False`` stage 1 is skipped and stage 3 computes raw L2 distances.
+weight matching. With fewer, it is exact whenever the true nearest model is among the ``k``
+candidates, and otherwise an upper bound: on independently trained models, a single reference
+ranks candidates only roughly, so raise ``k`` where the spread between such models matters. With ``aligned=False`` stage 1 is skipped and stage 3 computes raw L2 distances.
 """
 from __future__ import annotations
 
