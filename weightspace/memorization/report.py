@@ -20,8 +20,8 @@ from torch import Tensor
 from ..space import WeightSpace
 from ..utils import atomic_write_text
 from .baselines import BASELINES, Pool, make_baseline
-from .behaviour import Evaluator, behaviour, max_similarity, accuracy
-from .flat import MemorizationError, ModelSet, StateDict
+from .behaviour import Evaluator, accuracy, agreement, behaviour, max_similarity
+from .flat import MemorizationError, ModelSet
 from .nearest import NearestIndex, NearestResult
 from .training import load_training
 
@@ -264,7 +264,6 @@ def report(space: WeightSpace | None, generated, training, *, data=None, model: 
             codes = torch.tensor([ids.setdefault(g, len(ids)) for g in train.groups])
             mask |= codes.unsqueeze(1) == codes.unsqueeze(0)
         sim, sim_idx = max_similarity(train_preds, y, train_preds, mask=mask)
-        from .behaviour import agreement
         results[0].behaviour = {"accuracy": accuracy(train_preds, y), "max_similarity": sim,
                                 "max_similarity_index": sim_idx,
                                 "agreement": agreement(train_preds, train_preds, spread_al.indices)}
