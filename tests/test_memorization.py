@@ -252,3 +252,48 @@ def test_max_similarity_and_agreement_are_exact():
     assert torch.allclose(accuracy(gen, y)[:2], torch.tensor([4 / 6, 1.0], dtype=torch.float64))
     ag = agreement(gen, train, [1, 2, 0])
     assert ag[0] == pytest.approx(4 / 6) and ag[1] == pytest.approx(3 / 6) and math.isnan(ag[2])
+
+
+def test_permuted_copy_of_a_gpt_with_tied_embeddings_and_heads_is_found():
+    from weightspace.tasks import example_input
+    models = [build("gpt", seed=s, vocab_size=11, block_size=4, n_layer=1, n_head=2, d_model=8, attention="fused")
+              for s in range(3)]
+    space = WeightSpace.from_module(models[0], example_input(models[0]))
+    assert space.aliases and any(g.parent for g in space.groups)
+    sds = [m.state_dict() for m in models]
+    copy = _permuted(space, sds[1], 0)
+    res = nearest(space, [copy], sds, k=3)
+    assert res.indices.tolist() == [1] and res.distances[0] < 1e-6
+    assert nearest(space, [copy], sds, aligned=False).distances[0] > 0.1
+
+
+def test_training_from_a_collection_and_data_as_a_callable(zoo, tmp_path):
+    space, train = zoo["space"], zoo["train"]
+    coll = CheckpointCollection.create(tmp_path / "zoo")
+    for i, sd in enumerate(train):
+        with coll.run_writer(f"r{i}", space=space) as w:
+            w.append(0, _clone(sd))
+            w.append(5, _clone(sd) if i != 2 else _permuted(space, sd, 9))
+    res = nearest(None, [_permuted(space, train[2], 4)], coll)  # the last checkpoint of each run, runs sorted
+    assert res.indices.tolist() == [2] and res.distances[0] < 1e-5
+    with pytest.raises(MemorizationError, match="all checkpoints from the same run"):
+        spread(None, _single_run(coll), exclude_same_run=True)
+    x, y = zoo["data"]
+    from torch.func import functional_call
+
+    def predict(sd):
+        return functional_call(zoo["model"], dict(sd), (x,)).argmax(1), y
+
+    rep = report(space, [_permuted(space, train[0], 1)], coll, data=predict, baselines=())
+    assert rep.verdicts == {"generated": "copies"}
+    g = rep.group("generated")
+    assert g.behaviour["max_similarity"][0] == 1.0 and g.behaviour["agreement"][0] == 1.0
+
+
+def _single_run(coll):
+    """Every checkpoint of the collection as a training model, all labelled with one run."""
+    from weightspace.memorization import load_training
+    t = load_training(coll, steps="all")
+    assert len(t.models) == 8
+    t.groups = ["same"] * len(t.groups)
+    return t

@@ -181,7 +181,7 @@ class NearestIndex:
         dist, index = self._refine(self.training, rows, cand, mask_fn, "refine training spread")
         if not bool((index[rows] >= 0).any()):
             raise MemorizationError("no training model has another training model to compare with "
-                                    "(are all checkpoints from the same run, with exclude_same_group?)")
+                                    "(are all checkpoints from the same run, with exclude_same_run?)")
         return NearestResult(dist, index, self.aligned, dict(self.training.excluded), dict(self.training.excluded),
                              {"candidates": t1 - t0, "refine": time.perf_counter() - t1})
 
