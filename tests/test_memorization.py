@@ -272,7 +272,7 @@ def test_training_from_a_collection_and_data_as_a_callable(zoo, tmp_path):
     coll = CheckpointCollection.create(tmp_path / "zoo")
     for i, sd in enumerate(train):
         with coll.run_writer(f"r{i}", space=space) as w:
-            w.append(0, _clone(sd))
+            w.append(0, _permuted(space, zoo["held_out"][0], i))
             w.append(5, _clone(sd) if i != 2 else _permuted(space, sd, 9))
     res = nearest(None, [_permuted(space, train[2], 4)], coll)  # the last checkpoint of each run, runs sorted
     assert res.indices.tolist() == [2] and res.distances[0] < 1e-5
@@ -284,6 +284,8 @@ def test_training_from_a_collection_and_data_as_a_callable(zoo, tmp_path):
     def predict(sd):
         return functional_call(zoo["model"], dict(sd), (x,)).argmax(1), y
 
+    with pytest.raises(MemorizationError, match="model/model_fn would be unused"):
+        report(space, [train[0]], coll, data=predict, model=zoo["model"], baselines=())
     rep = report(space, [_permuted(space, train[0], 1)], coll, data=predict, baselines=())
     assert rep.verdicts == {"generated": "copies"}
     g = rep.group("generated")

@@ -50,6 +50,9 @@ class Evaluator:
         self.batch_size = batch_size
         self.predict_fn = None
         if callable(data) and not isinstance(data, nn.Module):
+            if model is not None or model_fn is not None:
+                raise MemorizationError("data is a callable that predicts from a state_dict itself; model/model_fn "
+                                        "would be unused: pass one or the other")
             self.predict_fn = data
             self.x = self.y = None
             return
