@@ -1,0 +1,8 @@
+"""Parameter prediction: a graph hypernetwork that predicts every weight of a new model from its neural graph."""
+from .calibrate import calibrate_statistics
+from .errors import BadExampleInput, NonFinitePrediction
+from .layout import HyperLayout, model_constants
+from .model import PARAMETRIZATIONS, Draw, GraphHyperNetwork
+
+__all__ = ["GraphHyperNetwork", "Draw", "HyperLayout", "model_constants", "calibrate_statistics",
+           "BadExampleInput", "NonFinitePrediction", "PARAMETRIZATIONS"]
