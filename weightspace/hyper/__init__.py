@@ -6,3 +6,8 @@ from .model import PARAMETRIZATIONS, Draw, GraphHyperNetwork
 
 __all__ = ["GraphHyperNetwork", "Draw", "HyperLayout", "model_constants", "calibrate_statistics",
            "BadExampleInput", "NonFinitePrediction", "PARAMETRIZATIONS"]
+from .train import (ArchDistribution, ArchitectureCache, ArchitectureTasks, HyperLoss, HyperTrainSpec,
+                    evaluate_architectures, train_hypernetwork)
+
+__all__ += ["ArchDistribution", "ArchitectureCache", "ArchitectureTasks", "HyperLoss", "HyperTrainSpec",
+            "evaluate_architectures", "train_hypernetwork"]

@@ -96,16 +96,23 @@ class HyperLayout:
         """Nodes of permutable units (hidden units, channels): those without a fixed position."""
         return self.pos_id < 0
 
-    def graph(self, unit_features: Tensor, *, max_fan_in: int, max_kernel: int, constant_norm: bool) -> Data:
-        """The input graph: layout features on every node and edge, ``unit_features`` appended to the nodes."""
+    def graph(self, unit_features: Tensor, values: Tensor, *, max_fan_in: int, max_kernel: int, max_node_features: int,
+              constant_norm: bool) -> Data:
+        """The input graph: layout features on every node and edge, then ``values`` ``[P]`` placed on the graph
+        (a conv edge's ``k*k`` slots, a unit's per-unit tensors; identity edges hold 1), then ``unit_features``
+        on the nodes."""
         zf = torch.log1p(self.fan_in_node.float()) / math.log1p(max_fan_in)
         node = torch.cat([encode(zf, constant_norm), encode(self.depth_node, constant_norm)], -1)
         dst = self.edge_index[1]
         edge = torch.cat([encode(zf[dst], constant_norm), encode(self.depth_node[dst], constant_norm),
                           encode(self.slots_edge.float() / max_kernel, constant_norm)], -1)
-        dev = unit_features.device
-        x = torch.cat([node.to(dev, unit_features.dtype), unit_features], -1)
-        return Data(x=x.unsqueeze(1), edge_attr=edge.to(dev, unit_features.dtype).unsqueeze(1),
+        dev, dt = unit_features.device, unit_features.dtype
+        placed = self.space.layout.graph_from_flat(values.to(dev, dt)[None])
+        pad = torch.nn.functional.pad
+        ev = pad(placed.edge_attr[:, 0], (0, max_kernel - placed.edge_attr.shape[-1]))
+        nv = pad(placed.x[:, 0], (0, max_node_features - placed.x.shape[-1]))
+        x = torch.cat([node.to(dev, dt), nv, unit_features], -1)
+        return Data(x=x.unsqueeze(1), edge_attr=torch.cat([edge.to(dev, dt), ev], -1).unsqueeze(1),
                     edge_index=self.edge_index.to(dev), edge_type=self.edge_type.to(dev),
                     node_type=self.node_type.to(dev), pos_id=self.pos_id.to(dev), num_nodes=self.num_nodes)
 

@@ -79,7 +79,7 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
     def __init__(self, hidden: int = 64, layers: int = 3, edge_hidden: int | None = None, unit_features: int = 16,
                  parametrization: str = "mip", ghn_beta: float = 2.0, bias_scale: float = 0.1,
                  max_positions: int = 128, max_kernel: int = 9, max_node_features: int = 4, max_fan_in: int = 4096,
-                 conv: str = "pna", heads: int = 4, routing: str = "segment") -> None:
+                 conv: str = "pna", heads: int = 4, routing: str = "segment", rank: int = 16) -> None:
         super().__init__()
         if parametrization not in PARAMETRIZATIONS:
             raise WeightSpaceError(f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}")
@@ -87,11 +87,15 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
         self.ghn_beta, self.bias_scale = ghn_beta, bias_scale
         self.max_kernel, self.max_node_features, self.max_fan_in = max_kernel, max_node_features, max_fan_in
         self.backbone = GraphMetanetwork(MetanetConfig(
-            hidden=hidden, layers=layers, states=1, edge_features=EDGE_INPUTS,
-            node_features=NODE_INPUTS + unit_features, max_positions=max_positions, positional="fixed",
+            hidden=hidden, layers=layers, states=1, edge_features=EDGE_INPUTS + max_kernel,
+            node_features=NODE_INPUTS + max_node_features + unit_features, max_positions=max_positions, positional="fixed",
             conv=conv, heads=heads, routing=routing, edge_hidden=edge_hidden))
+        nn.init.normal_(self.backbone.pos_emb.weight, std=1.0)
         self.edge_head = EdgeHead(edge_hidden or hidden, 1, max_kernel)
         self.node_head = NodeHead(hidden, max_node_features)
+        self.rank = rank
+        self.src_factor = nn.Linear(hidden + unit_features, max_kernel * rank)
+        self.dst_factor = nn.Linear(hidden + unit_features, max_kernel * rank)
         if parametrization == "mip":
             for head in (self.edge_head, self.node_head):
                 nn.init.zeros_(head.mlp[-1].weight)
@@ -136,11 +140,17 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
         """
         dev = self.node_head.mlp[0].weight.device
         constant_norm = self.parametrization == "mip"
-        graphs = [lay.graph(d.units.to(dev), max_fan_in=self.max_fan_in, max_kernel=self.max_kernel,
-                            constant_norm=constant_norm) for lay, d in zip(layouts, draws)]
+        graphs = [lay.graph(d.units.to(dev), torch.where(torch.isnan(c[0]), d.theta0, c[0]),
+                            max_fan_in=self.max_fan_in, max_kernel=self.max_kernel,
+                            max_node_features=self.max_node_features, constant_norm=constant_norm)
+                  for lay, d, c in zip(layouts, draws, constants)]
         batch = Batch.from_data_list(graphs)
         enc = self.backbone(batch)
-        edge_out = self.edge_head(enc)[:, 0].float()
+        units = torch.cat([d.units.to(dev, enc.node.dtype) for d in draws])
+        z = torch.cat([enc.node, units], -1)
+        src, dst = batch.edge_index
+        pair = (self.src_factor(z)[src] * self.dst_factor(z)[dst]).view(-1, self.max_kernel, self.rank)
+        edge_out = (self.edge_head(enc)[:, 0] + pair.sum(-1) / math.sqrt(self.rank)).float()
         node_out = self.node_head(enc).float()
         out = []
         e0 = n0 = 0
