@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "weightspace.commands.demo",
     "weightspace.commands.predict",
     "weightspace.commands.nowcast",
+    "weightspace.commands.hyper",
 ]
 
 

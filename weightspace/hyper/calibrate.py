@@ -47,12 +47,12 @@ def calibrate_statistics(model: nn.Module, state_dict: dict[str, Tensor], inputs
     out = dict(state_dict)
     if not stats:
         return out
-    params = {k: v for k, v in state_dict.items() if k not in names}
+    buffers = {name for name, _ in model.named_buffers()}
     runs = []
     for start in (0.0, 1.0):
         bufs = {k: torch.full_like(state_dict[k], start) for k in stats}
-        ints = {k: v.clone() for k, v in state_dict.items() if k not in params and k not in bufs}
-        _train_forward(model, {**params, **bufs, **ints}, inputs)
+        rest = {k: v.clone() if k in buffers else v for k, v in state_dict.items() if k not in bufs}
+        _train_forward(model, {**rest, **bufs}, inputs)
         runs.append(bufs)
     for k in stats:
         a, b = runs[0][k], runs[1][k]

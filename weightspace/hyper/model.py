@@ -88,12 +88,15 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
         self.max_kernel, self.max_node_features, self.max_fan_in = max_kernel, max_node_features, max_fan_in
         self.backbone = GraphMetanetwork(MetanetConfig(
             hidden=hidden, layers=layers, states=1, edge_features=EDGE_INPUTS + max_kernel,
-            node_features=NODE_INPUTS + max_node_features + unit_features, max_positions=max_positions, positional="fixed",
+            node_features=NODE_INPUTS + max_node_features + unit_features + hidden, max_positions=max_positions, positional="fixed",
             conv=conv, heads=heads, routing=routing, edge_hidden=edge_hidden))
         nn.init.normal_(self.backbone.pos_emb.weight, std=1.0)
         self.edge_head = EdgeHead(edge_hidden or hidden, 1, max_kernel)
         self.node_head = NodeHead(hidden, max_node_features)
         self.rank = rank
+        self.source_pos = nn.Embedding(max_positions + 1, hidden)
+        self.source_units = nn.Linear(unit_features, hidden)
+        self.incoming = nn.Linear(max_kernel * hidden, hidden)
         self.src_factor = nn.Linear(hidden + unit_features, max_kernel * rank)
         self.dst_factor = nn.Linear(hidden + unit_features, max_kernel * rank)
         if parametrization == "mip":
@@ -145,6 +148,7 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
                             max_node_features=self.max_node_features, constant_norm=constant_norm)
                   for lay, d, c in zip(layouts, draws, constants)]
         batch = Batch.from_data_list(graphs)
+        batch.x = torch.cat([batch.x, self._incoming(batch).unsqueeze(1)], -1)
         enc = self.backbone(batch)
         units = torch.cat([d.units.to(dev, enc.node.dtype) for d in draws])
         z = torch.cat([enc.node, units], -1)
@@ -164,6 +168,23 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
             raw = g.flat_from_graph(Data(edge_attr=ea, x=x, aux=aux))[0]
             out.append(self._scale(raw, lay, d.theta0.to(dev), const.to(dev), own.to(dev)))
         return out
+
+    def _incoming(self, batch: Batch) -> Tensor:
+        """Each unit's view of its incoming values: ``sum_j theta0_ij (x) emb(j) / sqrt(fan_in)``, with ``emb(j)``
+        a learned position embedding of fixed source units and a map of permutable ones' random features.
+
+        A linear message, so a hidden unit knows its (random) receptive field from the first layer on."""
+        K, R = self.max_kernel, self.unit_features
+        x = batch.x[:, 0]
+        values = batch.edge_attr[:, 0, EDGE_INPUTS:EDGE_INPUTS + K]
+        units = x[:, -R:] if R else x[:, :0]
+        emb = self.source_pos(batch.pos_id + 1) * (batch.pos_id >= 0).unsqueeze(-1) + self.source_units(units)
+        src, dst = batch.edge_index
+        msg = (values.unsqueeze(-1) * emb[src].unsqueeze(1)).flatten(1)
+        agg = torch.zeros(x.shape[0], msg.shape[1], dtype=msg.dtype, device=msg.device).index_add_(0, dst, msg)
+        deg = torch.zeros(x.shape[0], dtype=msg.dtype, device=msg.device).index_add_(
+            0, dst, (values != 0).sum(1).to(msg.dtype))
+        return self.incoming(agg * deg.clamp(min=1).rsqrt().unsqueeze(-1))
 
     def _scale(self, raw: Tensor, lay: HyperLayout, theta0: Tensor, const: Tensor, own: Tensor) -> Tensor:
         kind = lay.value_kind.to(raw.device)
