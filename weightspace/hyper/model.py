@@ -79,7 +79,7 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
     def __init__(self, hidden: int = 64, layers: int = 3, edge_hidden: int | None = None, unit_features: int = 16,
                  parametrization: str = "mip", ghn_beta: float = 2.0, bias_scale: float = 0.1,
                  max_positions: int = 128, max_kernel: int = 9, max_node_features: int = 4, max_fan_in: int = 4096,
-                 conv: str = "pna", heads: int = 4, routing: str = "segment", rank: int = 16) -> None:
+                 conv: str = "pna", heads: int = 4, routing: str = "segment", rank: int = 32) -> None:
         super().__init__()
         if parametrization not in PARAMETRIZATIONS:
             raise WeightSpaceError(f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}")
@@ -99,7 +99,9 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
         self.incoming = nn.Linear(max_kernel * hidden, hidden)
         self.src_factor = nn.Linear(hidden + unit_features, max_kernel * rank)
         self.dst_factor = nn.Linear(hidden + unit_features, max_kernel * rank)
+        self.pair_readout = nn.Parameter(torch.randn(max_kernel, rank) / math.sqrt(rank))
         if parametrization == "mip":
+            nn.init.zeros_(self.pair_readout)
             for head in (self.edge_head, self.node_head):
                 nn.init.zeros_(head.mlp[-1].weight)
                 nn.init.zeros_(head.mlp[-1].bias)
@@ -154,7 +156,7 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
         z = torch.cat([enc.node, units], -1)
         src, dst = batch.edge_index
         pair = (self.src_factor(z)[src] * self.dst_factor(z)[dst]).view(-1, self.max_kernel, self.rank)
-        edge_out = (self.edge_head(enc)[:, 0] + pair.sum(-1) / math.sqrt(self.rank)).float()
+        edge_out = (self.edge_head(enc)[:, 0] + torch.einsum("ekr,kr->ek", pair, self.pair_readout)).float()
         node_out = self.node_head(enc).float()
         out = []
         e0 = n0 = 0
@@ -188,6 +190,7 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
 
     def _scale(self, raw: Tensor, lay: HyperLayout, theta0: Tensor, const: Tensor, own: Tensor) -> Tensor:
         kind = lay.value_kind.to(raw.device)
+        raw = raw - self._tensor_means(raw, lay).where(kind == KIND_EDGE, torch.zeros((), device=raw.device))
         inv_sqrt = lay.value_fan_in.to(raw.device).float().rsqrt()
         is_const = ~torch.isnan(const)
         if self.parametrization == "mip":
@@ -200,6 +203,16 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
             node = torch.where(is_const & (const != 0), scale, shift)
             theta = torch.where(kind == KIND_EDGE, weight, node)
         return torch.where(kind == KIND_AUX, own, theta)
+
+    @staticmethod
+    def _tensor_means(raw: Tensor, lay: HyperLayout) -> Tensor:
+        """Each value's tensor mean, so weights are decoded centred: a shift shared by a whole layer (which
+        kills every ReLU unit at once) is not one output the optimiser can move."""
+        numels = lay.space.layout.numels
+        sizes = torch.tensor(numels, device=raw.device)
+        seg = torch.repeat_interleave(torch.arange(len(numels), device=raw.device), sizes)
+        sums = torch.zeros(len(numels), dtype=raw.dtype, device=raw.device).index_add_(0, seg, raw)
+        return (sums / sizes.clamp(min=1))[seg]
 
     def _prepare(self, model: nn.Module, example_input: Any) -> tuple[WeightSpace, HyperLayout]:
         try:
