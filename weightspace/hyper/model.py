@@ -16,7 +16,7 @@ from ..nn import EdgeHead, GraphMetanetwork, IncompatibleGraph, MetanetConfig, N
 from ..space import WeightSpace
 from .calibrate import calibrate_statistics
 from .errors import BadExampleInput, NonFinitePrediction
-from .layout import EDGE_INPUTS, KIND_AUX, KIND_EDGE, KIND_NODE, NODE_INPUTS, HyperLayout, model_constants
+from .layout import EDGE_INPUTS, KIND_AUX, KIND_EDGE, NODE_INPUTS, HyperLayout, model_constants
 
 PARAMETRIZATIONS = ("mip", "ghn2")
 
@@ -53,6 +53,15 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
     ``k*k``) and per node column (biases, norm parameters), which ``from_graph`` turns into the
     state_dict. Any width or depth is predicted natively.
 
+    **What it reads.** Per node and edge, layout features only (fan-in, depth, kernel size:
+    :class:`HyperLayout`), plus the draw's ``theta0`` placed on the graph as if it were a checkpoint,
+    and for each unit a linear summary of its incoming ``theta0`` values against learned embeddings of
+    the units they come from (so a hidden unit knows its random receptive field). **How it decodes.**
+    Each edge value is an MLP of the edge embedding plus a learned linear readout of products of its
+    two endpoints' embeddings (``rank`` of them), i.e. each weight is predicted from the two units it
+    connects. Weight tensors are decoded centred (their mean over the tensor is removed): under Adam a
+    shift shared by a whole layer is the easiest output to move, and it silenced every ReLU unit at once.
+
     **Telling units apart.** A permutation-equivariant network gives interchangeable units
     identical outputs, so every permutable unit (hidden unit, channel, head) gets ``unit_features``
     random features drawn from ``seed``; fixed units (inputs, outputs, vocabulary, positions) keep
@@ -88,8 +97,8 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
         self.max_kernel, self.max_node_features, self.max_fan_in = max_kernel, max_node_features, max_fan_in
         self.backbone = GraphMetanetwork(MetanetConfig(
             hidden=hidden, layers=layers, states=1, edge_features=EDGE_INPUTS + max_kernel,
-            node_features=NODE_INPUTS + max_node_features + unit_features + hidden, max_positions=max_positions, positional="fixed",
-            conv=conv, heads=heads, routing=routing, edge_hidden=edge_hidden))
+            node_features=NODE_INPUTS + max_node_features + unit_features + hidden, max_positions=max_positions,
+            positional="fixed", conv=conv, heads=heads, routing=routing, edge_hidden=edge_hidden))
         nn.init.normal_(self.backbone.pos_emb.weight, std=1.0)
         self.edge_head = EdgeHead(edge_hidden or hidden, 1, max_kernel)
         self.node_head = NodeHead(hidden, max_node_features)
