@@ -156,6 +156,18 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
     assert any(not torch.equal(v, tiny().state_dict()[k]) for k, v in full.state_dict().items())
 
 
+def test_training_steps_run_on_cnns_with_batchnorm_and_evaluate_held_out_architectures():
+    torch.set_num_threads(1)
+    dist = ArchDistribution(families=("mlp", "cnn"), mlp_widths=(8,), mlp_depths=(1, 2), cnn_channels=(4,),
+                            cnn_batchnorm=(True, False))
+    held = ({"family": "cnn", "channels": [6, 6, 6], "batchnorm": True, "in_channels": 1, "num_classes": 10,
+             "activation": "relu"},)
+    _, result = train_hypernetwork(None, tiny_config(steps=4, batch_size=4, checkpoint_every=0, eval_every=2),
+                                   HyperTrainSpec(dist, 16, held), hidden=8, layers=1, unit_features=2)
+    assert [h["step"] for h in result.history if "eval_acc" in h] == [2, 4]
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in result.history)
+
+
 def trained_accuracy(steps: int, lr: float) -> tuple[float, float, list[dict]]:
     """Held-out-width accuracy of a hypernetwork trained ``steps`` steps on digits MLPs, and default init's."""
     torch.set_num_threads(1)

@@ -153,7 +153,7 @@ def state_from_flat(arch: Architecture, flat: Tensor) -> dict[str, Tensor]:
     sd = {}
     for k, p in zip(lay.keys, torch.split(flat, lay.numels)):
         p = p.view(space.params[k].shape)
-        sd[k] = p.detach().to(space.params[k].dtype) if k in buffers else p
+        sd[k] = p.detach().to(space.params[k].dtype, copy=True) if k in buffers else p
     return sd
 
 
