@@ -7,7 +7,8 @@ import pytest
 
 import weightspace as ws
 
-SUBPACKAGES = ["align", "collections", "graph", "merge", "nn", "nowcast", "predict", "space", "tasks", "training"]
+SUBPACKAGES = ["align", "collections", "graph", "hyper", "memorization", "merge", "nn", "nowcast", "predict", "space",
+               "tasks", "training"]
 
 
 def test_import_weightspace_loads_no_subpackage_and_no_torch_geometric():

@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "weightspace.commands.predict",
     "weightspace.commands.nowcast",
     "weightspace.commands.memorization",
+    "weightspace.commands.hyper",
 ]
 
 

@@ -1,0 +1,268 @@
+"""Graph hypernetwork: predicts every parameter of a model from its traced neural graph."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+from huggingface_hub import PyTorchModelHubMixin
+from torch import Tensor
+from torch_geometric.data import Batch, Data
+
+from ..errors import WeightSpaceError
+from ..nn import EdgeHead, GraphMetanetwork, IncompatibleGraph, MetanetConfig, NodeHead
+from ..space import WeightSpace
+from .calibrate import calibrate_statistics
+from .errors import BadExampleInput, NonFinitePrediction
+from .layout import EDGE_INPUTS, KIND_AUX, KIND_EDGE, NODE_INPUTS, HyperLayout, model_constants
+
+PARAMETRIZATIONS = ("mip", "ghn2")
+
+
+@dataclass
+class Draw:
+    """The random inputs of one prediction: features ``units [N, R]`` of the graph's nodes (zero on fixed
+    units) and ``theta0 [P]``, the base values of MIP's parametrisation (uniform in [-1, 1], scaled by
+    ``1/sqrt(fan_in)`` when used)."""
+
+    units: Tensor
+    theta0: Tensor
+
+    def permuted(self, layout: HyperLayout, perm: Mapping[str, Tensor]) -> "Draw":
+        """The draw relabelled by a weight-space permutation, as the graph's units are."""
+        space = layout.space
+        units = self.units[space.node_permutation(perm).to(self.units.device)]
+        sd = space.layout.unflatten(self.theta0[None], [torch.float32] * len(space.layout.keys))[0]
+        sd = space.permute({k: sd[k] for k in space.canonical_keys}, perm)
+        theta0 = torch.cat([sd[k].reshape(-1) for k in space.layout.keys])
+        return Draw(units, theta0)
+
+
+class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspace",
+                        tags=["weightspace", "hypernetwork", "parameter-prediction", "graph-neural-network"]):
+    """Predicts a complete state_dict for any architecture the tracer describes (GHN-2/GHN-3-style).
+
+    Parameter prediction for unseen architectures follows Knyazev et al., "Parameter Prediction
+    for Unseen Deep Architectures" (NeurIPS 2021, GHN-2) and "Can We Scale Transformers to
+    Predict Parameters of Diverse ImageNet Models?" (ICML 2023, GHN-3). Instead of decoding a
+    fixed-size tensor and tiling it, it reads the model's neural graph (:class:`WeightSpace`
+    layout: units as nodes, weights as edges) with an equivariant
+    :class:`~weightspace.nn.GraphMetanetwork` and decodes one value per edge slot (a conv edge has
+    ``k*k``) and per node column (biases, norm parameters), which ``from_graph`` turns into the
+    state_dict. Any width or depth is predicted natively.
+
+    **What it reads.** Per node and edge, layout features only (fan-in, depth, kernel size:
+    :class:`HyperLayout`), plus the draw's ``theta0`` placed on the graph as if it were a checkpoint,
+    and for each unit a linear summary of its incoming ``theta0`` values against learned embeddings of
+    the units they come from (so a hidden unit knows its random receptive field). **How it decodes.**
+    Each edge value is an MLP of the edge embedding plus a learned linear readout of products of its
+    two endpoints' embeddings (``rank`` of them), i.e. each weight is predicted from the two units it
+    connects. Weight tensors are decoded centred (their mean over the tensor is removed): under Adam a
+    shift shared by a whole layer is the easiest output to move, and it silenced every ReLU unit at once.
+
+    **Telling units apart.** A permutation-equivariant network gives interchangeable units
+    identical outputs, so every permutable unit (hidden unit, channel, head) gets ``unit_features``
+    random features drawn from ``seed``; fixed units (inputs, outputs, vocabulary, positions) keep
+    learned positional embeddings. Different seeds therefore give different models: the same
+    network is a weight *generator*. Permuting the random features permutes the prediction.
+
+    **Output scaling** (``parametrization``):
+
+    - ``"ghn2"``: GHN-2's fan-in-aware normalisation: weights ``w * sqrt(beta / fan_in)``; per-unit
+      tensors a model initialises to 1 (norm scales) ``2 * sigmoid(w)``, others (biases, shifts)
+      ``bias_scale * tanh(w)``.
+    - ``"mip"``: the additive parametrisation of MIP (Ortiz et al., "Magnitude Invariant
+      Parametrizations Improve Hypernetwork Learning", ICLR 2024): ``theta = theta0 + delta / sqrt(fan_in)``
+      where ``theta0`` is drawn like PyTorch's default init, ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``
+      (per-unit tensors the model initialises to a constant start at it), and scalar inputs such
+      as fan-in and depth are given constant-norm encodings ``[cos(pi z/2), sin(pi z/2)]``. The
+      output layers start at zero, so an untrained hypernetwork gives an ordinary random init.
+
+    fan-in is read from the graph (:mod:`weightspace.hyper.layout`). Running statistics are
+    measured on a calibration batch (:mod:`weightspace.hyper.calibrate`); tensors the graph
+    does not place (``num_batches_tracked``) keep the model's own values.
+    """
+
+    def __init__(self, hidden: int = 64, layers: int = 3, edge_hidden: int | None = None, unit_features: int = 16,
+                 parametrization: str = "mip", ghn_beta: float = 2.0, bias_scale: float = 0.1,
+                 max_positions: int = 128, max_kernel: int = 9, max_node_features: int = 4, max_fan_in: int = 4096,
+                 conv: str = "pna", heads: int = 4, routing: str = "segment", rank: int = 32) -> None:
+        super().__init__()
+        if parametrization not in PARAMETRIZATIONS:
+            raise WeightSpaceError(f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}")
+        self.unit_features, self.parametrization = unit_features, parametrization
+        self.ghn_beta, self.bias_scale = ghn_beta, bias_scale
+        self.max_kernel, self.max_node_features, self.max_fan_in = max_kernel, max_node_features, max_fan_in
+        self.backbone = GraphMetanetwork(MetanetConfig(
+            hidden=hidden, layers=layers, states=1, edge_features=EDGE_INPUTS + max_kernel,
+            node_features=NODE_INPUTS + max_node_features + unit_features + hidden, max_positions=max_positions,
+            positional="fixed", conv=conv, heads=heads, routing=routing, edge_hidden=edge_hidden))
+        nn.init.normal_(self.backbone.pos_emb.weight, std=1.0)
+        self.edge_head = EdgeHead(edge_hidden or hidden, 1, max_kernel)
+        self.node_head = NodeHead(hidden, max_node_features)
+        self.rank = rank
+        self.source_pos = nn.Embedding(max_positions + 1, hidden)
+        self.source_units = nn.Linear(unit_features, hidden)
+        self.incoming = nn.Linear(max_kernel * hidden, hidden)
+        self.src_factor = nn.Linear(hidden + unit_features, max_kernel * rank)
+        self.dst_factor = nn.Linear(hidden + unit_features, max_kernel * rank)
+        self.pair_readout = nn.Parameter(torch.randn(max_kernel, rank) / math.sqrt(rank))
+        if parametrization == "mip":
+            nn.init.zeros_(self.pair_readout)
+            for head in (self.edge_head, self.node_head):
+                nn.init.zeros_(head.mlp[-1].weight)
+                nn.init.zeros_(head.mlp[-1].bias)
+        self._layouts: dict[str, HyperLayout] = {}
+
+    # ------------------------------------------------------------------ architectures
+    def layout(self, space: WeightSpace) -> HyperLayout:
+        """The cached :class:`HyperLayout` of ``space``, after checking that this network can predict it."""
+        lay = self._layouts.get(space.fingerprint)
+        if lay is None:
+            g = space.layout
+            problems = []
+            if g.edge_features > self.max_kernel:
+                problems.append(f"{g.edge_features} values per edge (kernel) > {self.max_kernel}")
+            if g.node_features > self.max_node_features:
+                problems.append(f"{g.node_features} per-unit tensors on one unit > {self.max_node_features}")
+            if g.num_nodes and int(g.pos_id.max()) >= self.backbone.config.max_positions:
+                problems.append(f"fixed units up to position {int(g.pos_id.max())} >= "
+                                f"{self.backbone.config.max_positions}")
+            if problems:
+                raise IncompatibleGraph(f"{space.name or 'the model'} does not fit this hypernetwork: "
+                                        + "; ".join(problems))
+            lay = HyperLayout.from_space(space)
+            self._layouts[space.fingerprint] = lay
+        return lay
+
+    def draw(self, layout: HyperLayout, seed: int) -> Draw:
+        """The random unit features and ``theta0`` of ``seed`` (drawn on the CPU, so every device agrees)."""
+        g = torch.Generator().manual_seed(int(seed))
+        units = torch.randn(layout.num_nodes, self.unit_features, generator=g)
+        units[~layout.permutable_nodes] = 0
+        theta0 = torch.rand(layout.num_values, generator=g) * 2 - 1
+        return Draw(units, theta0)
+
+    # ------------------------------------------------------------------ prediction
+    def forward(self, layouts: Sequence[HyperLayout], draws: Sequence[Draw],
+                constants: Sequence[tuple[Tensor, Tensor]]) -> list[Tensor]:
+        """Flat parameter vectors ``[P]`` (float32, differentiable), one per architecture.
+
+        ``constants`` are :func:`~weightspace.hyper.layout.model_constants` of each model as built.
+        """
+        dev = self.node_head.mlp[0].weight.device
+        constant_norm = self.parametrization == "mip"
+        graphs = [lay.graph(d.units.to(dev), torch.where(torch.isnan(c[0]), d.theta0, c[0]),
+                            max_fan_in=self.max_fan_in, max_kernel=self.max_kernel,
+                            max_node_features=self.max_node_features, constant_norm=constant_norm)
+                  for lay, d, c in zip(layouts, draws, constants)]
+        batch = Batch.from_data_list(graphs)
+        batch.x = torch.cat([batch.x, self._incoming(batch).unsqueeze(1)], -1)
+        enc = self.backbone(batch)
+        units = torch.cat([d.units.to(dev, enc.node.dtype) for d in draws])
+        z = torch.cat([enc.node, units], -1)
+        src, dst = batch.edge_index
+        pair = (self.src_factor(z)[src] * self.dst_factor(z)[dst]).view(-1, self.max_kernel, self.rank)
+        edge_out = (self.edge_head(enc)[:, 0] + torch.einsum("ekr,kr->ek", pair, self.pair_readout)).float()
+        node_out = self.node_head(enc).float()
+        out = []
+        e0 = n0 = 0
+        for lay, d, (const, own) in zip(layouts, draws, constants):
+            g = lay.space.layout
+            E, N = lay.num_edges, lay.num_nodes
+            ea = edge_out[e0:e0 + E, :g.edge_features].unsqueeze(1)
+            x = node_out[n0:n0 + N, :g.node_features].unsqueeze(1)
+            e0, n0 = e0 + E, n0 + N
+            aux = ea.new_zeros(1, 1, len(g.aux_gather))
+            raw = g.flat_from_graph(Data(edge_attr=ea, x=x, aux=aux))[0]
+            out.append(self._scale(raw, lay, d.theta0.to(dev), const.to(dev), own.to(dev)))
+        return out
+
+    def _incoming(self, batch: Batch) -> Tensor:
+        """Each unit's view of its incoming values: ``sum_j theta0_ij (x) emb(j) / sqrt(fan_in)``, with ``emb(j)``
+        a learned position embedding of fixed source units and a map of permutable ones' random features.
+
+        A linear message, so a hidden unit knows its (random) receptive field from the first layer on."""
+        K, R = self.max_kernel, self.unit_features
+        x = batch.x[:, 0]
+        values = batch.edge_attr[:, 0, EDGE_INPUTS:EDGE_INPUTS + K]
+        units = x[:, -R:] if R else x[:, :0]
+        emb = self.source_pos(batch.pos_id + 1) * (batch.pos_id >= 0).unsqueeze(-1) + self.source_units(units)
+        src, dst = batch.edge_index
+        msg = (values.unsqueeze(-1) * emb[src].unsqueeze(1)).flatten(1)
+        agg = torch.zeros(x.shape[0], msg.shape[1], dtype=msg.dtype, device=msg.device).index_add_(0, dst, msg)
+        deg = torch.zeros(x.shape[0], dtype=msg.dtype, device=msg.device).index_add_(
+            0, dst, (values != 0).sum(1).to(msg.dtype))
+        return self.incoming(agg * deg.clamp(min=1).rsqrt().unsqueeze(-1))
+
+    def _scale(self, raw: Tensor, lay: HyperLayout, theta0: Tensor, const: Tensor, own: Tensor) -> Tensor:
+        kind = lay.value_kind.to(raw.device)
+        raw = raw - self._tensor_means(raw, lay).where(kind == KIND_EDGE, torch.zeros((), device=raw.device))
+        inv_sqrt = lay.value_fan_in.to(raw.device).float().rsqrt()
+        is_const = ~torch.isnan(const)
+        if self.parametrization == "mip":
+            base = torch.where(is_const, torch.nan_to_num(const), theta0 * inv_sqrt)
+            theta = base + raw * inv_sqrt
+        else:
+            weight = raw * (self.ghn_beta * inv_sqrt.square()).sqrt()
+            scale = 2 * torch.sigmoid(raw) * torch.nan_to_num(const, nan=1.0)
+            shift = self.bias_scale * torch.tanh(raw) + torch.nan_to_num(const)
+            node = torch.where(is_const & (const != 0), scale, shift)
+            theta = torch.where(kind == KIND_EDGE, weight, node)
+        return torch.where(kind == KIND_AUX, own, theta)
+
+    @staticmethod
+    def _tensor_means(raw: Tensor, lay: HyperLayout) -> Tensor:
+        """Each value's tensor mean, so weights are decoded centred: a shift shared by a whole layer (which
+        kills every ReLU unit at once) is not one output the optimiser can move."""
+        numels = lay.space.layout.numels
+        sizes = torch.tensor(numels, device=raw.device)
+        seg = torch.repeat_interleave(torch.arange(len(numels), device=raw.device), sizes)
+        sums = torch.zeros(len(numels), dtype=raw.dtype, device=raw.device).index_add_(0, seg, raw)
+        return (sums / sizes.clamp(min=1))[seg]
+
+    def _prepare(self, model: nn.Module, example_input: Any) -> tuple[WeightSpace, HyperLayout]:
+        try:
+            space = WeightSpace.from_module(model, example_input)
+        except WeightSpaceError:
+            raise
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            shape = tuple(example_input.shape) if isinstance(example_input, Tensor) else type(example_input).__name__
+            raise BadExampleInput(f"example input {shape} does not fit {type(model).__name__}: {e}") from e
+        return space, self.layout(space)
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, example_input: Any, *, seed: int = 0, calibration: Any = None,
+                draw: Draw | None = None) -> dict[str, Tensor]:
+        """A complete state_dict for ``model`` (every parameter and buffer, its keys, shapes and dtypes).
+
+        ``example_input`` is traced (:meth:`WeightSpace.from_module`); ``seed`` draws the random unit
+        features (another seed, another model). Running statistics are measured on ``calibration``
+        (default: ``example_input``, so pass a batch of real data). ``draw`` overrides ``seed`` with
+        given random inputs. Raises the tracer's error for a model it cannot describe,
+        :class:`BadExampleInput` when the model's forward fails on the input, and
+        :class:`NonFinitePrediction` naming the tensors if a prediction is NaN or Inf.
+        """
+        space, lay = self._prepare(model, example_input)
+        sd_model = model.state_dict()
+        const, own = model_constants(lay, sd_model)
+        d = draw if draw is not None else self.draw(lay, seed)
+        flat = self.forward([lay], [d], [(const, own)])[0]
+        bad = ~torch.isfinite(flat)
+        if bool(bad.any()):
+            keys = sorted({lay.value_key[i] for i in torch.nonzero(bad.cpu()).flatten().tolist()})
+            raise NonFinitePrediction(f"the hypernetwork predicted {int(bad.sum())} NaN/Inf values for "
+                                      f"{space.name or 'the model'} in {', '.join(keys[:8])}"
+                                      f"{' ...' if len(keys) > 8 else ''}")
+        sd = space.layout.unflatten(flat[None].cpu())[0]
+        device = next(iter(sd_model.values())).device if sd_model else torch.device("cpu")
+        canon = {k: sd[k].to(device) for k in space.canonical_keys}
+        canon = calibrate_statistics(model, canon, example_input if calibration is None else calibration)
+        return {k: canon[space.aliases.get(k, k)].clone() if k in space.aliases else canon[k] for k in space.keys}
+
+    def init_(self, model: nn.Module, example_input: Any, seed: int = 0, calibration: Any = None) -> nn.Module:
+        """Load :meth:`predict`'s state_dict into ``model`` in place and return it."""
+        model.load_state_dict(self.predict(model, example_input, seed=seed, calibration=calibration))
+        return model
