@@ -210,7 +210,7 @@ def quality_section(done: dict, args: argparse.Namespace) -> list[str]:
             f"Property predictor trained on the zoo `{args.quality.name}` (test accuracy; one run-level split, "
             f"20% of runs held out; AdamW lr 2e-3, batch {args.quality_batch}, {args.quality_steps} steps, seed 0, "
             "MSE + ranking loss), each variant on one thread. The variants ran beside other jobs on the shared "
-            "CPU, so their graphs/s are not a speed comparison (the table above is):",
+            "CPU, so their graphs/s are not a speed comparison (the metanetwork throughput section is):",
             markdown_table(["variant", "setting", "train loss (last 10% of steps)", "held-out Kendall tau",
                             "held-out R²", "training graphs/s (shared CPU)"], rows)] + _verdict(done)
 
