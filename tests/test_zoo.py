@@ -111,19 +111,23 @@ def test_threads_restored(tmp_path):
     assert torch.get_num_threads() == n
 
 
-def test_scripts_run(tmp_path):
+def run_dataset_script(name: str, out) -> None:
+    """Run ``datasets/<name>`` as a script building a tiny zoo into ``out``."""
     import runpy
     import sys
-
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "datasets" / "digits_mlp.py"
+    script = Path(__file__).resolve().parents[1] / "datasets" / name
     argv = sys.argv
-    sys.argv = [str(script), "--out", str(tmp_path / "z"), "--size", "tiny", "--quiet"]
+    sys.argv = [str(script), "--out", str(out), "--size", "tiny", "--quiet"]
     try:
         runpy.run_path(str(script), run_name="__main__")
     finally:
         sys.argv = argv
+
+
+def test_scripts_run(tmp_path):
+    run_dataset_script("digits_mlp.py", tmp_path / "z")
     expected = RECIPES["digits-mlp"].sizes["tiny"].runs
     assert len(CheckpointCollection.open(tmp_path / "z").runs()) == expected
 
@@ -158,19 +162,9 @@ def test_synth_zoo_measures_accuracy_on_the_whole_test_set(zoos):
 
 
 def test_synth_script_and_cli_build(tmp_path):
-    import runpy
-    import sys
-    from pathlib import Path
-
     from weightspace.cli import main
 
-    script = Path(__file__).resolve().parents[1] / "datasets" / "synth_mlp.py"
-    argv = sys.argv
-    sys.argv = [str(script), "--out", str(tmp_path / "z"), "--size", "tiny", "--quiet"]
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    finally:
-        sys.argv = argv
+    run_dataset_script("synth_mlp.py", tmp_path / "z")
     assert main(["zoo", "build", "synth-mlp", "--out", str(tmp_path / "cli"), "--size", "tiny"]) == 0
     a, b = CheckpointCollection.open(tmp_path / "z"), CheckpointCollection.open(tmp_path / "cli")
     assert a.runs() == b.runs() == ["smlp-0000", "smlp-0001"]

@@ -85,13 +85,19 @@ MLP_GRID: dict[str, tuple[Any, ...]] = {
 }
 
 
-def _sample_mlp(rng: random.Random) -> dict[str, Any]:
-    g = MLP_GRID
-    width, depth = _pick(rng, g, "width"), _pick(rng, g, "depth")
-    return {"family": "mlp", "in_features": 64, "widths": [width] * depth, "out_features": 10,
-            "activation": _pick(rng, g, "activation"), "lr": _pick(rng, g, "lr"),
-            "weight_decay": _pick(rng, g, "weight_decay"), "optimizer": "adamw", "batch_size": 64,
-            "seed": rng.randrange(10_000)}
+def _mlp_sampler(grid: Mapping[str, tuple[Any, ...]], in_features: int, out_features: int
+                 ) -> Callable[[random.Random], dict[str, Any]]:
+    """A recipe's MLP configurations: width, depth, activation, lr and weight decay drawn from ``grid``."""
+    def sample(rng: random.Random) -> dict[str, Any]:
+        width, depth = _pick(rng, grid, "width"), _pick(rng, grid, "depth")
+        return {"family": "mlp", "in_features": in_features, "widths": [width] * depth, "out_features": out_features,
+                "activation": _pick(rng, grid, "activation"), "lr": _pick(rng, grid, "lr"),
+                "weight_decay": _pick(rng, grid, "weight_decay"), "optimizer": "adamw", "batch_size": 64,
+                "seed": rng.randrange(10_000)}
+    return sample
+
+
+_sample_mlp = _mlp_sampler(MLP_GRID, 64, 10)
 
 
 def _model_mlp(c: Mapping[str, Any]) -> nn.Module:
@@ -124,13 +130,7 @@ SYNTH_GRID: dict[str, tuple[Any, ...]] = {
 }
 
 
-def _sample_synth(rng: random.Random) -> dict[str, Any]:
-    g = SYNTH_GRID
-    width, depth = _pick(rng, g, "width"), _pick(rng, g, "depth")
-    return {"family": "mlp", "in_features": 32, "widths": [width] * depth, "out_features": 5,
-            "activation": _pick(rng, g, "activation"), "lr": _pick(rng, g, "lr"),
-            "weight_decay": _pick(rng, g, "weight_decay"), "optimizer": "adamw", "batch_size": 64,
-            "seed": rng.randrange(10_000)}
+_sample_synth = _mlp_sampler(SYNTH_GRID, 32, 5)
 
 
 @lru_cache(maxsize=1)
