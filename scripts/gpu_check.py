@@ -11,6 +11,8 @@ list of checks (``CHECKS``), each independent, each reporting ``ok`` and its fig
   the same seed and batches (the reference stops early with ``Trainer.fit(stop_at=...)``, so both
   follow the same learning-rate schedule over the compared steps).
 - ``nowcast``: the same for NiNo meta-training on trajectory windows.
+- ``hyper``: the same for the graph hypernetwork meta-trained on digits MLP/CNN architectures
+  (its loss is the predicted models' cross-entropy on a batch of digits).
 - ``ddp``: 2 processes train the predictor with DDP over NCCL (two ranks on ``cuda:0`` when there is
   one GPU; if NCCL refuses that, gloo on CUDA tensors, and the output says so). Both replicas must
   end with identical weights and the loss must fall.
@@ -78,6 +80,10 @@ class Settings:
     predict_cpu_steps: int = 80
     nowcast_steps: int = 300
     nowcast_cpu_steps: int = 80
+    hyper_steps: int = 300
+    hyper_cpu_steps: int = 40
+    hyper_lr: float = 5e-3
+    hyper_families: tuple[str, ...] = ("mlp", "cnn")
     ddp_steps: int = 40
     batch_size: int = 16
     lr: float = 1e-3
@@ -95,7 +101,7 @@ class Settings:
 
     def dry_run(self) -> "Settings":
         return replace(self, device="cpu", predict_steps=12, predict_cpu_steps=12, nowcast_steps=12,
-                       nowcast_cpu_steps=12, ddp_steps=4, batch_size=4, hidden=16, layers=2, bench_hidden=16, bench_layers=2, batch_sizes=(4,),
+                       nowcast_cpu_steps=12, hyper_steps=24, hyper_cpu_steps=24, hyper_lr=1e-2, hyper_families=("mlp",), ddp_steps=4, batch_size=4, hidden=16, layers=2, bench_hidden=16, bench_layers=2, batch_sizes=(4,),
                        dtypes=("fp32",), repeats=1, ddp_backend="gloo")
 
 
@@ -147,8 +153,8 @@ def new_predictor(ctx: Context, store, seed: int = 0):
                              layers=ctx.settings.layers)
 
 
-def train_config(ctx: Context, steps: int, device: str, seed: int = 0) -> TrainConfig:
-    return TrainConfig(steps=steps, batch_size=ctx.settings.batch_size, lr=ctx.settings.lr, warmup=max(1, steps // 10),
+def train_config(ctx: Context, steps: int, device: str, seed: int = 0, lr: float | None = None) -> TrainConfig:
+    return TrainConfig(steps=steps, batch_size=ctx.settings.batch_size, lr=lr or ctx.settings.lr, warmup=max(1, steps // 10),
                        seed=seed, device=device, checkpoint_every=0, log_every=1, eval_every=0, progress=False,
                        plot=False)
 
@@ -160,7 +166,7 @@ def window_mean(history: list[dict[str, float]], lo: int, hi: int) -> float:
 
 
 def compare_to_cpu(name: str, ctx: Context, make: Callable[[], tuple[torch.nn.Module, Callable, Any]],
-                   steps: int, cpu_steps: int) -> dict[str, Any]:
+                   steps: int, cpu_steps: int, lr: float | None = None) -> dict[str, Any]:
     """Train ``make()`` for ``steps`` on the check device and for the first ``cpu_steps`` of the same
     schedule on CPU in fp32; the loss must fall, and agree on the last 20% of the CPU steps."""
     s = ctx.settings
@@ -169,7 +175,7 @@ def compare_to_cpu(name: str, ctx: Context, make: Callable[[], tuple[torch.nn.Mo
     for where, device, stop in (("device", s.device, steps), ("cpu_fp32", "cpu", cpu_steps)):
         model, loss_fn, data = make()
         t = time.perf_counter()
-        res = Trainer(model, loss_fn, data, train_config(ctx, steps, device)).fit(stop_at=stop)
+        res = Trainer(model, loss_fn, data, train_config(ctx, steps, device, lr=lr)).fit(stop_at=stop)
         if any(not math.isfinite(h["loss"]) for h in res.history):
             raise GPUCheckError(f"{name}: non-finite training loss on {device}")
         runs[where] = res
@@ -219,6 +225,24 @@ def check_nowcast(ctx: Context) -> dict[str, Any]:
 
     log(f"nowcast: {len(windows)} windows of context {spec.context}, {spec.horizons} horizons")
     return compare_to_cpu("nowcast", ctx, make, ctx.settings.nowcast_steps, ctx.settings.nowcast_cpu_steps)
+
+
+def check_hyper(ctx: Context) -> dict[str, Any]:
+    from weightspace.hyper import GraphHyperNetwork
+    from weightspace.hyper.train import ArchDistribution, ArchitectureCache, ArchitectureTasks, HyperLoss
+    from weightspace.tasks.data import digits_split
+
+    data = digits_split(0)
+    s = ctx.settings
+
+    def make():
+        torch.manual_seed(0)
+        hyper = GraphHyperNetwork(hidden=s.hidden, layers=s.layers)
+        return hyper, HyperLoss(ArchitectureCache(hyper)), ArchitectureTasks(ArchDistribution(s.hyper_families), data, 64,
+                                                                       seed=0)
+
+    log(f"hyper: digits {'/'.join(s.hyper_families)} architectures, 64 images each")
+    return compare_to_cpu("hyper", ctx, make, s.hyper_steps, s.hyper_cpu_steps, lr=s.hyper_lr)
 
 
 def _ddp_worker(rank: int, world: int, port: int, backend: str, device: str, zoo_root: str, hidden: int,
@@ -398,6 +422,7 @@ CHECKS: list[tuple[str, Callable[[Context], dict[str, Any]]]] = [
     ("zoos", build_zoos),
     ("predict", check_predict),
     ("nowcast", check_nowcast),
+    ("hyper", check_hyper),
     ("ddp", check_ddp),
     ("throughput", check_throughput),
 ]
@@ -411,7 +436,7 @@ def markdown(summary: dict[str, Any]) -> str:
     lines = [f"`scripts/gpu_check.py` on {summary['device']} ({'CPU dry run' if summary['dry_run'] else 'bf16 autocast'}); "
              f"all checks {'passed' if summary['ok'] else 'did NOT pass'}; {summary['seconds']:.0f} s in all.", ""]
     train_rows = []
-    for name in ("predict", "nowcast"):
+    for name in ("predict", "nowcast", "hyper"):
         r = c.get(name, {})
         if "loss_first_10pct" in r:
             train_rows.append([name, r["steps"], f"{r['loss_first_10pct']:.4g} → {r['loss_last_20pct']:.4g}",
@@ -451,6 +476,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma-separated subset of checks (zoos always runs)")
     p.add_argument("--predict-steps", type=int, default=None)
     p.add_argument("--nowcast-steps", type=int, default=None)
+    p.add_argument("--hyper-steps", type=int, default=None)
     p.add_argument("--cpu-steps", type=int, default=None, help="steps of the CPU fp32 references")
     p.add_argument("--rtol", type=float, default=None)
     p.add_argument("--ddp-backend", default=None, choices=("nccl", "gloo"))
@@ -476,8 +502,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         s = replace(s, predict_steps=args.predict_steps, predict_cpu_steps=min(s.predict_cpu_steps, args.predict_steps))
     if args.nowcast_steps:
         s = replace(s, nowcast_steps=args.nowcast_steps, nowcast_cpu_steps=min(s.nowcast_cpu_steps, args.nowcast_steps))
+    if args.hyper_steps:
+        s = replace(s, hyper_steps=args.hyper_steps, hyper_cpu_steps=min(s.hyper_cpu_steps, args.hyper_steps))
     if args.cpu_steps:
-        s = replace(s, predict_cpu_steps=args.cpu_steps, nowcast_cpu_steps=args.cpu_steps)
+        s = replace(s, predict_cpu_steps=args.cpu_steps, nowcast_cpu_steps=args.cpu_steps,
+                    hyper_cpu_steps=args.cpu_steps)
     if args.rtol is not None:
         s = replace(s, rtol=args.rtol)
     if args.ddp_backend:
