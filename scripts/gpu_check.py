@@ -84,7 +84,7 @@ class Settings:
     hyper_cpu_steps: int = 40
     hyper_lr: float = 5e-3
     hyper_families: tuple[str, ...] = ("mlp", "cnn")
-    ddp_steps: int = 40
+    ddp_steps: int = 120
     batch_size: int = 16
     lr: float = 1e-3
     hidden: int = 32
