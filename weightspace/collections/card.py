@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-RESERVED_COLUMNS = ("run_id", "step", "arch_id", "file", "num_bytes", "finished")
+RESERVED_COLUMNS = ("run_id", "step", "arch_id", "file", "num_bytes", "finished", "slot")
 HP_PREFIX = "hp."
 
 

@@ -5,16 +5,22 @@ Layout (all paths relative to the collection root)::
     README.md                                   dataset card (YAML front matter + summary)
     collection.json                             name, description, license, format version
     architectures/<arch_id>.json                WeightSpace JSON, arch_id = space.fingerprint
-    weights/<run_id>/step-<step:08d>.safetensors full state_dict of one checkpoint
+    weights/<run_id>/step-<step:08d>.safetensors one checkpoint, while its run is being written
+    weights/<run_id>/run-<token>.safetensors      a finished run: every tensor stacked along a leading step axis
     metadata/<run_id>.jsonl                     one row per checkpoint of the run, sorted by step
 
-A checkpoint exists when its metadata row exists. Writes go weights file first, then the run's metadata
-shard, each atomically, so an interrupted append leaves at most an invisible orphan weights file.
+A checkpoint exists when its metadata row exists; the row names its file and, for a packed run, its
+``slot`` on the step axis. Writes go weights file first, then the run's metadata shard, each atomically,
+so an interrupted append (or an interrupted packing) leaves at most an invisible orphan weights file.
+Finishing a run packs its checkpoints into one file, so a zoo has two files per run rather than one
+per checkpoint (the Hub recommends at most 100k files per repository); collections written one file
+per checkpoint (format version 1) open and read as before.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections import OrderedDict
 from pathlib import Path
@@ -22,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from ..errors import CollectionError, CorruptCheckpoint, WeightSpaceError
+from ..errors import CollectionError, CorruptCheckpoint, NonFiniteWeights, StateDictMismatch, WeightSpaceError
 from . import hub
 from ._io import TMP_SUFFIX, atomic_write, atomic_write_text, write_jsonl
 from .card import HP_PREFIX, RESERVED_COLUMNS, render_card
@@ -31,9 +37,11 @@ if TYPE_CHECKING:
     from torch_geometric.data import Data
 
     from ..space import WeightSpace
+    from .verify import Problem
 
 FORMAT = "weightspace-collection"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+PACKED_PREFIX = "run-"
 INFO_FILE = "collection.json"
 CARD_FILE = "README.md"
 ARCH_DIR = "architectures"
@@ -191,6 +199,8 @@ class CheckpointCollection:
         self.name: str = info.get("name") or self.root.name
         self.description: str = info.get("description", "")
         self.license: str = info.get("license", "other")
+        self.version: int = int(info.get("version", 1))
+        self._info = info
         self._shards: dict[str, _Shard] = {}
         self._spaces: dict[str, "WeightSpace"] = {}
 
@@ -397,10 +407,7 @@ class CheckpointCollection:
             raise CollectionError(f"run {run_id!r} holds architecture {shard.rows[0]['arch_id']}, but the "
                                   f"checkpoint of step {step} has architecture {arch_id}")
 
-        arch_path = self.root / ARCH_DIR / f"{arch_id}.json"
-        if not arch_path.exists():
-            atomic_write_text(arch_path, json.dumps(space.to_json(), separators=(",", ":")))
-            self._spaces[arch_id] = space
+        self._write_space(space)
 
         from safetensors.torch import save_file
 
@@ -417,6 +424,12 @@ class CheckpointCollection:
         self._write_shard(run_id, rows)
         return dict(row)
 
+    def _write_space(self, space: "WeightSpace") -> None:
+        arch_path = self.root / ARCH_DIR / f"{space.fingerprint}.json"
+        if not arch_path.exists():
+            atomic_write_text(arch_path, json.dumps(space.to_json(), separators=(",", ":")))
+        self._spaces.setdefault(space.fingerprint, space)
+
     def _write_shard(self, run_id: str, rows: list[dict[str, Any]]) -> None:
         """Rewrite a run's shard atomically, every row with the same columns (the Hub viewer wants a fixed schema)."""
         rows = sorted(rows, key=lambda r: r["step"])
@@ -429,8 +442,8 @@ class CheckpointCollection:
         st = path.stat()
         self._shards[run_id] = _Shard((st.st_ino, st.st_mtime_ns, st.st_size), full)
 
-    def finish(self, run_id: str) -> None:
-        """Mark ``run_id`` finished.
+    def finish(self, run_id: str, *, pack: bool = True) -> None:
+        """Mark ``run_id`` finished and (``pack``) store its checkpoints as one file with a step axis.
 
         The dataset card summarises every row, so it is refreshed by :meth:`update_card`,
         :meth:`push_to_hub` and the zoo builder once at the end, not per run (which would be quadratic).
@@ -439,8 +452,111 @@ class CheckpointCollection:
         shard = self._shard(run_id)
         if not shard.rows:
             raise CollectionError(f"cannot finish run {run_id!r}: it has no checkpoints in {self.source}")
-        if not shard.finished:
+        if pack:
+            self.pack(run_id, finished=True)
+        elif not shard.finished:
             self._write_shard(run_id, [{**r, "finished": True} for r in shard.rows])
+
+    def pack(self, run_id: str, *, finished: bool | None = None) -> None:
+        """Rewrite ``run_id``'s checkpoints as one safetensors file, each tensor stacked along a step axis.
+
+        Loading a checkpoint then reads its slice only. The packed file is written first, then the
+        metadata points at it, then the files it replaces are removed: an interruption at any point
+        leaves every checkpoint readable. A run already packed into one file is left as it is.
+        """
+        from safetensors.torch import save_file
+
+        self._writable()
+        shard = self._shard(run_id)
+        rows = shard.rows
+        if not rows:
+            raise CollectionError(f"cannot pack run {run_id!r}: it has no checkpoints in {self.source}")
+        finished = shard.finished if finished is None else finished
+        files = {r["file"] for r in rows}
+        if len(files) == 1 and all(r.get("slot") == i for i, r in enumerate(rows)):
+            if finished != shard.finished:
+                self._write_shard(run_id, [{**r, "finished": finished} for r in rows])
+            return
+        sds = [self._read(r) for r in rows]
+        keys = list(sds[0])
+        for r, sd in zip(rows, sds):
+            if list(sd) != keys:
+                raise CollectionError(f"cannot pack run {run_id!r}: step {r['step']} has other tensors than "
+                                      f"step {rows[0]['step']}")
+        stacked = {k: torch.stack([sd[k] for sd in sds]).contiguous() for k in keys}
+        del sds
+        steps = [r["step"] for r in rows]
+        header = {"format": "pt", "weightspace.arch_id": rows[0]["arch_id"], "weightspace.run_id": run_id,
+                  "weightspace.steps": json.dumps(steps)}
+        import uuid
+        path = self.root / WEIGHTS_DIR / run_id / f"{PACKED_PREFIX}{uuid.uuid4().hex[:12]}.safetensors"
+        atomic_write(path, lambda tmp: save_file(stacked, str(tmp), metadata=header))
+        rel, size = path.relative_to(self.root).as_posix(), path.stat().st_size
+        self._bump_version()
+        self._write_shard(run_id, [{**r, "file": rel, "num_bytes": size, "slot": i, "finished": finished}
+                                   for i, r in enumerate(rows)])
+        for old in files - {rel}:
+            (self.root / old).unlink(missing_ok=True)
+
+    def _bump_version(self) -> None:
+        """Packed runs need format version 2; an older collection is upgraded when it first gets one."""
+        if self.version < 2:
+            self._info = {**self._info, "version": 2}
+            atomic_write_text(self.root / INFO_FILE, json.dumps(self._info, indent=2) + "\n")
+            self.version = 2
+
+    def reopen(self, run_id: str) -> None:
+        """Mark a finished run unfinished again, so that it can be retrained over its checkpoints.
+
+        A run whose metadata shard cannot be parsed is moved aside to a hidden
+        ``metadata/.<run_id>.jsonl.corrupt`` file (kept, never uploaded) and the run starts afresh.
+        """
+        self._writable()
+        try:
+            shard = self._shard(run_id)
+        except CollectionError:
+            path = self._shard_path(run_id)
+            os.replace(path, path.with_name(f".{path.name}.corrupt"))
+            self._shards.pop(run_id, None)
+            return
+        if shard.rows and shard.finished:
+            self._write_shard(run_id, [{**r, "finished": False} for r in shard.rows])
+
+    def append_run(self, run_id: str, steps: Sequence[int], state_dicts: Sequence[StateDict], *,
+                   space: "WeightSpace", metrics: Sequence[Mapping[str, Any] | None] | None = None,
+                   hparams: Mapping[str, Any] | None = None, allow_nonfinite: bool = False) -> list[dict[str, Any]]:
+        """Store a whole finished trajectory at once, packed into one file (one write per run)."""
+        from safetensors.torch import save_file
+
+        self._writable()
+        _check_run_id(run_id)
+        steps = [_check_step(s) for s in steps]
+        metrics = list(metrics) if metrics is not None else [None] * len(steps)
+        if not steps or len(steps) != len(state_dicts) or len(metrics) != len(steps):
+            raise CollectionError(f"append_run({run_id!r}) needs one state_dict (and metrics entry) per step: got "
+                                  f"{len(steps)} steps, {len(state_dicts)} state_dicts, {len(metrics)} metrics")
+        if len(set(steps)) != len(steps):
+            raise CollectionError(f"append_run({run_id!r}): steps are not unique: {steps}")
+        if self._shard(run_id).rows:
+            raise CollectionError(f"run {run_id!r} already exists in {self.source}")
+        for s, sd in zip(steps, state_dicts):
+            space.check(sd, allow_nonfinite=allow_nonfinite, source=f"run {run_id!r} step {s}")
+        order = sorted(range(len(steps)), key=lambda i: steps[i])
+        self._write_space(space)
+        sds = [_to_saveable(state_dicts[i]) for i in order]
+        stacked = {k: torch.stack([sd[k] for sd in sds]).contiguous() for k in sds[0]}
+        header = {"format": "pt", "weightspace.arch_id": space.fingerprint, "weightspace.run_id": run_id,
+                  "weightspace.steps": json.dumps([steps[i] for i in order])}
+        import uuid
+        path = self.root / WEIGHTS_DIR / run_id / f"{PACKED_PREFIX}{uuid.uuid4().hex[:12]}.safetensors"
+        atomic_write(path, lambda tmp: save_file(stacked, str(tmp), metadata=header))
+        rel, size = path.relative_to(self.root).as_posix(), path.stat().st_size
+        hp = _flatten_hparams(hparams)
+        rows = [{"run_id": run_id, "step": steps[i], "arch_id": space.fingerprint, "file": rel, "num_bytes": size,
+                 "finished": True, **hp, **_metric_columns(metrics[i]), "slot": j} for j, i in enumerate(order)]
+        self._bump_version()
+        self._write_shard(run_id, rows)
+        return [dict(r) for r in rows]
 
     def run_writer(self, run_id: str, *, space: "WeightSpace", hparams: Mapping[str, Any] | None = None,
                    allow_nonfinite: bool = False, overwrite: bool = False) -> RunWriter:
@@ -472,40 +588,73 @@ class CheckpointCollection:
         return atomic_write_text(self.root / CARD_FILE, text)
 
     # ------------------------------------------------------------------ reading weights
-    def load(self, run_id: str, step: int, *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    def load(self, run_id: str, step: int, *, device: str | torch.device = "cpu",
+             allow_nonfinite: bool = True) -> dict[str, torch.Tensor]:
         """The state_dict of checkpoint ``(run_id, step)``, keys in the architecture's order.
 
-        Reads one memory-mapped safetensors file; raises CorruptCheckpoint naming it if it is missing,
-        truncated or not safetensors.
+        Reads one memory-mapped safetensors file (only this checkpoint's slice of a packed run);
+        raises CorruptCheckpoint naming the file, run and step if it is missing, truncated or not
+        safetensors, and NonFiniteWeights naming them when ``allow_nonfinite`` is False and a tensor
+        holds NaN/Inf.
         """
-        from safetensors import SafetensorError, safe_open
-
-        row = self.row(run_id, step)
-        path = self.root / row["file"]
         try:
-            size = path.stat().st_size
-        except OSError as e:
-            raise CorruptCheckpoint(f"weights file {path} of (run {run_id!r}, step {step}) cannot be read: {e}") from e
-        expected = row.get("num_bytes")
-        if expected is not None and size != expected:
-            raise CorruptCheckpoint(f"weights file {path} has {size} bytes, expected {expected} "
-                                    f"(truncated or overwritten outside the collection)")
+            tensors = self._read(self.row(run_id, step), device)
+        except CorruptCheckpoint:
+            self._shards.pop(run_id, None)  # the run may have been packed since its metadata was read
+            tensors = self._read(self.row(run_id, step), device)
+        if not allow_nonfinite:
+            for k, t in tensors.items():
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise NonFiniteWeights(f"'{k}' of run {run_id!r} step {step} in {self.source} holds "
+                                           f"{int((~torch.isfinite(t)).sum())} NaN/Inf values (pass "
+                                           f"allow_nonfinite=True to accept them, or skip_bad=True to skip them)")
         try:
-            with safe_open(str(path), framework="pt", device=str(device)) as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CorruptCheckpoint(f"weights file {path} is corrupt or not safetensors: {e}") from e
-        if header.get("weightspace.run_id", run_id) != run_id or header.get("weightspace.step", str(step)) != str(step):
-            raise CorruptCheckpoint(f"weights file {path} holds run {header.get('weightspace.run_id')!r} step "
-                                    f"{header.get('weightspace.step')}, expected run {run_id!r} step {step}")
-        try:
-            order = self.space(row["arch_id"]).keys
+            order = self.space(self.row(run_id, step)["arch_id"]).keys
         except CollectionError:
             return tensors
         ordered = {k: tensors[k] for k in order if k in tensors}
         ordered.update((k, v) for k, v in tensors.items() if k not in ordered)
         return ordered
+
+    def _read(self, row: Mapping[str, Any], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """The tensors of one metadata row, checked against the file's size and header."""
+        from safetensors import SafetensorError, safe_open
+
+        run_id, step = row["run_id"], row["step"]
+        path = self.root / row["file"]
+        where = f"(run {run_id!r}, step {step})"
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            raise CorruptCheckpoint(f"weights file {path} of {where} cannot be read: {e}") from e
+        expected = row.get("num_bytes")
+        if expected is not None and size != expected:
+            raise CorruptCheckpoint(f"weights file {path} of {where} has {size} bytes, expected {expected} "
+                                    f"(truncated or overwritten outside the collection)")
+        slot = row.get("slot")
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as f:
+                header = f.metadata() or {}
+                if slot is None:
+                    tensors = {k: f.get_tensor(k) for k in f.keys()}
+                else:
+                    tensors = {k: f.get_slice(k)[slot] for k in f.keys()}
+        except (SafetensorError, OSError, ValueError, IndexError) as e:
+            raise CorruptCheckpoint(f"weights file {path} of {where} is corrupt or not safetensors: {e}") from e
+        if slot is None:
+            holds = (header.get("weightspace.run_id", run_id), header.get("weightspace.step", str(step)))
+            ok = holds == (run_id, str(step))
+        else:
+            try:
+                steps = json.loads(header.get("weightspace.steps", "[]"))
+                holds = (header.get("weightspace.run_id"), steps[slot] if 0 <= slot < len(steps) else None)
+            except (ValueError, TypeError):
+                holds = (header.get("weightspace.run_id"), None)
+            ok = holds == (run_id, step)
+        if not ok:
+            raise CorruptCheckpoint(f"weights file {path} holds run {holds[0]!r} step {holds[1]}, "
+                                    f"expected run {run_id!r} step {step}")
+        return tensors
 
     def trajectory(self, run_id: str, steps: Iterable[int] | None = None, *,
                    device: str | torch.device = "cpu") -> list[dict[str, torch.Tensor]]:
@@ -513,21 +662,73 @@ class CheckpointCollection:
         chosen = self.steps(run_id) if steps is None else sorted(steps)
         return [self.load(run_id, s, device=device) for s in chosen]
 
+    def windows(self, rows: Sequence[Mapping[str, Any]] | None = None,
+                trajectory_length: int = 1) -> list[tuple[dict[str, Any], list[int]]]:
+        """``(row, steps)`` for each row that starts a window of ``trajectory_length`` consecutive checkpoints."""
+        if isinstance(trajectory_length, bool) or not isinstance(trajectory_length, int) or trajectory_length < 1:
+            raise CollectionError(f"trajectory_length must be an int >= 1, got {trajectory_length!r}")
+        rows = self.rows() if rows is None else [dict(r) for r in rows]
+        out = []
+        for r in rows:
+            if trajectory_length == 1:
+                out.append((r, [r["step"]]))
+                continue
+            run_steps = self.steps(r["run_id"])
+            i = run_steps.index(r["step"])
+            window = run_steps[i:i + trajectory_length]
+            if len(window) == trajectory_length:
+                out.append((r, window))
+        return out
+
+    def graph(self, run_id: str, steps: Sequence[int], *, allow_nonfinite: bool = False,
+              load: Callable[[str, int], StateDict] | None = None) -> "Data":
+        """The neural graph of checkpoints ``steps`` of ``run_id`` (one, or a window of T), with its metadata.
+
+        The graph gets ``run_id``, ``arch_id``, ``step`` (first step), ``steps`` ([T]), metrics of the
+        last checkpoint as ``y_<metric>`` and numeric hyperparameters as ``hp_<name>`` (float tensors of
+        shape [1], NaN where missing). A checkpoint with NaN/Inf raises NonFiniteWeights naming its run
+        and step unless ``allow_nonfinite``.
+        """
+        steps = list(steps)
+        first, last = self.row(run_id, steps[0]), self.row(run_id, steps[-1])
+        sp = self.space(first["arch_id"])
+        load = load or self.load
+        sds = []
+        for s in steps:
+            sd = load(run_id, s)
+            sp.check(sd, allow_nonfinite=allow_nonfinite, source=f"run {run_id!r} step {s} of {self.source}")
+            sds.append(sd)
+        data = sp.to_graph(sds[0] if len(sds) == 1 else sds, check=False)
+        data.run_id = run_id
+        data.arch_id = first["arch_id"]
+        data.step = torch.tensor([steps[0]])
+        data.steps = torch.tensor(steps)
+        for col, v in last.items():
+            if col in RESERVED_COLUMNS:
+                continue
+            if col.startswith(HP_PREFIX):
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    setattr(data, _attr_name("hp_", col[len(HP_PREFIX):]), torch.tensor([float(v)]))
+            elif v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+                setattr(data, _attr_name("y_", col), torch.tensor([math.nan if v is None else float(v)]))
+        return data
+
     def to_graphs(self, rows: Sequence[Mapping[str, Any]] | None = None, trajectory_length: int = 1, *,
-                  progress: bool = True) -> list["Data"]:
-        """Neural graphs (torch_geometric ``Data``) of checkpoints, via ``space.to_graph``.
+                  progress: bool = True, allow_nonfinite: bool = False, skip_bad: bool = False) -> list["Data"]:
+        """Neural graphs (torch_geometric ``Data``) of checkpoints, via :meth:`graph` (eager; see
+        :class:`~weightspace.collections.GraphDataset` for a lazy dataset).
 
         With ``trajectory_length`` T > 1 each row starts a window of T consecutive checkpoints of its run
-        (``edge_attr`` is ``[E, T, F]``); rows without T-1 later checkpoints are skipped. Each graph gets
-        ``run_id``, ``arch_id``, ``step`` (first step), ``steps`` ([T]), metrics of the window's last
-        checkpoint as ``y_<metric>`` and numeric hyperparameters as ``hp_<name>`` (float tensors of shape [1],
-        NaN where missing).
+        (``edge_attr`` is ``[E, T, F]``); rows without T-1 later checkpoints are skipped. With
+        ``skip_bad`` a window holding a damaged checkpoint (corrupt, truncated, missing, not fitting its
+        architecture, or NaN/Inf unless ``allow_nonfinite``) is skipped with a warning naming it,
+        instead of raising.
         """
+        import warnings
+
         from ..utils import progress_bar
 
-        if trajectory_length < 1:
-            raise CollectionError(f"trajectory_length must be >= 1, got {trajectory_length}")
-        rows = self.rows() if rows is None else [dict(r) for r in rows]
+        windows = self.windows(rows, trajectory_length)
         cache: OrderedDict[tuple[str, int], dict[str, torch.Tensor]] = OrderedDict()
         cache_size = max(2 * trajectory_length, 4)
 
@@ -542,35 +743,31 @@ class CheckpointCollection:
                 cache.popitem(last=False)
             return sd
 
-        graphs = []
-        for r in progress_bar(rows, desc="to_graphs", unit="ckpt", disable=not progress or len(rows) < 100):
-            run_id, step = r["run_id"], r["step"]
-            if trajectory_length == 1:
-                window = [step]
-            else:
-                run_steps = self.steps(run_id)
-                i = run_steps.index(step)
-                window = run_steps[i:i + trajectory_length]
-                if len(window) < trajectory_length:
-                    continue
-            last = r if len(window) == 1 else self.row(run_id, window[-1])
-            sp = self.space(r["arch_id"])
-            sds = [get(run_id, s) for s in window]
-            data = sp.to_graph(sds[0] if trajectory_length == 1 else sds)
-            data.run_id = run_id
-            data.arch_id = r["arch_id"]
-            data.step = torch.tensor([step])
-            data.steps = torch.tensor(window)
-            for col, v in last.items():
-                if col in RESERVED_COLUMNS:
-                    continue
-                if col.startswith(HP_PREFIX):
-                    if isinstance(v, (int, float)) and not isinstance(v, bool):
-                        setattr(data, _attr_name("hp_", col[len(HP_PREFIX):]), torch.tensor([float(v)]))
-                elif v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)):
-                    setattr(data, _attr_name("y_", col), torch.tensor([math.nan if v is None else float(v)]))
-            graphs.append(data)
+        graphs, skipped = [], []
+        for r, window in progress_bar(windows, desc="to_graphs", unit="ckpt",
+                                      disable=not progress or len(windows) < 100):
+            try:
+                graphs.append(self.graph(r["run_id"], window, allow_nonfinite=allow_nonfinite, load=get))
+            except (CorruptCheckpoint, NonFiniteWeights, StateDictMismatch) as e:
+                if not skip_bad:
+                    raise
+                skipped.append(str(e))
+        if skipped:
+            warnings.warn(f"to_graphs skipped {len(skipped)} damaged checkpoint window(s) of {self.source}: "
+                          + "; ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
         return graphs
+
+    def verify(self, runs: Iterable[str] | None = None, *, deep: bool = True,
+               allow_nonfinite: bool = False) -> list["Problem"]:
+        """Problems of the stored checkpoints, each naming run, step and file (empty when all are healthy).
+
+        Finds unparsable metadata, rows whose weights file is missing, truncated or corrupt files,
+        files holding another checkpoint, tensors not fitting the architecture and (unless
+        ``allow_nonfinite``) NaN/Inf values. ``deep=False`` checks sizes and headers only.
+        """
+        from .verify import verify
+
+        return verify(self, runs, deep=deep, allow_nonfinite=allow_nonfinite)
 
     # ------------------------------------------------------------------ hub
     def push_to_hub(self, repo_id: str, *, private: bool = False, token: str | None = None,
