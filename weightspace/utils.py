@@ -26,10 +26,18 @@ def fsync_dir(folder: Path) -> None:
 TMP_SUFFIX = ".tmp"
 
 
+def umask_mode(*, directory: bool = False) -> int:
+    """The mode a plain ``open()`` (or ``mkdir``) would give a new file (folder) under the current umask."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a hidden temp file beside ``path``, fsync it, then rename it into place.
 
     Readers see either the old file or the complete new one; on any error the temp file is removed.
+    The file gets the mode the umask gives new files (``mkstemp`` alone would make it 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,6 +46,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, umask_mode())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import CorruptCheckpoint, MergeError, NonFiniteWeights, StateDictMismatch
 from ..space import WeightSpace
-from ..utils import atomic_write, fsync_dir
+from ..utils import atomic_write, fsync_dir, umask_mode
 from .methods import MergeMethod, check_parameters, get_method
 
 ModelLike = Union[Mapping[str, Tensor], nn.Module, str, Path]
@@ -250,6 +250,7 @@ class _Staged:
 
     def __enter__(self) -> Path:
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".tmp", dir=self.out.parent))
+        os.chmod(self.tmp, umask_mode(directory=True))  # it becomes the output folder
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
