@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import torch
 import torch.nn as nn
 
-from ..errors import CollectionError
+from ..errors import CollectionError, ConfigError
 from .data import SYNTH_TEST, SYNTH_TRAIN, digits_split, stdlib_corpus, synthetic_split
 from .models import build, example_input
 from .train import Callback, TrainResult, train_classifier, train_lm
@@ -271,14 +271,39 @@ def _check_same_config(coll: "CheckpointCollection", run_id: str, config: Mappin
                               f"build into a fresh folder (was it built with another size or weightspace version?)")
 
 
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"K/N"`` (or ``(K, N)``) -> ``(K, N)`` with ``0 <= K < N``: this worker builds runs ``i`` with ``i % N == K``."""
+    if shard is None:
+        return None
+    if isinstance(shard, str):
+        k, sep, n = shard.partition("/")
+        try:
+            if not sep:
+                raise ValueError
+            shard = (int(k), int(n))
+        except ValueError:
+            raise ConfigError(f"shard {shard!r} is not 'K/N' (e.g. '0/4' for the first of 4 workers)") from None
+    k, n = shard
+    if n < 1 or not 0 <= k < n:
+        raise ConfigError(f"shard {k}/{n}: need N >= 1 and 0 <= K < N (K counts from 0, like SLURM_ARRAY_TASK_ID "
+                          f"and torchrun's RANK)")
+    return k, n
+
+
 def build_zoo(recipe: str, out: str | Path, size: str = "small", seed: int = 0,
-              progress: bool = True, threads: int | None = 1) -> "CheckpointCollection":
+              progress: bool = True, threads: int | None = 1,
+              shard: str | tuple[int, int] | None = None) -> "CheckpointCollection":
     """Train the runs of ``recipe`` at ``size`` into the collection at ``out`` (created if needed), and return it.
 
-    Finished runs are skipped, after checking that their stored hyperparameters match; an
-    interrupted run is retrained from scratch over its partial checkpoints, which reproduces them
-    because training is deterministic. A run whose loss turns non-finite stops early: it is
-    finished with a trajectory that ends before ``hp.steps``.
+    Finished runs are skipped, after checking that their stored hyperparameters match and that their
+    checkpoints verify (:meth:`CheckpointCollection.verify`); a run with a damaged checkpoint, like an
+    interrupted one, is retrained from scratch over its checkpoints, which reproduces them because
+    training is deterministic. A run whose loss turns non-finite stops early: it is finished with a
+    trajectory that ends before ``hp.steps``. A folder holding another recipe's runs is refused.
+
+    ``shard="K/N"`` builds only runs ``i`` with ``i % N == K``, a disjoint slice: N workers (a SLURM
+    array, torchrun ranks) each build one slice into its own folder, and ``weightspace collection
+    merge`` (:func:`~weightspace.collections.merge_collections`) joins them.
 
     ``threads`` sets ``torch.set_num_threads`` while building (restored afterwards): these models
     are too small to gain from intra-op threads, and one thread per build keeps a shared machine
@@ -291,34 +316,63 @@ def build_zoo(recipe: str, out: str | Path, size: str = "small", seed: int = 0,
     if size not in r.sizes:
         raise ValueError(f"unknown zoo size {size!r}; choose one of {', '.join(r.sizes)}")
     zs = r.sizes[size]
+    part = parse_shard(shard)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _build(r, zs, out, size, seed, progress)
+        return _build(r, zs, out, size, seed, progress, part)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _build(r: Recipe, zs: ZooSize, out: str | Path, size: str, seed: int, progress: bool) -> "CheckpointCollection":
+def _check_recipe(coll: "CheckpointCollection", recipe: str) -> None:
+    """Refuse a folder whose runs come from another recipe (one collection, one recipe)."""
+    from ..collections.card import HP_PREFIX
+
+    for run in coll.runs():
+        try:
+            stored = coll.row(run, coll.steps(run)[0]).get(HP_PREFIX + "recipe")
+        except CollectionError:
+            continue  # unreadable metadata: verify reports it and the run is rebuilt or left alone
+        if stored != recipe:
+            raise CollectionError(f"{coll.root} holds run {run!r} of {'recipe ' + repr(stored) if stored else 'no recipe'}"
+                                  f", not {recipe!r}; build {recipe!r} into another folder (one collection holds "
+                                  f"one recipe)")
+
+
+def _build(r: Recipe, zs: ZooSize, out: str | Path, size: str, seed: int, progress: bool,
+           part: tuple[int, int] | None = None) -> "CheckpointCollection":
     from ..utils import progress_bar
 
     from ..collections import CheckpointCollection
     from ..space import WeightSpace
 
     recipe = r.name
-    coll = CheckpointCollection.create(out, name=f"{recipe}-{size}", description=r.description, exist_ok=True)
+    coll = CheckpointCollection.create(out, name=f"{recipe}-{size}", description=recipe_card(r), exist_ok=True)
+    _check_recipe(coll, recipe)
     spaces: dict[tuple, WeightSpace] = {}
     existing = set(coll.runs())
-    bar = progress_bar(range(zs.runs), desc=f"{recipe} ({size})", unit="run", disable=not progress)
+    indices = range(zs.runs) if part is None else range(part[0], zs.runs, part[1])
+    desc = f"{recipe} ({size})" + ("" if part is None else f" shard {part[0]}/{part[1]}")
+    bar = progress_bar(indices, desc=desc, unit="run", disable=not progress)
     for i in bar:
         run_id = r.run_id(i, seed)
         config = {**r.config(i, seed), "steps": zs.steps, "save_every": zs.save_every}
         started = run_id in existing
         if started:
-            _check_same_config(coll, run_id, config)
-            if coll.is_finished(run_id):
-                continue
+            problems = coll.verify([run_id])
+            if any(p.kind == "metadata" for p in problems):
+                coll.reopen(run_id)  # moves the unreadable shard aside; the run is built afresh
+                started = False
+            else:
+                _check_same_config(coll, run_id, config)
+                if coll.is_finished(run_id):
+                    if not problems:
+                        continue
+                    bar.write(f"retraining {run_id}: {problems[0]}" + (f" (+{len(problems) - 1} more)"
+                                                                       if len(problems) > 1 else ""))
+                    coll.reopen(run_id)
         model = r.model(config)
         arch = tuple((k, repr(v)) for k, v in config.items() if k not in ARCH_KEYS_EXCLUDED)
         if arch not in spaces:
@@ -333,6 +387,15 @@ def _build(r: Recipe, zs: ZooSize, out: str | Path, size: str, seed: int, progre
     return coll
 
 
+def recipe_card(r: Recipe) -> str:
+    """The recipe's dataset card body: ``datasets/<name>.md`` of a source checkout, else its description."""
+    path = Path(__file__).resolve().parents[2] / "datasets" / f"{r.name}.md"
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return r.description
+
+
 def script_main(recipe: str, argv: list[str] | None = None) -> "CheckpointCollection":
     """Command line of the ``datasets/<recipe>.py`` scripts: ``--out``, ``--size``, ``--seed``, ``--quiet``."""
     import argparse
@@ -341,8 +404,11 @@ def script_main(recipe: str, argv: list[str] | None = None) -> "CheckpointCollec
     p.add_argument("--out", required=True, help="collection folder (created, or resumed when it exists)")
     p.add_argument("--size", default="small", choices=SIZES)
     p.add_argument("--seed", type=int, default=0, help="recipe seed: which configurations are sampled")
+    p.add_argument("--shard", default=None, metavar="K/N",
+                   help="build only runs i with i %% N == K (K from 0), to split a zoo over N workers; join the "
+                        "slices with `weightspace collection merge`")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    coll = build_zoo(recipe, args.out, size=args.size, seed=args.seed, progress=not args.quiet)
+    coll = build_zoo(recipe, args.out, size=args.size, seed=args.seed, progress=not args.quiet, shard=args.shard)
     print(repr(coll))
     return coll
