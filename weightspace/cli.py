@@ -11,6 +11,7 @@ from pathlib import Path
 
 COMMAND_MODULES = [
     "weightspace.commands.zoo",
+    "weightspace.commands.collection",
     "weightspace.commands.graph",
     "weightspace.commands.align",
     "weightspace.commands.merge",

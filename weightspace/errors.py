@@ -40,3 +40,7 @@ class ConfigError(WeightSpaceError):
 
 class InvalidPermutation(WeightSpaceError):
     """A permutation names an unknown or fixed group, or is not a permutation of the group's units."""
+
+
+class HubUnavailable(CollectionError):
+    """The Hugging Face Hub cannot be reached (offline mode, network error) or refused the request."""

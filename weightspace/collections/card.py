@@ -1,27 +1,26 @@
-"""The README.md dataset card that makes a collection folder a valid Hugging Face dataset repository."""
+"""The README.md dataset card that makes a collection folder a valid Hugging Face dataset repository.
+
+It is a ``huggingface_hub.DatasetCard``: YAML metadata (``DatasetCardData``), then the collection's
+description (a zoo's is its recipe card from ``datasets/<recipe>.md``), then a summary of what is stored.
+"""
 from __future__ import annotations
 
 import math
 from collections import Counter
 from typing import Any, Mapping, Sequence
 
-import yaml
 
 RESERVED_COLUMNS = ("run_id", "step", "arch_id", "file", "num_bytes", "finished", "slot")
 HP_PREFIX = "hp."
 
 
-def card_metadata(name: str, license: str) -> dict[str, Any]:
-    """YAML front matter: tags for discovery and a config pointing the Hub viewer at the metadata shards."""
-    return {
-        "license": license,
-        "pretty_name": name,
-        "tags": ["weightspace", "model-zoo"],
-        "configs": [{
-            "config_name": "default",
-            "data_files": [{"split": "train", "path": "metadata/*.jsonl"}],
-        }],
-    }
+def card_metadata(name: str, license: str) -> Any:
+    """``DatasetCardData``: tags for discovery and a config pointing the Hub viewer at the metadata shards."""
+    from huggingface_hub import DatasetCardData
+
+    return DatasetCardData(license=license, pretty_name=name, tags=["weightspace", "model-zoo"],
+                           configs=[{"config_name": "default",
+                                     "data_files": [{"split": "train", "path": "metadata/*.jsonl"}]}])
 
 
 def _fmt(v: float) -> str:
@@ -30,8 +29,11 @@ def _fmt(v: float) -> str:
 
 def render_card(*, name: str, description: str, license: str, rows: Sequence[Mapping[str, Any]],
                 finished: Mapping[str, bool], spaces: Mapping[str, Any]) -> str:
-    """The full README.md text: front matter plus a short summary of runs, architectures and metrics."""
-    front = yaml.safe_dump(card_metadata(name, license), sort_keys=False)
+    """The full README.md text (a ``DatasetCard``): metadata, the description, a summary of runs,
+    architectures and metrics, the layout and a usage example. A description that starts with a
+    ``# `` heading (a recipe card) is the card's body as it is; otherwise it follows a ``# name`` heading."""
+    from huggingface_hub import DatasetCard
+
     runs = sorted({r["run_id"] for r in rows})
     n_done = sum(bool(finished.get(r)) for r in runs)
     per_arch = Counter(r["arch_id"] for r in rows)
@@ -41,10 +43,13 @@ def render_card(*, name: str, description: str, license: str, rows: Sequence[Map
     hp_cols = sorted({k for r in rows for k in r if k.startswith(HP_PREFIX)})
     metric_cols = sorted({k for r in rows for k in r if k not in RESERVED_COLUMNS and not k.startswith(HP_PREFIX)})
 
-    lines = [f"---\n{front}---", "", f"# {name}", ""]
-    if description:
-        lines += [description.strip(), ""]
+    desc = description.strip()
+    lines = [] if desc.startswith("# ") else [f"# {name}", ""]
+    if desc:
+        lines += [desc, ""]
     lines += [
+        "## This collection",
+        "",
         "A checkpoint collection written by `weightspace`: "
         "every checkpoint of every training run, as safetensors, with one metadata row per checkpoint.",
         "",
@@ -77,7 +82,8 @@ def render_card(*, name: str, description: str, license: str, rows: Sequence[Map
         "",
         "- `metadata/<run_id>.jsonl`: one row per checkpoint (`run_id`, `step`, `arch_id`, `file`, "
         "`num_bytes`, `finished`, `hp.*` hyperparameters, metrics). The dataset viewer shows these rows.",
-        "- `weights/<run_id>/step-<step>.safetensors`: the full state_dict of each checkpoint.",
+        "- `weights/<run_id>/run-<token>.safetensors`: every checkpoint of a finished run, each tensor stacked along "
+        "a leading step axis (the row's `slot`); `weights/<run_id>/step-<step>.safetensors` while a run is written.",
         "- `architectures/<arch_id>.json`: the WeightSpace (parameter axes, symmetry groups, graph layout) "
         "of each architecture.",
         "",
@@ -92,4 +98,5 @@ def render_card(*, name: str, description: str, license: str, rows: Sequence[Map
         "```",
         "",
     ]
-    return "\n".join(lines)
+    card = DatasetCard(f"---\n{card_metadata(name, license).to_yaml()}\n---\n\n" + "\n".join(lines))
+    return str(card)

@@ -230,13 +230,17 @@ class CheckpointCollection:
              token: str | bool | None = None) -> "CheckpointCollection":
         """Open a local collection folder, or ``hf://datasets/owner/name[@revision]`` via the HF cache.
 
-        Hub collections are downloaded with ``snapshot_download`` (or found in the cache when offline)
-        and opened read-only. A missing repository raises :class:`~weightspace.errors.HubRepositoryNotFound`.
+        ``hf://`` paths are resolved with ``HfFileSystem.resolve_path`` (a path inside the repository
+        names a collection in a subfolder). Hub collections are downloaded with ``snapshot_download``
+        (or found in the cache when offline or when the Hub cannot be reached) and opened read-only.
+        A missing repository raises :class:`~weightspace.errors.HubRepositoryNotFound`; an unreachable
+        Hub, offline mode or a refused request :class:`~weightspace.errors.HubUnavailable`.
         """
         if hub.is_hub_uri(path_or_uri):
-            repo_id, revision = hub.parse_hub_uri(str(path_or_uri))
-            folder = hub.download(repo_id, revision, cache_dir=cache_dir, token=token)
-            return cls(folder, read_only=True, source=str(path_or_uri))
+            where = hub.resolve_hub_uri(str(path_or_uri), token=token)
+            folder = hub.download(where.repo_id, where.revision, cache_dir=cache_dir, token=token)
+            root = folder / where.path_in_repo if where.path_in_repo else folder
+            return cls(root, read_only=True, source=str(path_or_uri))
         root = Path(path_or_uri)
         if not root.is_dir():
             raise CollectionError(f"no collection folder at {root}")
