@@ -12,9 +12,10 @@ Layout (all paths relative to the collection root)::
 A checkpoint exists when its metadata row exists; the row names its file and, for a packed run, its
 ``slot`` on the step axis. Writes go weights file first, then the run's metadata shard, each atomically,
 so an interrupted append (or an interrupted packing) leaves at most an invisible orphan weights file.
-Finishing a run packs its checkpoints into one file, so a zoo has two files per run rather than one
-per checkpoint (the Hub recommends at most 100k files per repository); collections written one file
-per checkpoint (format version 1) open and read as before.
+In a collection created with ``pack_runs=True``, finishing a run packs its checkpoints into one file,
+so a zoo has two files per run rather than one per checkpoint (the Hub recommends at most 100k files
+per repository); :meth:`CheckpointCollection.pack` packs any run. Collections holding no packed run
+are format version 1, which older weightspace versions read; a packed run makes it version 2.
 """
 from __future__ import annotations
 
@@ -205,10 +206,33 @@ class CheckpointCollection:
         self._spaces: dict[str, "WeightSpace"] = {}
 
     # ------------------------------------------------------------------ create / open
+    @property
+    def pack_runs(self) -> bool:
+        """Whether finishing a run packs its checkpoints into one file with a step axis (see :meth:`pack`)."""
+        return bool(self._info.get("pack_runs", False))
+
+    def set_pack_runs(self, pack_runs: bool) -> None:
+        """Pack runs finished from now on (True) or keep one file per checkpoint (False)."""
+        self._writable()
+        if bool(pack_runs) != self.pack_runs:
+            self._write_info({**self._info, "pack_runs": bool(pack_runs)})
+
+    def _write_info(self, info: dict[str, Any]) -> None:
+        atomic_write_text(self.root / INFO_FILE, json.dumps(info, indent=2) + "\n")
+        self._info = info
+        self.version = int(info.get("version", 1))
+
     @classmethod
     def create(cls, path: str | Path, *, name: str | None = None, description: str = "",
-               license: str = "apache-2.0", exist_ok: bool = False) -> "CheckpointCollection":
-        """Create an empty collection at ``path`` (with its dataset card); ``exist_ok`` opens an existing one."""
+               license: str = "apache-2.0", exist_ok: bool = False,
+               pack_runs: bool = False) -> "CheckpointCollection":
+        """Create an empty collection at ``path`` (with its dataset card); ``exist_ok`` opens an existing one.
+
+        With ``pack_runs`` every finished run is stored as one safetensors file with a step axis
+        (two files per run instead of one per checkpoint: for large zoos and the Hub's 100k-file
+        limit); otherwise each checkpoint stays its own file, which tools taking a checkpoint file
+        (``weightspace align``, ``graph inspect``) can read directly.
+        """
         root = Path(path)
         if (root / INFO_FILE).exists():
             if not exist_ok:
@@ -218,8 +242,8 @@ class CheckpointCollection:
             raise CollectionError(f"cannot create a collection at {root}: it exists and is not an empty folder")
         for sub in (ARCH_DIR, WEIGHTS_DIR, META_DIR):
             (root / sub).mkdir(parents=True, exist_ok=True)
-        info = {"format": FORMAT, "version": FORMAT_VERSION, "name": name or root.name,
-                "description": description, "license": license}
+        info = {"format": FORMAT, "version": FORMAT_VERSION if pack_runs else 1, "name": name or root.name,
+                "description": description, "license": license, "pack_runs": bool(pack_runs)}
         atomic_write_text(root / INFO_FILE, json.dumps(info, indent=2) + "\n")
         coll = cls(root)
         coll.update_card()
@@ -446,8 +470,9 @@ class CheckpointCollection:
         st = path.stat()
         self._shards[run_id] = _Shard((st.st_ino, st.st_mtime_ns, st.st_size), full)
 
-    def finish(self, run_id: str, *, pack: bool = True) -> None:
-        """Mark ``run_id`` finished and (``pack``) store its checkpoints as one file with a step axis.
+    def finish(self, run_id: str, *, pack: bool | None = None) -> None:
+        """Mark ``run_id`` finished and, when ``pack`` (default: the collection's :attr:`pack_runs`),
+        store its checkpoints as one file with a step axis.
 
         The dataset card summarises every row, so it is refreshed by :meth:`update_card`,
         :meth:`push_to_hub` and the zoo builder once at the end, not per run (which would be quadratic).
@@ -456,7 +481,7 @@ class CheckpointCollection:
         shard = self._shard(run_id)
         if not shard.rows:
             raise CollectionError(f"cannot finish run {run_id!r}: it has no checkpoints in {self.source}")
-        if pack:
+        if self.pack_runs if pack is None else pack:
             self.pack(run_id, finished=True)
         elif not shard.finished:
             self._write_shard(run_id, [{**r, "finished": True} for r in shard.rows])
@@ -505,9 +530,7 @@ class CheckpointCollection:
     def _bump_version(self) -> None:
         """Packed runs need format version 2; an older collection is upgraded when it first gets one."""
         if self.version < 2:
-            self._info = {**self._info, "version": 2}
-            atomic_write_text(self.root / INFO_FILE, json.dumps(self._info, indent=2) + "\n")
-            self.version = 2
+            self._write_info({**self._info, "version": 2})
 
     def reopen(self, run_id: str) -> None:
         """Mark a finished run unfinished again, so that it can be retrained over its checkpoints.

@@ -50,7 +50,7 @@ def merge_collections(slices: Sequence["CheckpointCollection | str | Path"], out
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         staged = CheckpointCollection.create(tmp / "c", name=name or first.name, description=first.description,
-                                             license=first.license)
+                                             license=first.license, pack_runs=first.pack_runs)
         for c in colls:
             for arch in c.architectures():
                 src, dst = c.root / ARCH_DIR / f"{arch}.json", staged.root / ARCH_DIR / f"{arch}.json"

@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--name", default=None, help="name of the merged collection (default: the slices' common name)")
     m.add_argument("--allow-unfinished", action="store_true", help="also copy runs that are not finished")
     m.set_defaults(func=merge)
+    k = coll.add_parser("pack", help="store each finished run as one safetensors file with a step axis (two files "
+                                     "per run instead of one per checkpoint), and pack runs finished later too")
+    k.add_argument("collection", help="collection folder")
+    k.set_defaults(func=pack)
 
 
 def verify(args: argparse.Namespace) -> int:
@@ -51,4 +55,18 @@ def merge(args: argparse.Namespace) -> int:
 
     coll = merge_collections(args.slices, args.out, name=args.name, allow_unfinished=args.allow_unfinished)
     print(repr(coll))
+    return 0
+
+
+def pack(args: argparse.Namespace) -> int:
+    from ..collections import CheckpointCollection
+    from ..utils import progress_bar
+
+    coll = CheckpointCollection.open(args.collection)
+    coll.set_pack_runs(True)
+    done = [run for run in coll.runs() if coll.is_finished(run)]
+    for run in progress_bar(done, desc="packing", unit="run"):
+        coll.pack(run)
+    print(f"{coll.source}: packed {len(done)} finished run(s); {len(coll.runs()) - len(done)} unfinished run(s) "
+          f"are packed when they finish")
     return 0

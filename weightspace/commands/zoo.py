@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="build only runs i with i %% N == K (K from 0), a disjoint slice for one of N workers; "
                         "join the slices with `weightspace collection merge`")
+    p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None,
+                   help="store each finished run as one safetensors file with a step axis instead of one file per "
+                        "checkpoint (default: on for medium and large, off for tiny and small)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=build)
 
@@ -25,6 +28,6 @@ def build(args: argparse.Namespace) -> int:
     from ..tasks.zoo import build_zoo
 
     coll = build_zoo(args.recipe, args.out, size=args.size, seed=args.seed, progress=not args.quiet,
-                     shard=args.shard)
+                     shard=args.shard, pack=args.pack)
     print(repr(coll))
     return 0

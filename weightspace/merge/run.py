@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import struct
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,6 +23,7 @@ from .methods import MergeMethod, check_parameters, get_method
 ModelLike = Union[Mapping[str, Tensor], nn.Module, str, Path]
 SPACE_FILE = "weightspace.json"
 WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
 
 _ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
               torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
@@ -268,42 +268,93 @@ class _Staged:
 
 
 # ---------------------------------------------------------------------------- safetensors writer
-def write_safetensors(path: str | Path, specs: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
-                      tensors: Iterator[tuple[str, Tensor]], metadata: Mapping[str, str] | None = None) -> Path:
-    """Write a safetensors file tensor by tensor, atomically: the header is laid out from ``specs``
-    (key -> dtype, shape) first, then each tensor from ``tensors`` (in ``specs`` order) is appended."""
-    header: dict[str, Any] = {}
-    offset = 0
+def parse_size(size: int | str) -> int:
+    """Bytes from an int or a string such as ``"5GB"``, ``"500MB"``, ``"2GiB"`` or mergekit's ``"5B"`` (billions)."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        value = size
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B|M|K)?\s*", str(size), re.I)
+        if not m:
+            raise MergeError(f"shard size {size!r} is not a size such as 5GB, 500MB or 2GiB")
+        unit = (m.group(2) or "").upper()
+        mult = {"": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "B": 10**9, "GB": 10**9, "TB": 10**12,
+                "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
+        value = int(float(m.group(1)) * mult)
+    if value < 1:
+        raise MergeError(f"shard size must be positive, got {size!r}")
+    return value
+
+
+DEFAULT_SHARD_SIZE = 5 * 10**9
+"""mergekit's default ``--out-shard-size`` (5B bytes)."""
+
+
+def plan_shards(specs: Mapping[str, tuple[torch.dtype, tuple[int, ...]]], max_shard_size: int | str) -> list[list[str]]:
+    """Keys split, in order, into shards of at most ``max_shard_size`` bytes (a larger tensor gets its own)."""
+    limit = parse_size(max_shard_size)
+    shards: list[list[str]] = [[]]
+    used = 0
     for k, (dtype, shape) in specs.items():
         if dtype not in _ST_DTYPES:
             raise MergeError(f"'{k}': dtype {dtype} cannot be stored in safetensors")
         n = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
-        header[k] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
+        if shards[-1] and used + n > limit:
+            shards.append([])
+            used = 0
+        shards[-1].append(k)
+        used += n
+    return shards
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)))
-            f.write(raw)
-            for (k, t), (key, (dtype, shape)) in zip(tensors, specs.items()):
-                if k != key or t.dtype != dtype or tuple(t.shape) != tuple(shape):
-                    raise MergeError(f"tensor '{k}' {t.dtype} {tuple(t.shape)} does not match the header entry "
-                                     f"'{key}' {dtype} {tuple(shape)}")
-                f.write(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return atomic_write(path, write)
+
+def write_model(folder: Path, specs: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+                tensors: Iterator[tuple[str, Tensor]], metadata: Mapping[str, str] | None = None,
+                max_shard_size: int | str = DEFAULT_SHARD_SIZE) -> list[Path]:
+    """Write tensors (in ``specs`` order) with ``safetensors.torch.save_file``, one shard at a time.
+
+    One shard is ``model.safetensors``; several are ``model-00001-of-0000N.safetensors`` plus
+    ``model.safetensors.index.json`` (``metadata.total_size`` and ``weight_map``), the convention of
+    mergekit and transformers. Memory holds one shard's tensors at most.
+    """
+    from safetensors.torch import save_file
+
+    shards = plan_shards(specs, max_shard_size)
+    n = len(shards)
+    names = [WEIGHTS_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    meta = {"format": "pt", **{str(k): str(v) for k, v in (metadata or {}).items()}}
+    it = iter(tensors)
+    total, weight_map, paths = 0, {}, []
+    for keys, name in zip(shards, names):
+        part: dict[str, Tensor] = {}
+        seen: set[int] = set()
+        for key in keys:
+            k, t = next(it)
+            dtype, shape = specs[key]
+            if k != key or t.dtype != dtype or tuple(t.shape) != tuple(shape):
+                raise MergeError(f"tensor '{k}' {t.dtype} {tuple(t.shape)} does not match the header entry "
+                                 f"'{key}' {dtype} {tuple(shape)}")
+            t = t.detach().to("cpu").contiguous()
+            if t.numel() and t.untyped_storage().data_ptr() in seen:
+                t = t.clone()  # tied tensors: safetensors stores each key on its own
+            seen.add(t.untyped_storage().data_ptr())
+            part[k] = t
+            total += t.numel() * t.element_size()
+            weight_map[k] = name
+        paths.append(atomic_write(folder / name, lambda tmp, part=part: save_file(part, str(tmp), metadata=meta)))
+        del part
+    if n > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        paths.append(atomic_write(folder / INDEX_FILE, lambda tmp: tmp.write_text(json.dumps(index, indent=2) + "\n")))
+    return paths
 
 
 def save_merged(out_dir: str | Path, state_dict: Mapping[str, Tensor], space: WeightSpace | None = None,
-                metadata: Mapping[str, str] | None = None) -> Path:
-    """Write ``OUT_DIR/model.safetensors`` (and ``weightspace.json`` when the space is known)."""
+                metadata: Mapping[str, str] | None = None, *, max_shard_size: int | str = DEFAULT_SHARD_SIZE) -> Path:
+    """Write ``OUT_DIR/model.safetensors`` (sharded with an index above ``max_shard_size``), and
+    ``weightspace.json`` when the space is known."""
     specs = {k: (t.dtype, tuple(t.shape)) for k, t in state_dict.items()}
     staged = _Staged(out_dir)
     with staged as tmp:
-        write_safetensors(tmp / WEIGHTS_FILE, specs, iter(state_dict.items()), metadata)
+        write_model(tmp, specs, iter(state_dict.items()), metadata, max_shard_size)
         if space is not None:
             space.save(tmp / SPACE_FILE)
     return staged.out
@@ -337,11 +388,12 @@ def merge_files(models: Sequence[str | Path], out_dir: str | Path, method: str =
                 base: str | Path | None = None, parameters: Mapping[str, Any] | None = None,
                 model_parameters: Sequence[Mapping[str, Any]] | None = None, align: str | None = None,
                 space: WeightSpace | str | Path | None = None, dtype: torch.dtype | str | None = None,
-                progress: bool = False) -> Path:
-    """Merge safetensors checkpoints tensor by tensor into ``OUT_DIR/model.safetensors``.
+                progress: bool = False, max_shard_size: int | str = DEFAULT_SHARD_SIZE) -> Path:
+    """Merge safetensors checkpoints tensor by tensor into ``OUT_DIR/model.safetensors``, or into
+    ``model-0000i-of-0000N.safetensors`` shards plus ``model.safetensors.index.json`` above ``max_shard_size``.
 
-    Memory stays around one tensor per input: tensors are read with ``safe_open`` and the output
-    is written as it is merged. With ``align="weight"`` the permutations are computed first
+    Memory stays around one tensor per input plus one output shard: tensors are read with
+    ``safe_open`` and each shard is written with ``safetensors.torch.save_file`` once it is merged. With ``align="weight"`` the permutations are computed first
     (weight matching needs every tensor once), then applied per tensor while streaming.
     The WeightSpace (``space`` or a ``weightspace.json`` beside an input) is written beside it.
     """
@@ -401,8 +453,8 @@ def merge_files(models: Sequence[str | Path], out_dir: str | Path, method: str =
                 out = merge_tensor(m, k, ts, b, parameters or {}, mp)
                 yield k, out.to(specs[k][0])
 
-        write_safetensors(tmp / WEIGHTS_FILE, specs, produce(),
-                          {"merge_method": m.name, "models": json.dumps([str(x) for x in models])})
+        write_model(tmp, specs, produce(), {"merge_method": m.name, "models": json.dumps([str(x) for x in models])},
+                    max_shard_size)
         if sp is not None:
             sp.save(tmp / SPACE_FILE)
     return staged.out
@@ -421,9 +473,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise MergeError(f"cannot parse merge config {path}: {e}") from e
     if not isinstance(cfg, dict):
         raise MergeError(f"merge config {path} must be a mapping")
-    unknown = set(cfg) - {"models", "merge_method", "base_model", "parameters", "align", "space", "dtype"}
+    valid = ["models", "merge_method", "base_model", "parameters", "align", "space", "dtype", "out_shard_size"]
+    unknown = set(cfg) - set(valid)
     if unknown:
-        valid = ["models", "merge_method", "base_model", "parameters", "align", "space", "dtype"]
         hints = "".join(f"; {u!r}: did you mean {c[0]!r}?" for u in sorted(unknown)
                         for c in [difflib.get_close_matches(str(u), valid, n=1)] if c)
         raise MergeError(f"merge config {path}: unknown fields {sorted(unknown)}{hints}")
@@ -459,14 +511,19 @@ def load_config(path: str | Path) -> dict[str, Any]:
         "align": cfg.get("align") or None,
         "space": resolve(cfg["space"], "space") if cfg.get("space") else None,
         "dtype": _dtype(str(cfg["dtype"])) if cfg.get("dtype") else None,
+        "max_shard_size": parse_size(cfg["out_shard_size"]) if cfg.get("out_shard_size") else DEFAULT_SHARD_SIZE,
     }
     _prepare(out["method"], len(out["models"]), out["base"], out["parameters"], out["model_parameters"])
     return out
 
 
-def run_config(config: str | Path, out_dir: str | Path, *, progress: bool = False) -> Path:
-    """Run a mergekit-style YAML config: ``weightspace merge config.yml OUT_DIR``."""
+def run_config(config: str | Path, out_dir: str | Path, *, progress: bool = False,
+               max_shard_size: int | str | None = None) -> Path:
+    """Run a mergekit-style YAML config: ``weightspace merge config.yml OUT_DIR``.
+
+    ``max_shard_size`` (bytes or ``"5GB"``) overrides the config's ``out_shard_size``."""
     c = load_config(config)
     return merge_files(c["models"], out_dir, c["method"], base=c["base"], parameters=c["parameters"],
                        model_parameters=c["model_parameters"], align=c["align"], space=c["space"],
-                       dtype=c["dtype"], progress=progress)
+                       dtype=c["dtype"], progress=progress,
+                       max_shard_size=c["max_shard_size"] if max_shard_size is None else max_shard_size)

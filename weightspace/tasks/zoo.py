@@ -292,7 +292,7 @@ def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
 
 def build_zoo(recipe: str, out: str | Path, size: str = "small", seed: int = 0,
               progress: bool = True, threads: int | None = 1,
-              shard: str | tuple[int, int] | None = None) -> "CheckpointCollection":
+              shard: str | tuple[int, int] | None = None, pack: bool | None = None) -> "CheckpointCollection":
     """Train the runs of ``recipe`` at ``size`` into the collection at ``out`` (created if needed), and return it.
 
     Finished runs are skipped, after checking that their stored hyperparameters match and that their
@@ -304,6 +304,12 @@ def build_zoo(recipe: str, out: str | Path, size: str = "small", seed: int = 0,
     ``shard="K/N"`` builds only runs ``i`` with ``i % N == K``, a disjoint slice: N workers (a SLURM
     array, torchrun ranks) each build one slice into its own folder, and ``weightspace collection
     merge`` (:func:`~weightspace.collections.merge_collections`) joins them.
+
+    ``pack`` stores each finished run as one safetensors file with a step axis instead of one file per
+    checkpoint (see :meth:`CheckpointCollection.pack`). By default a new folder packs at the ``medium``
+    and ``large`` sizes (20k to 170k checkpoints, against the Hub's recommended 100k files per
+    repository) and keeps per-checkpoint files at ``tiny`` and ``small``; an existing folder keeps its
+    setting unless ``pack`` is given.
 
     ``threads`` sets ``torch.set_num_threads`` while building (restored afterwards): these models
     are too small to gain from intra-op threads, and one thread per build keeps a shared machine
@@ -321,7 +327,7 @@ def build_zoo(recipe: str, out: str | Path, size: str = "small", seed: int = 0,
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _build(r, zs, out, size, seed, progress, part)
+        return _build(r, zs, out, size, seed, progress, part, pack)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -342,15 +348,18 @@ def _check_recipe(coll: "CheckpointCollection", recipe: str) -> None:
 
 
 def _build(r: Recipe, zs: ZooSize, out: str | Path, size: str, seed: int, progress: bool,
-           part: tuple[int, int] | None = None) -> "CheckpointCollection":
+           part: tuple[int, int] | None = None, pack: bool | None = None) -> "CheckpointCollection":
     from ..utils import progress_bar
 
     from ..collections import CheckpointCollection
     from ..space import WeightSpace
 
     recipe = r.name
-    coll = CheckpointCollection.create(out, name=f"{recipe}-{size}", description=recipe_card(r), exist_ok=True)
+    coll = CheckpointCollection.create(out, name=f"{recipe}-{size}", description=recipe_card(r), exist_ok=True,
+                                       pack_runs=size in ("medium", "large") if pack is None else pack)
     _check_recipe(coll, recipe)
+    if pack is not None:
+        coll.set_pack_runs(pack)
     spaces: dict[tuple, WeightSpace] = {}
     existing = set(coll.runs())
     indices = range(zs.runs) if part is None else range(part[0], zs.runs, part[1])
@@ -407,8 +416,11 @@ def script_main(recipe: str, argv: list[str] | None = None) -> "CheckpointCollec
     p.add_argument("--shard", default=None, metavar="K/N",
                    help="build only runs i with i %% N == K (K from 0), to split a zoo over N workers; join the "
                         "slices with `weightspace collection merge`")
+    p.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None,
+                   help="store each finished run as one file with a step axis (default: for medium and large)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
-    coll = build_zoo(recipe, args.out, size=args.size, seed=args.seed, progress=not args.quiet, shard=args.shard)
+    coll = build_zoo(recipe, args.out, size=args.size, seed=args.seed, progress=not args.quiet, shard=args.shard,
+                     pack=args.pack)
     print(repr(coll))
     return coll
