@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--patience", type=int, default=None,
                    help="early stopping: evaluations without improvement before training stops (default: 8)")
     add_train_arguments(t, steps=None, batch_size=None)
+    _loading_options(t)
     t.set_defaults(func=train)
 
     e = pred.add_parser("eval", help="evaluate a trained predictor on a collection (Kendall tau, R^2)")
@@ -48,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="refuse architectures the predictor was not trained on")
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print metrics as JSON")
+    _loading_options(e)
     e.set_defaults(func=evaluate)
 
     c = pred.add_parser("checkpoint", help="predict the metrics of one checkpoint",
@@ -82,6 +84,12 @@ def _log_to_stderr() -> None:
         log.setLevel(logging.INFO)
 
 
+def _loading_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-nonfinite", action="store_true", help="accept checkpoints holding NaN/Inf values")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip damaged checkpoints (unreadable, or NaN/Inf) with a warning instead of stopping")
+
+
 def train(args: argparse.Namespace) -> int:
     import warnings
 
@@ -102,7 +110,8 @@ def train(args: argparse.Namespace) -> int:
                               "add --early-stopping to stop early within --steps")
     torch.manual_seed(args.seed)
     targets = args.target or ["test_acc"]
-    store = PropertyGraphs.from_collections(_open(args.collection), targets, progress=args.progress)
+    store = PropertyGraphs.from_collections(_open(args.collection), targets, progress=args.progress,
+                                            allow_nonfinite=args.allow_nonfinite, skip_bad=args.skip_bad)
     cfg = train_config_from_args(args)
     if is_main_process():
         _log_to_stderr()
@@ -133,7 +142,8 @@ def evaluate(args: argparse.Namespace) -> int:
 
     model = PropertyPredictor.from_pretrained(args.model).to(resolve_device(args.device))
     colls = _open(args.collection)
-    store = PropertyGraphs.from_collections(colls, model.targets, progress=False)
+    store = PropertyGraphs.from_collections(colls, model.targets, progress=False,
+                                            allow_nonfinite=args.allow_nonfinite, skip_bad=args.skip_bad)
     if args.split:
         try:
             runs = json.loads(Path(args.split).read_text())["test_runs"]

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
-from ..errors import CollectionError, NonFiniteWeights
+from ..errors import CollectionError, CorruptCheckpoint, NonFiniteWeights, StateDictMismatch
 
 if TYPE_CHECKING:
     from ..collections import CheckpointCollection
@@ -265,11 +265,15 @@ class PropertyGraphs:
     @classmethod
     def from_collections(cls, collections: Sequence["CheckpointCollection"] | "CheckpointCollection",
                          targets: Sequence[str], *, where: Callable[[dict[str, Any]], bool] | None = None,
-                         arch_ids: Sequence[str] | None = None, progress: bool = True) -> "PropertyGraphs":
+                         arch_ids: Sequence[str] | None = None, progress: bool = True,
+                         allow_nonfinite: bool = False, skip_bad: bool = False) -> "PropertyGraphs":
         """Load every checkpoint (optionally filtered) of one or several collections with its targets.
 
         Raises :class:`MissingMetric` naming the available metrics when a target is absent from a
-        collection; rows where a target is missing are skipped.
+        collection; rows where a target is missing are skipped. A checkpoint with NaN/Inf raises
+        NonFiniteWeights naming its run and step unless ``allow_nonfinite``; with ``skip_bad`` a
+        damaged checkpoint (unreadable, not fitting its architecture, or NaN/Inf when those are not
+        allowed) is skipped with a warning instead.
         """
         from ..utils import progress_bar
 
@@ -284,6 +288,7 @@ class PropertyGraphs:
         rows_per_block: list[list[Tensor]] = []
         blocks: list[ArchBlock] = []
         block_of, row_of, ys, run_ids, steps, sources = [], [], [], [], [], []
+        skipped: list[str] = []
         for coll in collections:
             rows = coll.select(where) if where is not None else coll.rows()
             if arch_ids is not None:
@@ -302,14 +307,21 @@ class PropertyGraphs:
                 if any(math.isnan(x) for x in v):
                     continue
                 a = r["arch_id"]
+                space = blocks[block_index[a]].space if a in block_index else coll.space(a)
+                try:
+                    sd = coll.load(r["run_id"], r["step"])
+                    space.check(sd, allow_nonfinite=allow_nonfinite,
+                                source=f"run {r['run_id']!r} step {r['step']} of {coll.source}")
+                except (CorruptCheckpoint, NonFiniteWeights, StateDictMismatch) as e:
+                    if not skip_bad:
+                        raise
+                    skipped.append(str(e))
+                    continue
                 if a not in block_index:
                     block_index[a] = len(blocks)
-                    blocks.append(ArchBlock(a, coll.space(a), torch.empty(0)))
+                    blocks.append(ArchBlock(a, space, torch.empty(0)))
                     rows_per_block.append([])
                 b = block_index[a]
-                space = blocks[b].space
-                sd = coll.load(r["run_id"], r["step"])
-                space.check(sd, source=f"run {r['run_id']!r} step {r['step']} of {coll.source}")
                 rows_per_block[b].append(space.layout.flatten([sd])[0, :space.layout.num_values].float())
                 block_of.append(b)
                 row_of.append(len(rows_per_block[b]) - 1)
@@ -317,6 +329,12 @@ class PropertyGraphs:
                 run_ids.append(r["run_id"])
                 steps.append(int(r["step"]))
                 sources.append(source)
+        if skipped:
+            import warnings
+            warnings.warn(f"skipped {len(skipped)} damaged checkpoint(s): " + "; ".join(skipped[:5])
+                          + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
+        if not blocks:
+            raise CollectionError("no healthy checkpoint to load" + (f" ({len(skipped)} skipped)" if skipped else ""))
         for b, rws in zip(blocks, rows_per_block):
             b.flat = torch.stack(rws)
         return cls(blocks, torch.tensor(block_of, dtype=torch.long), torch.tensor(row_of, dtype=torch.long),
