@@ -41,7 +41,14 @@ def verify(coll: "CheckpointCollection", runs: Iterable[str] | None = None, *, d
     ``allow_nonfinite``) be finite. Without it only sizes and headers are read, which is cheap.
     """
     problems: list[Problem] = []
-    for run_id in (coll.runs() if runs is None else list(runs)):
+    known = coll.runs()
+    if runs is not None:
+        runs = list(runs)
+        missing = [r for r in runs if r not in known]
+        if missing:
+            raise CollectionError(f"no run {missing[0]!r} in collection {coll.source}"
+                                  + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    for run_id in (known if runs is None else runs):
         try:
             rows = coll.select(run_id=run_id)
         except CollectionError as e:
