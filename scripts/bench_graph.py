@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
+import re
 import shutil
 import statistics
 import tempfile
@@ -128,7 +130,9 @@ def build_packed(root: Path, n: int, per_run: int = 50) -> CheckpointCollection:
 
 
 def bench_lazy_open(sizes: list[int], packed_sizes: list[int], repeats: int) -> str:
-    rows = []
+    """Build every collection first, then time opening each and loading one checkpoint, in turn in every repeat
+    (interleaved, so a change in the machine's load hits every size alike)."""
+    built = []
     tmp = Path(tempfile.mkdtemp(prefix="ws-bench-"))
     try:
         for layout, build, chosen in (("one file per checkpoint", build_collection, sizes),
@@ -139,27 +143,48 @@ def bench_lazy_open(sizes: list[int], packed_sizes: list[int], repeats: int) -> 
                 build(root, n)
                 build_s = time.perf_counter() - t0
                 runs = sorted(p.name for p in (root / "weights").iterdir())
-                run = runs[len(runs) // 2]
                 files = sum(1 for p in root.rglob("*") if p.is_file())
+                built.append((n, layout, files, build_s, root, runs[len(runs) // 2]))
 
-                def open_and_read():
-                    coll = CheckpointCollection.open(root)
-                    return coll.load(run, 25)
+        def open_and_read(root: Path, run: str):
+            return lambda: CheckpointCollection.open(root).load(run, 25)
 
-                t = median_time(open_and_read, repeats)
-                rows.append([f"{n:,}", layout, f"{files:,}", f"{t * 1e3:.2f} ms", f"{build_s / n * 1e3:.2f} ms"])
-                tqdm.write(" | ".join(rows[-1]))
-                shutil.rmtree(root, ignore_errors=True)
+        fns = [open_and_read(root, run) for *_, root, run in built]
+        times: list[list[float]] = [[] for _ in fns]
+        for fn in fns:
+            fn()
+        for _ in range(repeats):
+            for t, fn in zip(times, fns):
+                t0 = time.perf_counter()
+                fn()
+                t.append(time.perf_counter() - t0)
+        rows = [[f"{n:,}", layout, f"{files:,}", f"{statistics.median(t) * 1e3:.2f} ms / {min(t) * 1e3:.2f} ms",
+                 f"{build_s / n * 1e3:.2f} ms"] for (n, layout, files, build_s, _, _), t in zip(built, times)]
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    table = markdown_table(["checkpoints in collection", "layout", "files", "open + load one (median)",
+    table = markdown_table(["checkpoints in collection", "layout", "files", "open + load one (median / min)",
                             "write (per checkpoint)"], rows)
-    return (f"### Lazy open (median of {repeats})\n\nOpening reads no weights and no metadata; loading one "
-            "checkpoint reads its run's metadata shard and its own file, or its slice of the run's packed file. "
+    return (f"### Lazy open ({repeats} repeats, interleaved)\n\nOpening reads no weights and no metadata; loading "
+            "one checkpoint reads its run's metadata shard and its own file, or its slice of the run's packed file. "
             "The time must not grow with the collection's size. One file per checkpoint is written by appending "
             "checkpoints one at a time (`run_writer`, 50 per run); packed collections by `append_run` (a whole "
             "50-checkpoint run per write, synthetic weights), which keeps 100k checkpoints at about 4k files, "
-            "below the Hub's recommended 100k files per repository.\n\n" + table)
+            f"below the Hub's recommended 100k files per repository. Load average at the end: {load:.1f} (on a shared machine the "
+            "minimum is the steadier figure).\n\n"
+            + table)
+
+
+def kept_conversion(path: Path = Path("BENCHMARKS.md")) -> str:
+    """The conversion subsection already in BENCHMARKS.md, with the date it was measured."""
+    text = path.read_text() if path.exists() else ""
+    start, end = text.find("### Conversion"), text.find("### Lazy open")
+    if start < 0 or end < start:
+        raise SystemExit("--lazy-only needs a conversion table in BENCHMARKS.md; run without it first")
+    section_end = text.find("<!-- end bench_graph -->", end)
+    measured = re.search(r"measured (\d{4}-\d{2}-\d{2})", text[end:section_end])
+    when = f"measured {measured.group(1)}" if measured else "measured earlier"
+    return text[start:end].strip() + f"\n\n_(Conversion table {when} by a full run; kept by a `--lazy-only` run.)_"
 
 
 def main() -> None:
@@ -171,9 +196,12 @@ def main() -> None:
                     help="collection sizes with packed runs")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 keeps timings stable on a shared machine)")
+    ap.add_argument("--lazy-only", action="store_true",
+                    help="measure only the lazy-open table and keep BENCHMARKS.md's conversion table as it is")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    body = bench_conversion(args.repeats) + "\n\n" + bench_lazy_open(args.sizes, args.packed_sizes, args.repeats)
+    conversion = kept_conversion() if args.lazy_only else bench_conversion(args.repeats)
+    body = conversion + "\n\n" + bench_lazy_open(args.sizes, args.packed_sizes, args.repeats)
     path = write_section("bench_graph", "## Neural graphs and collections (`scripts/bench_graph.py`)\n\n" + body)
     print(f"wrote {path}")
 
