@@ -346,3 +346,6 @@ def script_main(recipe: str, argv: list[str] | None = None) -> "CheckpointCollec
     coll = build_zoo(recipe, args.out, size=args.size, seed=args.seed, progress=not args.quiet)
     print(repr(coll))
     return coll
+
+
+from . import pdiff_zoo  # noqa: E402,F401  (registers p-diff's recipes, which build on the definitions above)

@@ -1,0 +1,14 @@
+"""Weight generators: p-diff latent diffusion, equivariant diffusion on neural graphs, the stochastic hypernetwork.
+
+Each has ``fit(training, ...)`` (state_dicts or a ``CheckpointCollection``) returning the
+generator, ``sample(n, seed)`` returning complete state_dicts, and ``save_pretrained`` /
+``from_pretrained`` / ``push_to_hub``. Measure what they memorize with :mod:`weightspace.memorization`.
+"""
+from .base import TrainingModels, WeightGenerator, load_models
+from .ddpm import Schedule
+from .errors import GeneratorError
+from .pdiff import PDiff
+from .subset import select_keys
+
+__all__ = ["PDiff", "WeightGenerator", "TrainingModels", "load_models", "Schedule", "GeneratorError",
+           "select_keys"]
