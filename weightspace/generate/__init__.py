@@ -7,8 +7,9 @@ generator, ``sample(n, seed)`` returning complete state_dicts, and ``save_pretra
 from .base import TrainingModels, WeightGenerator, load_models
 from .ddpm import Schedule
 from .errors import GeneratorError
+from .graph_diffusion import GraphDenoiser, GraphDiffusion
 from .pdiff import PDiff
 from .subset import select_keys
 
-__all__ = ["PDiff", "WeightGenerator", "TrainingModels", "load_models", "Schedule", "GeneratorError",
+__all__ = ["PDiff", "GraphDiffusion", "GraphDenoiser", "WeightGenerator", "TrainingModels", "load_models", "Schedule", "GeneratorError",
            "select_keys"]
