@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "weightspace.commands.nowcast",
     "weightspace.commands.memorization",
     "weightspace.commands.hyper",
+    "weightspace.commands.generate",
 ]
 
 

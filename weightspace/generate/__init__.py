@@ -8,8 +8,13 @@ from .base import TrainingModels, WeightGenerator, load_models
 from .ddpm import Schedule
 from .errors import GeneratorError
 from .graph_diffusion import GraphDenoiser, GraphDiffusion
+from .hyper import HyperGenerator
 from .pdiff import PDiff
 from .subset import select_keys
 
-__all__ = ["PDiff", "GraphDiffusion", "GraphDenoiser", "WeightGenerator", "TrainingModels", "load_models", "Schedule", "GeneratorError",
+__all__ = ["PDiff", "GraphDiffusion", "GraphDenoiser", "HyperGenerator", "WeightGenerator", "TrainingModels", "load_models", "Schedule", "GeneratorError",
            "select_keys"]
+
+GENERATORS = {"pdiff": PDiff, "graph-diffusion": GraphDiffusion, "hyper": HyperGenerator}
+"""The generators by name (the ``weightspace generate`` command's ``--method``)."""
+__all__ += ["GENERATORS"]
