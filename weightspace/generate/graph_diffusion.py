@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -29,6 +29,7 @@ from torch_geometric.data import Data
 
 from ..memorization.flat import float_keys
 from ..nn import EdgeHead, GraphMetanetwork, MetanetConfig, NodeHead
+from ..nn.layers import AGGREGATORS, DEFAULT_SCALERS
 from ..space import WeightSpace
 from ..training import TrainConfig, Trainer, is_main_process
 from ..utils import atomic_write_text
@@ -48,13 +49,15 @@ class GraphDenoiser(nn.Module):
     """
 
     def __init__(self, space: WeightSpace, hidden: int, layers: int, edge_hidden: int | None, time_dim: int,
-                 steps: int) -> None:
+                 steps: int, aggregators: Sequence[str] = AGGREGATORS, scalers: Sequence[str] = DEFAULT_SCALERS
+                 ) -> None:
         super().__init__()
         self.space, self.time_dim, self.steps = space, time_dim, steps
         lay = space.layout
         self.F, self.Fn = lay.edge_features, lay.node_features
         self.metanet = GraphMetanetwork(MetanetConfig(hidden=hidden, layers=layers, edge_features=self.F + time_dim,
                                                       node_features=self.Fn + time_dim, edge_hidden=edge_hidden,
+                                                      aggregators=aggregators, scalers=scalers,
                                                       max_positions=max(128, int(lay.pos_id.max()) + 1
                                                                         if lay.num_nodes else 128)))
         self.edge_head = EdgeHead(edge_hidden or hidden, 1, self.F)
@@ -103,15 +106,18 @@ class GraphDiffusion(WeightGenerator, PyTorchModelHubMixin, library_name="weight
     """A DDPM on a fixed architecture's weights whose denoiser is an equivariant graph metanetwork.
 
     Build it with :meth:`fit`; :meth:`sample` gives complete state_dicts. ``space`` is the traced
-    :class:`WeightSpace` as JSON; every floating-point tensor is generated.
+    :class:`WeightSpace` as JSON; every floating-point tensor is generated. ``aggregators``/``scalers`` are the
+    metanetwork's PNA choices (fewer are cheaper; edges outnumber everything else).
     """
 
     def __init__(self, space: dict[str, Any], hidden: int = 64, layers: int = 3, edge_hidden: int | None = None,
-                 time_dim: int = 16, diffusion_steps: int = 200) -> None:
+                 time_dim: int = 16, diffusion_steps: int = 200, aggregators: list[str] | None = None,
+                 scalers: list[str] | None = None) -> None:
         super().__init__()
         self._init_space(space, float_keys(WeightSpace.from_json(space)))
         self.schedule = Schedule(diffusion_steps)
-        self.denoiser = GraphDenoiser(self.space, hidden, layers, edge_hidden, time_dim, diffusion_steps)
+        self.denoiser = GraphDenoiser(self.space, hidden, layers, edge_hidden, time_dim, diffusion_steps,
+                                      aggregators or AGGREGATORS, scalers or DEFAULT_SCALERS)
         self.register_buffer("mean", torch.zeros(self.dim))
         self.register_buffer("scale", torch.ones(self.dim))
 

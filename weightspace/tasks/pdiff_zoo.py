@@ -35,7 +35,7 @@ class PDiffSize(ZooSize):
         return super().checkpoints_per_run + self.tail
 
 
-PDIFF_MLP = {"family": "mlp", "in_features": 64, "widths": [32, 32], "out_features": 10, "activation": "relu",
+PDIFF_MLP = {"family": "mlp", "in_features": 64, "widths": [16, 16], "out_features": 10, "activation": "relu",
              "layers": "last:2"}
 PDIFF_CNN = {"family": "cnn", "channels": [8, 8, 8], "batchnorm": True, "in_channels": 1, "num_classes": 10,
              "activation": "relu", "layers": "norm"}
@@ -106,7 +106,7 @@ _DIGITS = "scikit-learn digits (1,437/360 split)"
 PDIFF_RECIPES = {
     "pdiff-mlp": Recipe(
         name="pdiff-mlp", prefix="pmlp",
-        description=f"p-diff's data (Wang et al. 2024) for a fixed MLP 64-32-32-10 (ReLU) on {_DIGITS}: each run "
+        description=f"p-diff's data (Wang et al. 2024) for a fixed MLP 64-16-16-10 (ReLU) on {_DIGITS}: each run "
                     "(one seed) trains the whole model, then trains only its last two layers for `tail` more "
                     "steps, saving every step (metric finetuning=1).",
         grid={"seed": tuple(range(10_000))}, sizes=PDIFF_SIZES, sample=_sampler(PDIFF_MLP), model=_model,
