@@ -30,9 +30,8 @@ class PDiffSize(ZooSize):
 
     tail: int = 200
 
-    @property
-    def checkpoints_per_run(self) -> int:
-        return super().checkpoints_per_run + self.tail
+    def saved_steps(self) -> list[int]:
+        return super().saved_steps() + list(range(self.steps + 1, self.steps + self.tail + 1))
 
 
 PDIFF_MLP = {"family": "mlp", "in_features": 64, "widths": [16, 16], "out_features": 10, "activation": "relu",
