@@ -157,3 +157,14 @@ def test_fit_refuses_bad_training_sets_by_name(trained):
     with pytest.raises(MemorizationError, match="cannot run on data"):
         GraphDiffusion.fit(sds, space=space, data=bad_data, model=model, config=quick(2, 2), hidden=4, layers=1,
                            diffusion_steps=2)
+
+
+def test_fit_with_data_logs_the_accuracy_of_samples(trained):
+    space, sds, ev = trained
+    model = build("mlp", seed=0, in_features=64, widths=[12], out_features=10)
+    cfg = TrainConfig(steps=4, batch_size=4, warmup=1, checkpoint_every=0, eval_every=2, log_every=2, progress=False)
+    gen = GraphDiffusion.fit(sds, space=space, data="digits-flat", model=model, config=cfg, eval_samples=2, hidden=4,
+                             layers=1, diffusion_steps=3)
+    evals = [h for h in gen.history["diffusion"] if "sample_acc" in h]
+    assert [h["step"] for h in evals] == [2, 4]
+    assert all(0 <= h["sample_acc"] <= h["sample_acc_max"] <= 1 for h in evals)
