@@ -107,6 +107,31 @@ def goal(rows: list[dict]) -> tuple[str, list[str]]:
     return (", ".join(met) if met else "none"), lines
 
 
+def findings(own: list[dict], ends: list[dict]) -> list[str]:
+    """Sentences read off the two tables: where p-diff and the equivariant generator land."""
+    out = ["**Where the generators land** (read off the tables above):", ""]
+    pd = next(r for r in own if r["kind"] == "generated")
+    front = [r for r in own if r["kind"] == "baseline"]
+    near = min(front, key=lambda r: abs(r["aligned_rel"] - pd["aligned_rel"]))
+    out.append(f"- p-diff in its own setting: samples at {pd['aligned_rel']:.2f} x the spread of its training "
+               f"checkpoints (aligned), accuracy {fmt(pd['accuracy'])} (training {fmt(own[0]['accuracy'])}), maximum "
+               f"similarity {fmt(pd['max_similarity'])}: **{pd['verdict']}**; the baseline at the most similar "
+               f"distance, {near['name']}, has accuracy {fmt(near['accuracy'])} and similarity "
+               f"{fmt(near['max_similarity'])}.")
+    for r in ends:
+        if r["kind"] != "generated":
+            continue
+        out.append(f"- {r['name']} on end-of-training checkpoints: {r['aligned_rel']:.2f} x spread aligned, "
+                   f"{r['raw_rel']:.2f} x raw, accuracy {fmt(r['accuracy'])}: **{r['verdict']}**.")
+    chance = [r["name"] for r in ends if r["kind"] == "generated" and r["verdict"] == "novel"
+              and r["accuracy"] is not None and r["accuracy"] < 0.2]
+    if chance:
+        out.append(f"- {', '.join(chance)}: 'novel' by the rule although near chance accuracy (0.1): every baseline "
+                   "variant is more accurate but less novel, so none dominates it. Such samples are not useful "
+                   "models, which is why the goal also asks for accuracy.")
+    return out
+
+
 def run_family(fam: str, work: Path, size: str, quick: bool, n: int, log) -> dict:
     recipe_name, data = FAMILIES[fam]
     recipe = RECIPES[recipe_name]
@@ -197,7 +222,11 @@ def main() -> None:
     ap.add_argument("--families", default="mlp,cnn")
     ap.add_argument("--samples", type=int, default=16, help="models per generator and baseline variant")
     ap.add_argument("--speed", default="2000,5000", help="training-set sizes of the nearest-speed test")
+    ap.add_argument("--render-only", action="store_true", help="rewrite the section from --results, measure nothing")
     args = ap.parse_args()
+    if args.render_only:
+        write_section("bench_memorization", render(json.loads(Path(args.results).read_text()), args), args.out)
+        return
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -244,6 +273,7 @@ def render(results: dict, args) -> str:
                   f"**End-of-training checkpoints**: the last checkpoint of each of {r['end_models']} runs; every "
                   "generator produces the whole model. Graph-diffusion training loss "
                   f"{r['graph_loss'][0]:.3f} -> {r['graph_loss'][1]:.3f}.", "", table(r["end_setting"]["rows"]), ""]
+        parts += findings(ps["rows"], r["end_setting"]["rows"]) + [""]
         met, lines = goal(r["end_setting"]["rows"])
         goal_lines.append(f"- **{fam.upper()}**: goal met by {met}.")
         goal_lines += [f"  - {ln}" for ln in lines]
