@@ -379,3 +379,27 @@ def test_meta_training_writes_a_loadable_model_and_resumes(zoo, tmp_path):
     assert back.edge_types == ["linear"] and back.max_horizon == 3
     _, again = train_nowcaster([zoo], tmp_path / "run", spec, cfg)
     assert again.step == 4 and len(again.history) == len(result.history)
+
+
+@pytest.mark.parametrize("cls", [NiNo, WNN])
+def test_meta_training_step_runs_under_bf16_autocast(cls):
+    """The Trainer uses bf16 autocast on CUDA; CPU autocast exercises the same dtype mixing (NiNo's host
+    embedding used to index_put bf16 rows into an fp32 buffer and crash)."""
+    from weightspace.nowcast.train import nowcast_loss
+    from weightspace.nowcast.windows import Window
+    from weightspace.space import WeightSpace
+
+    torch.manual_seed(0)
+    nc = cls(context=3, horizons=4, hidden=8) if cls is WNN else cls(context=3, horizons=4, hidden=8, layers=1,
+                                                                      decoder_hidden=16)
+    model = build("cnn", seed=0, channels=(4, 4, 4), batchnorm=True)
+    lay = ParamLayout.from_space(WeightSpace.from_module(model, example_input(model)))
+    ctx = torch.randn(3, lay.num_values).cumsum(0)
+    win = Window(ctx, ctx[-1] + torch.randn(4, lay.num_values), torch.ones(4, dtype=torch.bool), lay)
+    full = nowcast_loss(nc, [win])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = nowcast_loss(nc, [win])
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert abs(float(loss) - float(full)) < 0.05 * float(full)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in nc.parameters() if p.requires_grad)

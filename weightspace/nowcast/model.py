@@ -150,20 +150,19 @@ class NiNo(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
         self.edge_proj = nn.Linear(hidden, hidden)
         self.node_proj = nn.Linear(hidden, hidden)
         self.decoder = mlp([context + 1 + hidden, decoder_hidden, decoder_hidden, horizons])
-        self._hosts: dict[str, tuple[Tensor, Tensor]] = {}
+        self._hosts: dict[str, Tensor] = {}
 
-    def _host_index(self, layout: ParamLayout) -> tuple[Tensor, Tensor]:
-        """Per value: 0 edge / 1 node / 2 outside the graph, and the edge or node index."""
+    def _host_index(self, layout: ParamLayout) -> Tensor:
+        """Per value: the row of its host in ``[edges; nodes; no host]`` (computed once per architecture)."""
         space = layout.space
         key = space.fingerprint
         if key not in self._hosts:
             lay = space.layout
             inv = lay.inverse
-            EF, NF = lay.num_edges * lay.edge_features, lay.num_nodes * lay.node_features
-            kind = torch.where(inv < EF, 0, torch.where(inv < EF + NF, 1, 2))
-            idx = torch.where(kind == 0, inv // lay.edge_features,
-                              torch.where(kind == 1, (inv - EF) // lay.node_features, 0))
-            self._hosts[key] = (kind, idx)
+            E, N = lay.num_edges, lay.num_nodes
+            EF, NF = E * lay.edge_features, N * lay.node_features
+            self._hosts[key] = torch.where(inv < EF, inv // lay.edge_features,
+                                           torch.where(inv < EF + NF, E + (inv - EF) // lay.node_features, E + N))
         return self._hosts[key]
 
     def check_space(self, layout: ParamLayout) -> None:
@@ -195,11 +194,9 @@ class NiNo(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
             enc = self.metanet(graph)
         except IncompatibleGraph as e:
             raise NowcastError(f"{layout.space.name} does not fit this NiNo: {e}") from e
-        kind, idx = (t.to(feats.device) for t in self._host_index(layout))
+        rows = self._host_index(layout).to(feats.device)
         edge = self.edge_proj(enc.edge)
         node = self.node_proj(enc.node)
-        out = self.no_host.expand(len(kind), -1).clone()
-        is_e, is_n = kind == 0, kind == 1
-        out[is_e] = edge[idx[is_e]]
-        out[is_n] = node[idx[is_n]]
-        return out
+        # one gather from a table of one dtype: under autocast the projections may be bf16 while no_host is fp32
+        table = torch.cat([edge, node.to(edge.dtype), self.no_host[None].to(edge.dtype)])
+        return table.index_select(0, rows)
