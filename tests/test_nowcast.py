@@ -249,8 +249,33 @@ def test_nino_refuses_unseen_parameter_types():
     opt = NowcastOptimizer(wide, torch.optim.Adam(wide.parameters()), nc2, period=3,
                            example_input=example_input(wide))
     assert torch.isfinite(nc2.nowcast(torch.randn(3, opt.layout.num_values), 1, opt.layout)).all()
-    with pytest.raises(NowcastError, match="example_input"):
-        NowcastOptimizer(model, torch.optim.Adam(model.parameters()), nc, period=3)
+    lazy = NowcastOptimizer(model, torch.optim.Adam(model.parameters()), nc, period=3)
+    model(example_input(model)).sum().backward()
+    with pytest.raises(NowcastError, match="not meta-trained on.*conv"):
+        lazy.step()
+
+
+def test_nowcast_optimizer_traces_the_model_from_its_first_forward():
+    """Without example_input the WeightSpace is traced on the first step() from the inputs the first forward saw:
+    the run is the same, bit for bit, as one given example_input up front."""
+    nc = NiNo(context=3, horizons=4, hidden=8, layers=1, decoder_hidden=16)
+    runs = []
+    for lazy in (False, True):
+        model = build("cnn", seed=0, channels=(4, 4, 4), batchnorm=True)
+        x = torch.randn(16, *example_input(model).shape[1:], generator=torch.Generator().manual_seed(1))
+        y = torch.arange(16) % 10
+        opt = NowcastOptimizer(model, torch.optim.Adam(model.parameters(), lr=1e-2), nc, period=3,
+                               example_input=None if lazy else x[:2])
+        assert (opt.layout is None) == lazy
+        _train(opt, model, x, y, 7)
+        assert opt.layout is not None and opt.layout.space is not None and len(opt.jumps) == 2
+        assert not model._forward_pre_hooks
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    model = build("cnn", seed=0, channels=(4, 4, 4))
+    opt = NowcastOptimizer(model, torch.optim.Adam(model.parameters()), nc, period=3)
+    with pytest.raises(NowcastError, match="before any forward"):
+        opt.step()
 
 
 def test_horizons_beyond_max_horizon_are_refused():
