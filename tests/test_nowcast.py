@@ -428,3 +428,29 @@ def test_meta_training_step_runs_under_bf16_autocast(cls):
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert abs(float(loss) - float(full)) < 0.05 * float(full)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in nc.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("cls", [NiNo, WNN])
+def test_batched_forward_equals_one_window_at_a_time(cls):
+    """Windows of different architectures run as one graph batch and one decoder pass: the same predictions as
+    running each window alone."""
+    from weightspace.nowcast.windows import Window
+    from weightspace.space import WeightSpace
+
+    torch.manual_seed(0)
+    nc = cls(context=3, horizons=4, hidden=8) if cls is WNN else cls(context=3, horizons=4, hidden=8, layers=2,
+                                                                      decoder_hidden=16)
+    wins = []
+    for fam, kw in [("mlp", dict(in_features=5, widths=[7, 6], out_features=3)),
+                    ("cnn", dict(channels=(4, 5, 4), batchnorm=True)), ("mlp", dict(in_features=5, widths=[9],
+                                                                                     out_features=3))]:
+        model = build(fam, seed=0, **kw)
+        lay = ParamLayout.from_space(WeightSpace.from_module(model, example_input(model)))
+        ctx = torch.randn(3, lay.num_values).cumsum(0)
+        wins.append(Window(ctx, ctx[-1] + torch.randn(4, lay.num_values), torch.ones(4, dtype=torch.bool), lay))
+    with torch.no_grad():
+        together = nc(wins)
+        alone = [nc([w])[0] for w in wins]
+    assert [t.shape for t in together] == [(4, w.context.shape[1]) for w in wins]
+    for t, a in zip(together, alone):
+        torch.testing.assert_close(t, a, rtol=1e-4, atol=1e-5)
