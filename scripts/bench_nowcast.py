@@ -397,6 +397,73 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+OVERHEAD_TASKS = ("peer-digits-fm16-lr3e-4", "digits-mlp-wide-deep")
+OVERHEAD_PERIODS = (1000, 300)
+
+
+def measure_overhead(task: Task, nowcaster: Any, repeats: int = 5, steps: int = 200) -> dict[str, float]:
+    """Seconds of one AdamW step, one context record and one guarded jump (NiNo forward, two guard
+    evaluations, parameter copies) of :class:`NowcastOptimizer` on ``task``'s model; medians."""
+    model = build(task.family, seed=0, **task.kwargs)
+    train_loss, _, guard = _task_fns(task, model, 0, loss_guard=True)
+    base = torch.optim.AdamW(model.parameters(), lr=task.lr, weight_decay=0.0)
+    opt = NowcastOptimizer(model, base, nowcaster, period=5, example_input=example_input(model), guard=guard,
+                           guard_tolerance=1e9, horizons=[1])
+    step_t = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        loss = train_loss()
+        base.zero_grad(set_to_none=True)
+        loss.backward()
+        base.step()
+        step_t.append(time.perf_counter() - t0)
+    rec_t, jump_t = [], []
+    for _ in range(repeats):
+        for _ in range(opt.context):
+            t0 = time.perf_counter()
+            opt._record()
+            rec_t.append(time.perf_counter() - t0)
+        jump_t.append(opt.jump().seconds)
+    return {"step": statistics.median(step_t[steps // 4:]), "record": statistics.median(rec_t),
+            "jump": statistics.median(jump_t)}
+
+
+def run_overhead(args: argparse.Namespace) -> int:
+    """NowcastOptimizer's share of training time at NiNo's period (1,000) and at 300 (goals: <= 2% and <= 5%)."""
+    torch.set_num_threads(1)
+    args.benchmarks = str(args.benchmarks or BENCHMARKS)
+    nowcasters = {"NiNo": NiNo.from_pretrained(args.nino), "WNN": WNN.from_pretrained(args.wnn)}
+    rows, shares = [], []
+    for tname in OVERHEAD_TASKS:
+        task = next(t for t in TASKS if t.name == tname)
+        for nname, nc in nowcasters.items():
+            m = measure_overhead(task, nc)
+            cells = [tname, nname, f"{1e3 * m['step']:.2f}", f"{1e3 * m['jump']:.1f}"]
+            for period in OVERHEAD_PERIODS:
+                extra = m["jump"] + nc.context * m["record"]
+                share = extra / (extra + period * m["step"])
+                shares.append((tname, nname, period, share))
+                cells.append(f"{100 * share:.2f}%")
+            rows.append(cells)
+            print(cells, flush=True)
+    nino = next(iter(nowcasters.values()))
+    table = markdown_table(["task", "nowcaster", "AdamW step (ms)", "guarded jump (ms)"]
+                           + [f"share at period {p}" for p in OVERHEAD_PERIODS], rows)
+    goal = {1000: 0.02, 300: 0.05}
+    met = [f"period {p}: " + ", ".join(f"{t} {n} {'met' if s <= goal[p] else 'not met'}"
+                                       for t, n, pp, s in shares if pp == p) for p in OVERHEAD_PERIODS]
+    body = (f"NowcastOptimizer's share of training wall-clock: (one guarded jump + {nino.context} context records) / "
+            f"(that + period x one AdamW step), each the median of repeated timings on one thread. A jump is the "
+            f"nowcaster's forward, the guard's loss before and after (cross-entropy on 512 fixed training "
+            f"examples) and the parameter copies; evaluation excluded. NiNo: "
+            f"{sum(p.numel() for p in nino.parameters()):,} parameters, max horizon {nino.max_horizon}. Goals on "
+            f"CPU (issue 15): <= 2% at period 1,000, <= 5% at period 300.\n\n{table}\n\n" + "\n".join(
+                f"- {line}." for line in met))
+    write_section("bench_nowcast_overhead", "## Nowcasting overhead (scripts/bench_nowcast.py --overhead)\n\n"
+                  + body, args.benchmarks)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nino", default=None)
@@ -410,7 +477,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--benchmarks", default=None, help="markdown file to write (default: the repository's)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--resume", action="store_true", help="keep results already in OUT/results.json")
-    return run(p.parse_args(argv))
+    p.add_argument("--overhead", action="store_true",
+                   help="measure NowcastOptimizer's time share at periods 1000 and 300 and write its own section")
+    args = p.parse_args(argv)
+    return run_overhead(args) if args.overhead else run(args)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor
 
@@ -65,8 +66,9 @@ class _ValueNowcaster(nn.Module):
     def host_embeddings(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> list[Tensor] | None:
         return None
 
-    def forward(self, windows: Sequence[Any]) -> list[Tensor]:
-        """Scaled residual predictions ``[K, P]`` for each window (anything with ``context`` and ``layout``).
+    def forward(self, windows: Sequence[Any], horizon: int | None = None) -> list[Tensor]:
+        """Scaled residual predictions ``[K, P]`` for each window (anything with ``context`` and ``layout``);
+        with ``horizon`` k, only that one ``[1, P]`` (the decoder's last layer computes one output, not K).
 
         All windows go through the network together: one (batched) graph pass and one decoder pass.
         """
@@ -81,7 +83,12 @@ class _ValueNowcaster(nn.Module):
         inp = torch.cat([f.t() for f in feats])
         if hosts is not None:
             inp = torch.cat([inp, torch.cat(hosts)], 1)
-        out = self.decoder(inp).float()
+        if horizon is None:
+            out = self.decoder(inp).float()
+        else:
+            last = self.decoder[-1]
+            out = F.linear(self.decoder[:-1](inp), last.weight[horizon - 1:horizon],
+                           last.bias[horizon - 1:horizon]).float()
         return [o.t() * tau for o, tau in zip(out.split([f.shape[1] for f in feats]), taus)]
 
     @torch.no_grad()
@@ -100,9 +107,9 @@ class _ValueNowcaster(nn.Module):
 
             device = next(self.parameters()).device
             ctx = context.to(device=device, dtype=torch.float32)
-            pred = self.forward([SimpleNamespace(context=ctx, layout=layout)])[0]
+            pred = self.forward([SimpleNamespace(context=ctx, layout=layout)], horizon=int(k))[0]
             _, std = layout.stats(ctx)
-            return (ctx[-1] + pred[int(k) - 1] * std).to(context.device, context.dtype)
+            return (ctx[-1] + pred[0] * std).to(context.device, context.dtype)
         finally:
             self.train(was)
 
