@@ -298,7 +298,8 @@ def plot(results: list[dict[str, Any]], tasks: list[Task], path: Path) -> None:
     for ax in axes.flat[len(tasks):]:
         ax.set_visible(False)
     for ax, t in zip(axes.flat, tasks):
-        for m in METHODS:
+        found = {r["method"] for r in results}
+        for m in [m for m in METHODS if m in found] + sorted(found - set(METHODS)):
             rs = [r for r in results if r["task"] == t.name and r["method"] == m]
             if not rs:
                 continue
@@ -326,6 +327,24 @@ def figure_link(out: Path, benchmarks: str, name: str = "nowcast_curves.png") ->
     return f"`{fig}`"
 
 
+def load_nowcasters(nino: str | None, wnn: str | None, extra: list[str]) -> dict[str, Any]:
+    """The benchmark's nowcasters by method name; ``extra`` adds ``NAME=FOLDER`` ones (NiNo or WNN, from its config)."""
+    out: dict[str, Any] = {"nino": NiNo.from_pretrained(nino), "wnn": WNN.from_pretrained(wnn),
+                           "linefit": LineFit(5), "lawa": LAWA(5)}
+    for item in extra:
+        name, _, path = item.partition("=")
+        if not name.isalnum() or not path:
+            raise SystemExit(f"--extra takes NAME=FOLDER with an alphanumeric NAME (a method name), got {item!r}")
+        cfg = json.loads((Path(path) / "config.json").read_text())
+        out[name] = (NiNo if "edge_types" in cfg else WNN).from_pretrained(path)
+    return out
+
+
+def _one_thread_run(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    return run_one(task, method, seed, nowcasters)
+
+
 def _schedule_text(nowcaster: Any, period: int) -> str:
     from weightspace.nowcast import horizon_schedule
 
@@ -347,8 +366,7 @@ def run(args: argparse.Namespace) -> int:
             t.steps = 300
             t.period = min(t.period, 100)
     methods = args.methods.split(",") if getattr(args, "methods", None) else list(METHODS)
-    nowcasters = {"nino": NiNo.from_pretrained(args.nino), "wnn": WNN.from_pretrained(args.wnn),
-                  "linefit": LineFit(5), "lawa": LAWA(5)}
+    nowcasters = load_nowcasters(args.nino, args.wnn, getattr(args, "extra", None) or [])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     raw_path = out / "results.json"
@@ -357,7 +375,19 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     todo = [(t, m, s) for t in tasks for s in range(seeds) for m in methods if (t.name, m, s) not in done]
-    for t, m, s in tqdm(todo, desc="bench_nowcast", unit="run"):
+    if getattr(args, "summarize_only", False):
+        todo = []
+    workers = getattr(args, "workers", 1) or 1
+    if workers > 1 and todo:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as ex:
+            futures = [ex.submit(_one_thread_run, t, m, s, nowcasters) for t, m, s in todo]
+            for f in tqdm(as_completed(futures), total=len(futures), desc="bench_nowcast", unit="run"):
+                results.append(f.result())
+                atomic_write_text(raw_path, json.dumps(results))
+    for t, m, s in (tqdm(todo, desc="bench_nowcast", unit="run") if workers <= 1 else []):
         results.append(run_one(t, m, s, nowcasters))
         atomic_write_text(raw_path, json.dumps(results))
     tables, summary = summarize(results, tasks)
@@ -477,6 +507,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--benchmarks", default=None, help="markdown file to write (default: the repository's)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--resume", action="store_true", help="keep results already in OUT/results.json")
+    p.add_argument("--extra", action="append", default=[],
+                   help="NAME=FOLDER: one more NiNo/WNN nowcaster, run as method NAME (repeatable)")
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel processes (one thread each)")
+    p.add_argument("--summarize-only", action="store_true", help="no runs: tables from OUT/results.json")
     p.add_argument("--overhead", action="store_true",
                    help="measure NowcastOptimizer's time share at periods 1000 and 300 and write its own section")
     args = p.parse_args(argv)
