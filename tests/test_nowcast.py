@@ -473,3 +473,22 @@ def test_nowcast_computes_only_its_horizon_and_matches_the_full_prediction(cls):
     _, std = lay.stats(ctx)
     for k in range(1, 6):
         torch.testing.assert_close(nc.nowcast(ctx, k, lay), ctx[-1] + full[k - 1] * std)
+
+
+def test_nino_builds_its_indices_once_per_architecture(monkeypatch):
+    """Repeated nowcasts of one architecture reuse the message routes and host rows built on the first call."""
+    from weightspace.nn.routes import Routes
+    from weightspace.space import WeightSpace
+
+    calls = []
+    build_routes = Routes.build
+    monkeypatch.setattr(Routes, "build", classmethod(lambda cls, *a, **k: calls.append(1) or build_routes(*a, **k)))
+    nc = NiNo(context=3, horizons=2, hidden=8, layers=1, decoder_hidden=8)
+    model = build("cnn", seed=0, channels=(4, 4, 4), batchnorm=True)
+    lay = ParamLayout.from_space(WeightSpace.from_module(model, example_input(model)))
+    ctx = torch.randn(3, lay.num_values).cumsum(0)
+    first = nc.nowcast(ctx, 1, lay)
+    rows = nc._host_index(lay, ctx.device)
+    for _ in range(3):
+        assert torch.equal(nc.nowcast(ctx, 1, lay), first)
+    assert len(calls) == 1 and nc._host_index(lay, ctx.device) is rows

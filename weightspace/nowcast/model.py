@@ -30,6 +30,7 @@ from ..graph.layout import EDGE_TYPES, NODE_TYPES
 from ..nn import GraphMetanetwork, IncompatibleGraph, MetanetConfig
 from ..nn.batch import collate
 from ..nn.layers import mlp
+from ..nn.routes import Routes
 from .core import NowcastError, ParamLayout
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -167,6 +168,7 @@ class NiNo(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
         self.decoder = mlp([context + 1 + hidden, decoder_hidden, decoder_hidden, horizons])
         self._hosts: dict[tuple[str, torch.device], Tensor] = {}
         self._checked: set[str] = set()
+        self._route_cache: dict[tuple[str, torch.device, torch.dtype], Routes] = {}
 
     def _host_index(self, layout: ParamLayout, device: torch.device) -> Tensor:
         """Per value: the row of its host in ``[edges; nodes; no host]`` (computed once per architecture and device)."""
@@ -181,6 +183,14 @@ class NiNo(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
                                            torch.where(inv < EF + NF, E + (inv - EF) // lay.node_features,
                                                        E + N)).to(device)
         return self._hosts[key]
+
+    def _routes(self, layout: ParamLayout, graph: Any) -> Routes:
+        """The metanetwork's message routes of one architecture's graph, built once per architecture and device."""
+        dtype = self.metanet.edge_in.weight.dtype
+        key = (layout.space.fingerprint, graph.edge_index.device, dtype)
+        if key not in self._route_cache:
+            self._route_cache[key] = Routes.build(graph.edge_index, int(graph.num_nodes), dtype)
+        return self._route_cache[key]
 
     def check_space(self, layout: ParamLayout) -> None:
         """Refuse architectures with parameter types meta-training never saw."""
@@ -214,8 +224,11 @@ class NiNo(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
             g.pos_id = g.pos_id.clamp(max=self.metanet.config.max_positions - 1)
             graphs.append(g)
         data = graphs[0] if len(graphs) == 1 else collate(graphs)
+        routes = None
+        if len(graphs) == 1 and not torch.is_autocast_enabled(data.edge_index.device.type):
+            routes = self._routes(layouts[0], data)
         try:
-            enc = self.metanet(data)
+            enc = self.metanet(data, routes)
         except IncompatibleGraph as e:
             names = sorted({lay.space.name for lay in layouts})
             raise NowcastError(f"{', '.join(names)} does not fit this NiNo: {e}") from e
