@@ -261,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-windows", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-seconds", type=float, default=15)
+    p.add_argument("--trajectories", default=None,
+                   help="file that keeps the generated trajectories: read if it exists, else written")
+    p.add_argument("--resume", action="store_true",
+                   help="start each model from its folder in --out if there is one (a fresh optimizer and schedule)")
     p.add_argument("--models", default="nino,nino_small,wnn",
                    help="nino (--hidden/--layers/--decoder-hidden), nino_small (the packaged size: 16/2/32), wnn")
     args = p.parse_args(argv)
@@ -268,8 +272,17 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    runs = generate(recipes(args.runs, args.steps, args.gpt_steps, args.seed), args.save_every, args.workers,
-                    args.gen_seconds)
+    cache = Path(args.trajectories) if args.trajectories else None
+    if cache is not None and cache.is_file():
+        runs = torch.load(cache, weights_only=True)
+        runs = [(json.loads(c), flat) for c, flat in runs]
+    else:
+        runs = generate(recipes(args.runs, args.steps, args.gpt_steps, args.seed), args.save_every, args.workers,
+                        args.gen_seconds)
+        if cache is not None:
+            tmp = cache.with_suffix(".tmp")
+            torch.save([(json.dumps(c), flat) for c, flat in runs], tmp)
+            tmp.replace(cache)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -306,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     models = {}
     for k in args.models.split(","):
         torch.manual_seed(args.seed)
-        models[k] = make[k]().to(device)
+        models[k] = make[k]()
+        if args.resume and (out / k / "config.json").is_file():
+            models[k] = type(models[k]).from_pretrained(out / k)
+            print(f"resumed {k} from {out / k}", flush=True)
+        models[k] = models[k].to(device)
     opts = {k: torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=1e-4) for k, m in models.items()}
     g = torch.Generator().manual_seed(args.seed)
     history: list[dict[str, Any]] = []
