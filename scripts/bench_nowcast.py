@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchlib import markdown_table, write_section
-from weightspace.nowcast import LAWA, WNN, LineFit, NiNo, NowcastOptimizer
+from weightspace.nowcast import LAWA, WNN, LineFit, NiNo, NowcastOptimizer, horizon_schedule
 from weightspace.tasks.data import char_batch, digits_split, stdlib_corpus, tabular_split
 from weightspace.tasks.models import build, example_input
 from weightspace.tasks.train import evaluate_classifier, evaluate_lm
@@ -153,7 +153,9 @@ def run_one(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> d
     if method != "adam":
         name, *opts = method.split("-")
         tol = next((float(o[3:]) for o in opts if o.startswith("tol")), GUARD_TOLERANCE)
+        top = next((int(o[1:]) for o in opts if o.startswith("h") and o[1:].isdigit()), None)
         opt = NowcastOptimizer(model, base, nowcasters[name], period=task.period, example_input=example_input(model),
+                               horizons=None if top is None else horizon_schedule(top),
                                guard=None if "noguard" in opts else guard, guard_tolerance=tol,
                                guard_delay=0 if "now" in opts else GUARD_DELAY,
                                reset_state="reset" in opts, stop=task.steps)
@@ -499,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nino", default=None)
     p.add_argument("--wnn", default=None)
     p.add_argument("--tasks", default=None)
-    p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}, each optionally "
+                   "with -noguard, -reset, -now, -tol<x>, -h<K> (NiNo's schedule rescaled to a first horizon K)")
     p.add_argument("--seeds", type=int, default=None, help=f"seeds per task (default 3; {PEER_SEEDS} with --peer)")
     p.add_argument("--peer", action="store_true",
                    help=f"run only the peer's setting ({PEER_TASK}) and write its own BENCHMARKS.md section")
