@@ -1,8 +1,9 @@
 """Nowcasting benchmark: steps for Adam vs NiNo, WNN, linefit and LAWA to reach Adam's validation target.
 
-Tasks are all outside meta-training (see :data:`TASKS`). For each task and seed, every method trains
+Tasks are all outside meta-training (see :data:`TASKS`); `--peer` runs ANCHORS.md's setting alone, `--overhead`
+measures NowcastOptimizer's time share. For each task and seed, every method trains
 the same seeded model on the same batches with AdamW; nowcasting methods wrap it in a
-:class:`NowcastOptimizer` (period 100, context 5, NiNo's decaying horizon schedule rescaled to the
+:class:`NowcastOptimizer` (period 100 unless the task sets its own, context 5, NiNo's decaying horizon schedule rescaled to the
 nowcaster's K). The target is Adam's validation metric averaged over the last 5% of its budget (mean
 over seeds); steps-to-target is the first evaluation at or past it, median over seeds.
 
@@ -347,13 +348,6 @@ def _one_thread_run(task: Task, method: str, seed: int, nowcasters: dict[str, An
     return run_one(task, method, seed, nowcasters)
 
 
-def _schedule_text(nowcaster: Any, period: int) -> str:
-    from weightspace.nowcast import horizon_schedule
-
-    K = getattr(nowcaster, "max_horizon", None) or 16
-    return f"horizons `{horizon_schedule(K)}` context spacings of {period // 5} steps"
-
-
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     args.benchmarks = str(args.benchmarks or BENCHMARKS)
@@ -398,11 +392,16 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
     speedups = [summary[t.name]["ratios"].get("nino", math.nan) for t in tasks if t.name in summary]
     periods = sorted({t.period for t in tasks})
-    sched = "; ".join(f"period {p}: {_schedule_text(nowcasters['nino'], p)}" for p in periods)
+    from weightspace.nowcast import horizon_schedule as hs
+
+    Ks = sorted({getattr(nc, "max_horizon", None) or 16 for nc in nowcasters.values()})
+    sched = ("context spacings of " + ", ".join(f"{p // 5} steps at period {p}" for p in periods)
+             + "; horizons in spacings: NiNo's decaying schedule rescaled to each nowcaster's max horizon K ("
+             + "; ".join(f"K={K}: `{hs(K)}`" for K in Ks) + "; linefit and LAWA as K=16, or K from `-h<K>`)")
     body = (f"Steps to reach Adam's validation target (Adam's metric averaged over the last 5% of its budget, "
             f"mean over seeds), median over {seeds} seeds; `(r/n)`: only r of n seeds reached it. "
-            f"AdamW, weight decay 0; nowcasters wrap it with NowcastOptimizer (context 5, {sched}, "
-            f"for the packaged NiNo; no jump on the last step). All nowcasters run with the "
+            f"AdamW, weight decay 0; nowcasters wrap it with NowcastOptimizer (context 5, {sched}; "
+            f"no jump on the last step). All nowcasters run with the "
             f"same guard except the `-noguard` ones: cross-entropy on a fixed training batch just before a jump and "
             f"{GUARD_DELAY} steps after it; the jump is rolled back (parameters and AdamW state restored) if "
             f"that loss is non-finite or more than {GUARD_TOLERANCE:.0%} above its pre-jump value. "
