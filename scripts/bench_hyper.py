@@ -156,7 +156,7 @@ def _mean(xs: list[float]) -> float:
 def ratio(rec: dict[str, Any], v: str) -> float:
     d = statistics.median(s for s, _ in rec["steps_default"])
     p = statistics.median(s for s, _ in rec["steps_pred"][v])
-    return d / max(p, 1)
+    return max(d, 1) / max(p, 1)
 
 
 def report(res: dict[str, Any], args: argparse.Namespace) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -20,6 +21,8 @@ from .calibrate import calibrate_statistics
 from .errors import BadExampleInput, NonFinitePrediction, UnseenArchitecture
 from .layout import EDGE_INPUTS, KIND_AUX, KIND_EDGE, NODE_INPUTS, HyperLayout, model_constants
 
+PRETRAINED = Path(__file__).parent / "pretrained" / "digits"
+"""The packaged hypernetwork (digits MLPs and CNNs; see its README.md model card)."""
 PARAMETRIZATIONS = ("mip", "ghn2")
 DECODERS = ("edge", "tile")
 
@@ -60,10 +63,17 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
     :class:`HyperLayout`), plus the draw's ``theta0`` placed on the graph as if it were a checkpoint,
     and for each unit a linear summary of its incoming ``theta0`` values against learned embeddings of
     the units they come from (so a hidden unit knows its random receptive field). **How it decodes.**
-    Each edge value is an MLP of the edge embedding plus a learned linear readout of products of its
-    two endpoints' embeddings (``rank`` of them), i.e. each weight is predicted from the two units it
-    connects. Weight tensors are decoded centred (their mean over the tensor is removed): under Adam a
-    shift shared by a whole layer is the easiest output to move, and it silenced every ReLU unit at once.
+    Each edge value is an MLP of the backbone's edge embedding plus a learned linear readout of
+    products of its two endpoints' codes (``rank`` of them), i.e. each weight is predicted from the two
+    units it connects. A unit's code is its own embedding (learned for a fixed unit such as an input
+    pixel or a class, a linear map of a permutable unit's random features) and its incoming summary,
+    *not* the backbone's node embedding: with the backbone's embedding there, meta-training on digits
+    MLPs fell 2.31 -> 1.89 in 100 steps (held-out accuracy 19%); with these codes, 2.31 -> 1.75 (39-43%),
+    because a first-layer weight is then a learned pixel vector times a map of the unit's features, which
+    Adam moves like a layer of an ordinary network. Weight tensors are decoded centred (their mean over the
+    tensor is removed): under Adam a shift shared by a whole layer is the easiest output to move, and it
+    silenced every ReLU unit at once. ``decoder="tile"`` replaces the per-edge decoder with GHN-2's
+    (one tensor per pair of layers, tiled: an ablation).
 
     **Telling units apart.** A permutation-equivariant network gives interchangeable units
     identical outputs, so every permutable unit (hidden unit, channel, head) gets ``unit_features``
@@ -83,7 +93,8 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
       as fan-in and depth are given constant-norm encodings ``[cos(pi z/2), sin(pi z/2)]``. The
       output layers start at zero, so an untrained hypernetwork gives an ordinary random init.
 
-    fan-in is read from the graph (:mod:`weightspace.hyper.layout`). Running statistics are
+    ``fan_in_scaling=False`` drops the ``1/sqrt(fan_in)`` factor of the delta (MIP) or weight (GHN-2), an
+    ablation. fan-in is read from the graph (:mod:`weightspace.hyper.layout`). Running statistics are
     measured on a calibration batch (:mod:`weightspace.hyper.calibrate`); tensors the graph
     does not place (``num_batches_tracked``) keep the model's own values.
     """
@@ -127,6 +138,19 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
                 nn.init.zeros_(head[-1].weight)
                 nn.init.zeros_(head[-1].bias)
         self._layouts: dict[str, HyperLayout] = {}
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None = None, **kwargs: Any
+                        ) -> "GraphHyperNetwork":
+        """Load ``save_pretrained`` output (a folder or Hub id); with no argument, the packaged digits model
+        (scikit-learn digits, pixels in [0, 1]: flat 64-vectors for MLPs, ``1x8x8`` images for CNNs)."""
+        path = pretrained_model_name_or_path
+        if path is None:
+            path = PRETRAINED
+            if not (path / "config.json").is_file():
+                raise WeightSpaceError(f"no packaged hypernetwork at {path}; train one with `weightspace hyper "
+                                       f"train` (or scripts/pretrain_hyper.py) and pass its model folder")
+        return super().from_pretrained(str(path), **kwargs)
 
     # ------------------------------------------------------------------ architectures
     def layout(self, space: WeightSpace) -> HyperLayout:
@@ -202,7 +226,7 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
         batch.x = torch.cat([batch.x, incoming.unsqueeze(1)], -1)
         enc = self.backbone(batch)
         units = torch.cat([d.units.to(dev, enc.node.dtype) for d in draws])
-        z = torch.cat([enc.node, units, direct.to(enc.node.dtype)], -1)
+        z = torch.cat([incoming, units, direct], -1).to(enc.node.dtype)
         src, dst = batch.edge_index
         if self.tile_decoder is None:
             pair = (self.src_factor(z)[src] * self.dst_factor(z)[dst]).view(-1, self.max_kernel, self.rank)
