@@ -106,9 +106,33 @@ def load_variants(models: Path, names: list[str]) -> dict[str, tuple[GraphHyperN
     return out
 
 
+class ScratchCache:
+    """Scratch Adam curves (they do not depend on the hypernetwork), kept in a JSON file between runs."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = Path(path) if path else None
+        self.data = json.loads(self.path.read_text()) if self.path and self.path.is_file() else {}
+
+    def curve(self, arch: dict[str, Any], seed: int, args: argparse.Namespace, data) -> list[tuple[int, float]]:
+        key = json.dumps([arch, seed, args.budget, args.lr, args.eval_every], sort_keys=True)
+        if key not in self.data:
+            kwargs = {k: v for k, v in arch.items() if k != "family"}
+            self.data[key] = adam_curve(build(arch["family"], seed=seed, **kwargs), data, arch, args.budget,
+                                        args.lr, args.eval_every, seed)
+            if self.path:
+                atomic_write_text(self.path, json.dumps(self.data))
+        return [tuple(c) for c in self.data[key]]
+
+
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     data = digits_split(0)
+    cache = ScratchCache(args.scratch_cache)
+    if args.scratch_only:
+        for _, arch in HELD_OUT:
+            for s in range(args.finetune_seeds):
+                print(arch, s, cache.curve(arch, s, args, data)[-1], flush=True)
+        sys.exit(0)
     variants = load_variants(Path(args.models), args.variants)
     missing = [v for v in args.variants if v not in variants]
     if missing and args.train_steps:
@@ -130,13 +154,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 hyper.init_(model, x_cal, seed=s)
                 rec["zero_shot"].setdefault(v, []).append(accuracy(model, x_va, data.y_val))
         for s in range(args.finetune_seeds):
-            scratch = adam_curve(build(arch["family"], seed=s, **kwargs), data, arch, args.budget, args.lr,
-                                 args.eval_every, s)
+            scratch = cache.curve(arch, s, args, data)
             final = scratch[-1][1]
             rec["scratch"].append(final)
             target = 0.98 * final
             rec["steps_default"].append(steps_to(scratch, target, args.budget))
             for v, (hyper, _) in variants.items():
+                if v not in args.finetune_variants:
+                    continue
                 model = build(arch["family"], seed=s, **kwargs)
                 hyper.init_(model, x_cal, seed=s)
                 curve = adam_curve(model, data, arch, args.budget, args.lr, args.eval_every, s)
@@ -175,7 +200,7 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
     for v in variants:
         zs = _mean([_mean(r["zero_shot"][v]) for r in rows])
         fr = _mean([_mean(r["zero_shot"][v]) / _mean(r["scratch"]) for r in rows])
-        rt = statistics.median(ratio(r, v) for r in rows)
+        rt = statistics.median(ratio(r, v) for r in rows) if v in rows[0]["steps_pred"] else float("nan")
         info = res["variants"][v]
         abl.append([v, VARIANT_TEXT.get(v, v), f"{zs:.3f}", f"{fr:.2f}", f"{rt:.2f}x",
                     f"{info.get('final', {}).get('loss', float('nan')):.3f}"])
@@ -238,9 +263,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--finetune-seeds", type=int, default=1)
-    p.add_argument("--budget", type=int, default=400)
+    p.add_argument("--budget", type=int, default=300)
     p.add_argument("--eval-every", type=int, default=10)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--finetune-variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="variants whose fine-tuning is measured (zero-shot is measured for every variant)")
+    p.add_argument("--scratch-cache", default=None, help="JSON file keeping the scratch Adam curves between runs")
+    p.add_argument("--scratch-only", action="store_true", help="only compute the scratch curves (into the cache)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="also write the raw results here")
     p.add_argument("--benchmarks", default=str(BENCHMARKS))

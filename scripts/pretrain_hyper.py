@@ -73,9 +73,9 @@ def train_variant(args: argparse.Namespace, variant: str) -> None:
                            cache=cache)
         per_step = (time.perf_counter() - t0) / PROBE_STEPS
         left = args.seconds - (time.perf_counter() - start) - args.reserve
-        steps = max(args.warmup + 10, int(left / per_step))
+        steps = max(10, int(left / per_step))
         print(f"[{variant}] {per_step * 1000:.0f} ms/step after tracing -> {steps} steps", flush=True)
-    config = TrainConfig(**{**base, "steps": steps})
+    config = TrainConfig(**{**base, "steps": steps, "warmup": min(args.warmup, steps // 5)})
     hyper, result = train_hypernetwork(out, config, spec, hyper, cache=cache)
     info = json.loads((out / "hyper_train.json").read_text())
     info.update(variant=variant, options=model_options(args, variant), device=str(args.device),
