@@ -33,7 +33,7 @@ VARIANTS: dict[str, dict] = {
     "nofanin": {"fan_in_scaling": False},
     "tile": {"decoder": "tile"},
 }
-PROBE_STEPS = 6
+PROBE_STEPS = 8
 
 
 def grid_architectures(dist: ArchDistribution) -> list[dict]:
@@ -68,6 +68,8 @@ def train_variant(args: argparse.Namespace, variant: str) -> None:
     steps = args.steps
     if args.seconds:
         probe = copy.deepcopy(hyper)
+        warm = TrainConfig(**{**base, "steps": 2, "plot": False})
+        train_hypernetwork(None, warm, spec, probe, cache=cache)  # device start-up, kernels, first allocations
         t0 = time.perf_counter()
         train_hypernetwork(None, TrainConfig(**{**base, "steps": PROBE_STEPS, "plot": False}), spec, probe,
                            cache=cache)
