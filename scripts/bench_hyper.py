@@ -50,7 +50,7 @@ HELD_OUT: list[tuple[str, dict[str, Any]]] = [
     ("MLP 256 (wider)", _mlp([256])),
     ("MLP 48-48, gelu (between)", _mlp([48, 48], "gelu")),
     ("MLP 24x4 (deeper)", _mlp([24] * 4)),
-    ("CNN 2-2-2 (narrower)", _cnn([2, 2, 2], False)),
+    ("CNN 3-3-3 (narrower)", _cnn([3, 3, 3], False)),
     ("CNN 24-24-24 (wider)", _cnn([24, 24, 24], False)),
     ("CNN 6-12-24 + BN", _cnn([6, 12, 24], True)),
     ("CNN 32-32-32 + BN, tanh (wider)", _cnn([32, 32, 32], True, "tanh")),
