@@ -35,7 +35,10 @@ VARIANTS: dict[str, dict] = {
     "ghn2": {"parametrization": "ghn2"},
     "nofanin": {"fan_in_scaling": False},
     "tile": {"decoder": "tile"},
+    "gpt": {},
 }
+"""Model options of each variant; ``gpt`` is the main model meta-trained on tiny GPTs (stdlib text) instead."""
+FAMILIES = {"gpt": ("gpt",)}
 PROBE_STEPS = 8
 
 
@@ -47,6 +50,9 @@ def grid_architectures(dist: ArchDistribution) -> list[dict]:
         archs += [{"family": "cnn", "channels": [a, b, c], "batchnorm": bn, "in_channels": 1, "num_classes": 10,
                    "activation": dist.activations[0]} for a in dist.cnn_channels for b in dist.cnn_channels
                   for c in dist.cnn_channels for bn in dist.cnn_batchnorm]
+    if "gpt" in dist.families:
+        archs += [dist.gpt(w, d, h, a) for w in dist.gpt_widths for d in dist.gpt_depths for h in dist.gpt_heads
+                  for a in dist.gpt_attention]
     return archs if "mlp" in dist.families else [a for a in archs if a["family"] != "mlp"]
 
 
@@ -57,7 +63,7 @@ def model_options(args: argparse.Namespace, variant: str) -> dict:
 
 def train_variant(args: argparse.Namespace, variant: str) -> None:
     out = Path(args.out) / variant
-    dist = ArchDistribution()
+    dist = ArchDistribution(families=FAMILIES.get(variant, ("mlp", "cnn")))
     spec = HyperTrainSpec(dist, args.data_batch)
     torch.manual_seed(args.seed)
     hyper = GraphHyperNetwork(**model_options(args, variant))
