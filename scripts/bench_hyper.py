@@ -270,7 +270,8 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
         fr = _mean([_mean(r["zero_shot"][v]) / _mean(r["scratch"]) for r in rows])
         rt = statistics.median(ratio(r, v) for r in rows) if v in rows[0]["steps_pred"] else float("nan")
         info = res["variants"][v]
-        abl.append([v, VARIANT_TEXT.get(v, v), info.get("steps", "?"), f"{zs:.3f}", f"{fr:.2f}", f"{rt:.2f}x",
+        rt_text = f"{rt:.2f}x" if rt == rt else "not measured"
+        abl.append([v, VARIANT_TEXT.get(v, v), info.get("steps", "?"), f"{zs:.3f}", f"{fr:.2f}", rt_text,
                     f"{info.get('final', {}).get('loss', float('nan')):.3f}"])
     cost = []
     infos = {v: res["variants"][v] for v in variants}
@@ -305,7 +306,11 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
         f"- **Goal: >= 2x fewer fine-tuning steps than default init (median over architectures): "
         f"{med:.2f}x -> {goal2}.**",
         "",
-        "### Ablations (same held-out architectures, same run; each variant trained with the same settings)",
+        "### Ablations (same held-out architectures, same run)",
+        "",
+        "The variants of `--models` were trained with the same settings and steps as each other "
+        "(`training steps` x the batch of architectures in their `hyper_train.json`); a `packaged` row was "
+        "trained separately, longer.",
         "",
         markdown_table(["variant", "what changes", "training steps", "mean zero-shot", "zero-shot / scratch",
                         "median steps ratio", "final training loss"], abl),
@@ -315,6 +320,10 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         markdown_table(["variant", "device", "GPU", "steps", "time", "architectures/s"], cost),
     ]
+    if not any(info.get("gpu") for info in infos.values()):
+        body += ["", "GPU architectures/s: not measured (no hypernetwork here was trained on a GPU)."]
+    if args.note:
+        body += ["", args.note]
     return "\n".join(body)
 
 
@@ -363,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpt-steps", type=int, default=100, help="Adam steps for the tiny-GPT rows (0: skip)")
     p.add_argument("--gpt-seeds", type=int, default=2)
     p.add_argument("--gpt-lr", type=float, default=3e-3)
+    p.add_argument("--note", default="", help="a paragraph appended to the section (e.g. how the models were made)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None, help="also write the raw results here")
     p.add_argument("--benchmarks", default=str(BENCHMARKS))
