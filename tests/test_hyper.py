@@ -317,3 +317,20 @@ def test_the_packaged_model_serves_digits_models_written_any_way():
     gpt = build("gpt", vocab_size=11, block_size=8, n_layer=1, n_head=2, d_model=8)
     with pytest.raises(UnseenArchitecture, match="embedding"):
         hyper.predict(gpt, example_input(gpt))
+
+
+def test_training_runs_on_tiny_gpts_with_the_language_modelling_loss():
+    import math
+
+    from weightspace.hyper import UnseenArchitecture
+
+    torch.set_num_threads(1)
+    dist = ArchDistribution(families=("gpt",), gpt_widths=(8,), gpt_depths=(1,), gpt_heads=(2,),
+                            gpt_attention=("separate", "fused"), gpt_block_size=8)
+    h, result = train_hypernetwork(None, tiny_config(steps=2, batch_size=2, checkpoint_every=0),
+                                   HyperTrainSpec(dist, 8), hidden=8, layers=1, unit_features=2)
+    first = result.history[0]["loss"]
+    assert abs(first - math.log(97)) < 0.5, first  # a near-uniform next-character distribution at MIP's start
+    assert {"embedding", "attn_qk"} <= set(h.edge_types)
+    with pytest.raises(UnseenArchitecture, match="input"):
+        h.predict(MLP(), torch.randn(2, 6))
