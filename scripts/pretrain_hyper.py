@@ -16,9 +16,9 @@ import time
 STARTED = time.time()
 
 import argparse  # noqa: E402
-import copy
-import json
-import os
+import copy  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
