@@ -14,6 +14,9 @@ from weightspace.tasks import digits_split
 from weightspace.training import TrainConfig
 
 FAMILIES = families()
+PACKAGED_MIN_GAIN = 0.05
+"""Mean accuracy gain over default init the packaged model must give on a held-out digits MLP (two seeds; it
+measured +0.11 when packaged)."""
 
 
 def tiny(parametrization: str = "mip", seed: int = 0) -> GraphHyperNetwork:
@@ -184,7 +187,7 @@ def trained_accuracy(steps: int, lr: float) -> tuple[float, float, list[dict]]:
 
 
 def test_a_short_training_beats_default_init_on_a_held_out_width():
-    acc, base, history = trained_accuracy(60, 5e-3)
+    acc, base, history = trained_accuracy(100, 1e-2)
     assert history[-1]["loss"] < history[0]["loss"]
     assert acc > base + 0.05, (acc, base)
 
@@ -218,3 +221,116 @@ def test_cli_trains_and_predicts_a_state_dict_with_its_weight_space(tmp_path, ca
     assert main(["hyper", "predict", "--model", str(out / "model"), "--arch", '{"widths": [4]}',
                  "--out", str(target)]) == 2
     assert "family" in capsys.readouterr().err
+
+
+def test_a_family_training_never_saw_is_refused_by_name_unless_asked():
+    from weightspace.hyper import UnseenArchitecture
+    from weightspace.tasks import build, example_input
+
+    h = tiny("ghn2")
+    h.record_seen(*h.types_of(WeightSpace.from_module(MLP(), torch.randn(2, 6))))
+    model, x = CNN(), torch.rand(3, 1, 8, 8)
+    with pytest.raises(UnseenArchitecture, match=r"CNN|conv") as err:
+        h.predict(model, x)
+    assert "allow_unseen" in str(err.value)
+    unseen = set(h.types_of(WeightSpace.from_module(model, x))[0]) - set(h.edge_types)
+    assert unseen and all(t in str(err.value) for t in unseen)
+    sd = h.predict(model, x, allow_unseen=True)
+    assert set(sd) == set(model.state_dict())
+    gpt = build("gpt", vocab_size=11, block_size=8, n_layer=1, n_head=2, d_model=8)
+    with pytest.raises(UnseenArchitecture, match="never trained on"):
+        h.predict(gpt, example_input(gpt))
+    h.predict(MLP(), torch.randn(2, 6))  # what it saw still works
+
+
+def test_training_records_the_distributions_layer_types(tmp_path):
+    from weightspace.hyper import UnseenArchitecture
+
+    torch.set_num_threads(1)
+    h, _ = train_hypernetwork(tmp_path / "r", tiny_config(steps=1, checkpoint_every=0), HyperTrainSpec(TINY_DIST, 8),
+                              tiny())
+    loaded = GraphHyperNetwork.from_pretrained(tmp_path / "r" / "model")
+    assert loaded.edge_types == h.edge_types and loaded.edge_types
+    with pytest.raises(UnseenArchitecture):
+        loaded.predict(CNN(), torch.rand(2, 1, 8, 8))
+
+
+def test_fan_in_scaling_divides_ghn2_weights_by_the_square_root_of_fan_in(trained_for_tests):
+    h = GraphHyperNetwork(**{**trained_for_tests._hub_mixin_config, "fan_in_scaling": False})
+    h.load_state_dict(trained_for_tests.state_dict())
+    model, x = MLP(sizes=(6, 8, 7, 3)), torch.randn(4, 6)
+    a, b = trained_for_tests.predict(model, x, seed=1), h.predict(model, x, seed=1)
+    for k, fan_in in (("net.0.weight", 6), ("net.2.weight", 8), ("net.4.weight", 7)):
+        torch.testing.assert_close(a[k] * fan_in ** 0.5, b[k], msg=k)
+
+
+def test_the_tile_decoder_repeats_channels_beyond_its_tile():
+    torch.manual_seed(0)
+    h = GraphHyperNetwork(hidden=8, layers=1, unit_features=2, parametrization="ghn2", decoder="tile", tile=4)
+    model, x = MLP(sizes=(6, 10, 3)), torch.randn(2, 6)
+    w = h.predict(model, x)["net.0.weight"]  # [10, 6]
+    torch.testing.assert_close(w[4:8], w[0:4])
+    torch.testing.assert_close(w[:, 4:6], w[:, 0:2])
+    assert not torch.allclose(w[0], w[1])
+    edge = GraphHyperNetwork(hidden=8, layers=1, unit_features=2, parametrization="ghn2")
+    we = edge.predict(model, x)["net.0.weight"]
+    assert not torch.allclose(we[4:8], we[0:4])
+
+
+class FlatInputCNN(nn.Module):
+    """A CNN written to take flat 64-vectors, reshaping them inside its forward."""
+
+    def __init__(self, flat: bool = True):
+        super().__init__()
+        self.flat = flat
+        self.conv = nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(12, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 12, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(12, 10)
+
+    def forward(self, x):
+        return self.head(self.conv(x.view(-1, 1, 8, 8) if self.flat else x).mean((2, 3)))
+
+
+def test_the_packaged_model_serves_digits_models_written_any_way():
+    from weightspace.hyper import UnseenArchitecture
+    from weightspace.tasks import build, example_input
+
+    torch.set_num_threads(1)
+    hyper = GraphHyperNetwork.from_pretrained()
+    assert hyper.edge_types and "conv" in hyper.edge_types
+    data = digits_split(0)
+    gains = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build("mlp", widths=[48])
+        default = float((model.eval()(data.x_val.flatten(1)).argmax(1) == data.y_val).float().mean())
+        hyper.init_(model, data.x_train[:256].flatten(1), seed=seed)
+        gains.append(float((model.eval()(data.x_val.flatten(1)).argmax(1) == data.y_val).float().mean()) - default)
+    assert sum(gains) / 2 > PACKAGED_MIN_GAIN, gains
+    flat = hyper.predict(FlatInputCNN(), data.x_train[:256].flatten(1), seed=3)
+    image = hyper.predict(FlatInputCNN(flat=False), data.x_train[:256], seed=3)
+    for k in image:
+        assert torch.equal(flat[k], image[k]), k
+    cnn = build("cnn", channels=[12, 12, 12], batchnorm=True)
+    hyper.init_(cnn, data.x_train[:256], seed=0)
+    assert bool(torch.isfinite(cnn.eval()(data.x_val)).all())
+    gpt = build("gpt", vocab_size=11, block_size=8, n_layer=1, n_head=2, d_model=8)
+    with pytest.raises(UnseenArchitecture, match="embedding"):
+        hyper.predict(gpt, example_input(gpt))
+
+
+def test_training_runs_on_tiny_gpts_with_the_language_modelling_loss():
+    import math
+
+    from weightspace.hyper import UnseenArchitecture
+
+    torch.set_num_threads(1)
+    dist = ArchDistribution(families=("gpt",), gpt_widths=(8,), gpt_depths=(1,), gpt_heads=(2,),
+                            gpt_attention=("separate", "fused"), gpt_block_size=8)
+    h, result = train_hypernetwork(None, tiny_config(steps=2, batch_size=2, checkpoint_every=0),
+                                   HyperTrainSpec(dist, 8), hidden=8, layers=1, unit_features=2)
+    first = result.history[0]["loss"]
+    assert abs(first - math.log(97)) < 0.5, first  # a near-uniform next-character distribution at MIP's start
+    assert {"embedding", "attn_qk"} <= set(h.edge_types)
+    with pytest.raises(UnseenArchitecture, match="input"):
+        h.predict(MLP(), torch.randn(2, 6))

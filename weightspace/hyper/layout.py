@@ -16,6 +16,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from ..space import WeightSpace
+from ..space.vocabulary import NODE_TYPES
 
 EDGE_INPUTS = 6
 """Layout features per edge: encodings of the output unit's fan-in, its depth, and the edge's kernel size."""
@@ -38,6 +39,18 @@ def encode(z: Tensor, constant_norm: bool) -> Tensor:
     return torch.stack([z, 1 - z], -1)
 
 
+def graph_node_types(space: WeightSpace) -> Tensor:
+    """Node types as the hypernetwork reads them: the graph's, except that a parameter-free ``hidden`` unit with no
+    incoming edge counts as an ``input``. Such a unit is the model's input seen through a reshape (a CNN that views
+    a flat 64-vector as a 1x8x8 image), so it plays the input's role in the graph."""
+    lay = space.layout
+    types = lay.node_type.clone()
+    fed = torch.zeros(lay.num_nodes, dtype=torch.bool)
+    fed[lay.edge_index[1]] = True
+    types[(types == NODE_TYPES.index("hidden")) & ~fed] = NODE_TYPES.index("input")
+    return types
+
+
 @dataclass
 class HyperLayout:
     """Index tensors and weight-free features of one architecture, computed once and cached."""
@@ -53,6 +66,8 @@ class HyperLayout:
     value_kind: Tensor
     value_fan_in: Tensor
     value_key: list[str]
+    node_site: Tensor
+    node_local: Tensor
 
     @classmethod
     def from_space(cls, space: WeightSpace) -> "HyperLayout":
@@ -63,9 +78,13 @@ class HyperLayout:
         dst = lay.edge_index[1]
         fan_in = torch.zeros(N, dtype=torch.long).index_add_(0, dst, slots)
         depth = torch.zeros(N)
+        site = torch.zeros(N, dtype=torch.long)
+        local = torch.arange(N)
         denom = max(1, len(space.sites) - 1)
         for i, s in enumerate(space.sites):
             depth[s.offset:s.offset + s.count] = i / denom
+            site[s.offset:s.offset + s.count] = i
+            local[s.offset:s.offset + s.count] -= s.offset
         inv = lay.inverse
         kind = torch.full((P,), KIND_AUX, dtype=torch.long)
         kind[inv < E * F] = KIND_EDGE
@@ -76,8 +95,8 @@ class HyperLayout:
         on_node = kind == KIND_NODE
         vfan[on_node] = fan_in[(inv[on_node] - E * F) // Fn]
         keys = [k for k, n in zip(lay.keys, lay.numels) for _ in range(n)]
-        return cls(space, lay.edge_index, lay.edge_type, lay.node_type, lay.pos_id, fan_in, depth, slots, kind,
-                   vfan.clamp(min=1), keys)
+        return cls(space, lay.edge_index, lay.edge_type, graph_node_types(space), lay.pos_id, fan_in, depth, slots, kind,
+                   vfan.clamp(min=1), keys, site, local)
 
     @property
     def num_nodes(self) -> int:
@@ -86,6 +105,11 @@ class HyperLayout:
     @property
     def num_edges(self) -> int:
         return self.space.layout.num_edges
+
+    @property
+    def num_sites(self) -> int:
+        """Number of layer boundaries (node sites): the units of one layer output form a site."""
+        return len(self.space.sites)
 
     @property
     def num_values(self) -> int:

@@ -22,9 +22,9 @@ from torch.func import functional_call
 
 from ..errors import ConfigError
 from ..space import WeightSpace
-from ..tasks.data import ClassificationData, digits_split
+from ..tasks.data import CHAR_VOCAB, CharCorpus, ClassificationData, char_batch, digits_split, stdlib_corpus
 from ..tasks.models import build, example_input
-from ..tasks.zoo import CNN_GRID, MLP_GRID
+from ..tasks.zoo import CNN_GRID, GPT_CORPUS_CHARS, MLP_GRID
 from ..training import TrainConfig, Trainer, TrainResult, is_main_process
 from ..utils import atomic_write_text
 from .layout import HyperLayout, model_constants
@@ -35,12 +35,17 @@ TASK_POOL = 100_000
 """Number of distinct (architecture, batch, seed) tasks a batch index can name; the Trainer shuffles them."""
 
 
+FAMILIES = ("mlp", "cnn", "gpt")
+
+
 @dataclass(frozen=True)
 class ArchDistribution:
-    """The digits MLP and CNN families of the zoo recipes (``tasks.zoo``'s grids), drawn per task.
+    """The digits MLP and CNN families of the zoo recipes (``tasks.zoo``'s grids) and tiny GPTs on stdlib text,
+    drawn per task.
 
     MLPs have ``depth`` hidden layers of one ``width``; CNNs have three conv layers whose channels are
-    drawn independently, with or without BatchNorm.
+    drawn independently, with or without BatchNorm; GPTs (character-level, tied embeddings, the
+    vocabulary of :func:`~weightspace.tasks.data.stdlib_corpus`) draw width, depth, heads and attention style.
     """
 
     families: tuple[str, ...] = ("mlp", "cnn")
@@ -49,15 +54,23 @@ class ArchDistribution:
     cnn_channels: tuple[int, ...] = tuple(CNN_GRID["channels"])
     cnn_batchnorm: tuple[bool, ...] = tuple(CNN_GRID["batchnorm"])
     activations: tuple[str, ...] = ("relu", "gelu", "tanh")
+    gpt_widths: tuple[int, ...] = (32, 48)
+    gpt_depths: tuple[int, ...] = (1, 2)
+    gpt_heads: tuple[int, ...] = (2, 4)
+    gpt_attention: tuple[str, ...] = ("separate", "fused", "mha")
+    gpt_block_size: int = 16
 
     def __post_init__(self) -> None:
-        bad = [f for f in self.families if f not in ("mlp", "cnn")]
+        bad = [f for f in self.families if f not in FAMILIES]
         if bad or not self.families:
-            raise ConfigError(f"families must be drawn from ('mlp', 'cnn'), got {self.families}")
+            raise ConfigError(f"families must be drawn from {FAMILIES}, got {self.families}")
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
         """Constructor arguments of one architecture, ``{"family": ..., **kwargs}`` for :func:`tasks.build`."""
         fam = rng.choice(self.families)
+        if fam == "gpt":
+            return self.gpt(rng.choice(self.gpt_widths), rng.choice(self.gpt_depths), rng.choice(self.gpt_heads),
+                            rng.choice(self.gpt_attention))
         act = rng.choice(self.activations)
         if fam == "mlp":
             return {"family": "mlp", "in_features": 64, "widths": [rng.choice(self.mlp_widths)] *
@@ -66,8 +79,27 @@ class ArchDistribution:
                 "batchnorm": rng.choice(self.cnn_batchnorm), "in_channels": 1, "num_classes": 10,
                 "activation": act}
 
+    def gpt(self, width: int, depth: int, heads: int, attention: str) -> dict[str, Any]:
+        """Constructor arguments of a tiny GPT of this distribution's vocabulary and block size."""
+        return {"family": "gpt", "vocab_size": len(CHAR_VOCAB), "block_size": self.gpt_block_size, "n_layer": depth,
+                "n_head": heads, "d_model": width, "attention": attention, "tie_embeddings": True, "mlp_ratio": 4}
+
+    def representatives(self) -> list[dict[str, Any]]:
+        """One architecture per (family, BatchNorm or not) the distribution draws: together they hold every
+        edge and node type it can produce."""
+        out: list[dict[str, Any]] = []
+        if "mlp" in self.families:
+            out.append({"family": "mlp", "in_features": 64, "widths": [self.mlp_widths[0]] * max(self.mlp_depths),
+                        "out_features": 10, "activation": self.activations[0]})
+        if "cnn" in self.families:
+            out += [{"family": "cnn", "channels": [self.cnn_channels[0]] * 3, "batchnorm": bn, "in_channels": 1,
+                     "num_classes": 10, "activation": self.activations[0]} for bn in sorted(set(self.cnn_batchnorm))]
+        if "gpt" in self.families:
+            out += [self.gpt(self.gpt_widths[0], 1, self.gpt_heads[0], a) for a in self.gpt_attention]
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) for k, v in asdict(self).items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 def arch_key(arch: Mapping[str, Any]) -> str:
@@ -87,11 +119,13 @@ class Architecture:
 
 
 class ArchitectureCache:
-    """Builds and traces each architecture once (keyed by its constructor arguments)."""
+    """Builds each architecture once (keyed by its constructor arguments) and traces each weight space once:
+    architectures that differ only in their parameter-free activation share one traced layout."""
 
     def __init__(self, hyper: GraphHyperNetwork) -> None:
         self.hyper = hyper
         self._cache: dict[str, Architecture] = {}
+        self._layouts: dict[str, HyperLayout] = {}
 
     def get(self, arch: Mapping[str, Any]) -> Architecture:
         key = arch_key(arch)
@@ -99,8 +133,11 @@ class ArchitectureCache:
         if a is None:
             kwargs = {k: v for k, v in arch.items() if k != "family"}
             model = build(arch["family"], seed=0, **kwargs)
-            space = WeightSpace.from_module(model, example_input(model))
-            lay = self.hyper.layout(space)
+            shape_key = arch_key({k: v for k, v in arch.items() if k != "activation"})
+            lay = self._layouts.get(shape_key)
+            if lay is None:
+                lay = self.hyper.layout(WeightSpace.from_module(model, example_input(model)))
+                self._layouts[shape_key] = lay
             a = Architecture(key, dict(arch), model, lay, model_constants(lay, model.state_dict()),
                              arch["family"] == "mlp")
             self._cache[key] = a
@@ -120,12 +157,15 @@ class Task:
 
 class ArchitectureTasks:
     """A batch source for :class:`~weightspace.training.Trainer`: index ``i`` is one task, a fixed function of
-    ``(seed, i)``: an architecture from ``distribution``, a batch of ``data_batch`` training examples and
-    the seed of the unit features."""
+    ``(seed, i)``: an architecture from ``distribution``, a batch of ``data_batch`` training examples (digits
+    images, or windows of ``corpus`` for GPTs) and the seed of the unit features."""
 
     def __init__(self, distribution: ArchDistribution, data: ClassificationData, data_batch: int = 64,
-                 seed: int = 0) -> None:
+                 seed: int = 0, corpus: CharCorpus | None = None) -> None:
+        if "gpt" in distribution.families and corpus is None:
+            raise ConfigError("a distribution with GPTs needs a text corpus")
         self.distribution, self.data, self.data_batch, self.seed = distribution, data, data_batch, seed
+        self.corpus = corpus
         self.images = data.x_train.reshape(-1, 1, 8, 8)
 
     def __len__(self) -> int:
@@ -135,6 +175,9 @@ class ArchitectureTasks:
         rng = random.Random(f"hyper/{self.seed}/{index}")
         arch = self.distribution.sample(rng)
         g = torch.Generator().manual_seed(rng.randrange(2**62))
+        if arch["family"] == "gpt":
+            x, y = char_batch(self.corpus.train_ids, arch["block_size"], max(1, self.data_batch // 4), g)
+            return Task(arch, x.to(device), y.to(device), rng.randrange(2**31))
         rows = torch.randint(len(self.data.y_train), (self.data_batch,), generator=g)
         x = self.images[rows]
         x = x.flatten(1) if arch["family"] == "mlp" else x
@@ -175,7 +218,7 @@ class HyperLoss:
         for a, flat, t in zip(archs, flats, tasks):
             a.model.to(t.x.device).train()
             logits = functional_call(a.model, state_from_flat(a, flat), (t.x,))
-            losses.append(F.cross_entropy(logits.float(), t.y))
+            losses.append(F.cross_entropy(logits.flatten(0, -2).float(), t.y.flatten()))
         return torch.stack(losses).mean()
 
 
@@ -214,12 +257,15 @@ class HyperTrainSpec:
 
 def train_hypernetwork(out: str | Path | None, config: TrainConfig, spec: HyperTrainSpec | None = None,
                        hyper: GraphHyperNetwork | None = None, *, stop_at: int | None = None,
-                       **model_kwargs: Any) -> tuple[GraphHyperNetwork, TrainResult]:
-    """Meta-train a :class:`GraphHyperNetwork` on digits (``config.batch_size`` architectures per step).
+                       cache: ArchitectureCache | None = None, **model_kwargs: Any) -> tuple[GraphHyperNetwork, TrainResult]:
+    """Meta-train a :class:`GraphHyperNetwork` on digits, and on stdlib text for GPTs (``config.batch_size``
+    architectures per step; a GPT task has ``data_batch // 4`` windows of its block size).
 
     ``out/model`` gets ``save_pretrained`` output and ``out/hyper_train.json`` the spec and final
     metrics; re-running on the same ``out`` resumes. ``hyper`` (else one built from ``model_kwargs``
-    after seeding with ``config.seed``) is trained in place.
+    after seeding with ``config.seed``) is trained in place; unless it already records them, it records the
+    edge and node types of ``spec.distribution`` as the ones it was trained on (:meth:`GraphHyperNetwork.check_seen`).
+    ``cache`` shares built architectures with the caller.
     """
     spec = spec or HyperTrainSpec()
     if hyper is None:
@@ -228,8 +274,12 @@ def train_hypernetwork(out: str | Path | None, config: TrainConfig, spec: HyperT
     elif model_kwargs:
         raise ConfigError(f"pass either a hypernetwork or its options, not both ({sorted(model_kwargs)})")
     data = digits_split(0)
-    tasks = ArchitectureTasks(spec.distribution, data, spec.data_batch, config.seed)
-    cache = ArchitectureCache(hyper)
+    corpus = stdlib_corpus(max_chars=GPT_CORPUS_CHARS) if "gpt" in spec.distribution.families else None
+    tasks = ArchitectureTasks(spec.distribution, data, spec.data_batch, config.seed, corpus)
+    cache = cache or ArchitectureCache(hyper)
+    if hyper.edge_types is None and hyper.node_types is None:
+        types = [hyper.types_of(cache.get(a).layout.space) for a in spec.distribution.representatives()]
+        hyper.record_seen(set().union(*(e for e, _ in types)), set().union(*(n for _, n in types)))
     eval_fn = (lambda m: evaluate_architectures(m, spec.held_out, data)) if spec.held_out else None  # noqa: E731
     trainer = Trainer(hyper, HyperLoss(cache), tasks, config, out, eval_fn=eval_fn)
     result = trainer.fit(stop_at=stop_at)
