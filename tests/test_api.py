@@ -7,7 +7,7 @@ import pytest
 
 import weightspace as ws
 
-SUBPACKAGES = ["align", "collections", "graph", "hyper", "memorization", "merge", "nn", "nowcast", "predict", "space",
+SUBPACKAGES = ["align", "collections", "generate", "graph", "hyper", "memorization", "merge", "nn", "nowcast", "predict", "space",
                "tasks", "training"]
 
 

@@ -15,7 +15,7 @@ from .space import WeightSpace
 
 __version__ = "0.1.0"
 
-SUBPACKAGES = ("align", "collections", "graph", "hyper", "memorization", "merge", "nn", "nowcast", "predict", "space",
+SUBPACKAGES = ("align", "collections", "generate", "graph", "hyper", "memorization", "merge", "nn", "nowcast", "predict", "space",
                "tasks", "training")
 """Subpackages reachable as attributes (``ws.align``), imported lazily on first access; add new ones here."""
 

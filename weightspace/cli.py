@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "weightspace.commands.nowcast",
     "weightspace.commands.memorization",
     "weightspace.commands.hyper",
+    "weightspace.commands.generate",
 ]
 
 

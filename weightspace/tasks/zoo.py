@@ -424,3 +424,6 @@ def script_main(recipe: str, argv: list[str] | None = None) -> "CheckpointCollec
                      pack=args.pack)
     print(repr(coll))
     return coll
+
+
+from . import pdiff_zoo  # noqa: E402,F401  (registers p-diff's recipes, which build on the definitions above)

@@ -1,0 +1,154 @@
+"""Weight generators: complete finite samples that beat chance, exact save/load round trips, equivariance, bad input."""
+import math
+
+import pytest
+import torch
+
+from weightspace import StateDictMismatch, WeightSpace
+from weightspace.generate import GeneratorError, GraphDiffusion, PDiff, select_keys
+from weightspace.memorization import Evaluator, MemorizationError, ModelSet, unflatten
+from weightspace.tasks import build, digits_split, example_input, train_classifier
+from weightspace.training import TrainConfig
+
+
+def quick(steps, batch=8):
+    return TrainConfig(steps=steps, batch_size=batch, lr=3e-3, warmup=10, checkpoint_every=0, progress=False,
+                       plot=False)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """Five MLPs 64-12-10 trained on digits from different seeds, their space and an evaluator."""
+    data = digits_split(0, flat=True)
+    sds = []
+    for s in range(5):
+        m = build("mlp", seed=s, in_features=64, widths=[12], out_features=10)
+        train_classifier(m, data, 150, lr=1e-2, seed=s)
+        sds.append({k: v.detach().clone() for k, v in m.state_dict().items()})
+    space = WeightSpace.from_module(m, example_input(m))
+    return space, sds, Evaluator(space, "digits-flat", model=m)
+
+
+def accuracy(ev, sd):
+    pred, y = ev.predict(sd)
+    return float((pred == y).float().mean())
+
+
+def check_complete(space, sds):
+    for sd in sds:
+        assert list(sd) == list(space.keys)
+        for k, v in sd.items():
+            assert tuple(v.shape) == space.params[space.aliases.get(k, k)].shape, k
+            assert v.dtype == space.params[space.aliases.get(k, k)].dtype, k
+            assert bool(torch.isfinite(v.float()).all()), k
+
+
+@pytest.fixture(scope="module")
+def pdiff(trained):
+    space, sds, _ = trained
+    return PDiff.fit(sds, space=space, autoencoder=quick(250), diffusion=quick(250), latent=8, hidden=64,
+                     denoiser_hidden=64, diffusion_steps=50)
+
+
+def test_select_keys_reads_the_space():
+    cnn = build("cnn", seed=0, channels=(4, 4, 4), batchnorm=True)
+    space = WeightSpace.from_module(cnn, example_input(cnn))
+    floats = [k for k in space.canonical_keys if "num_batches" not in k]
+    assert select_keys(space, "all") == floats
+    assert select_keys(space, "last:1") == ["fc.weight", "fc.bias"]
+    assert select_keys(space, "last:2") == floats[floats.index("features.7.weight"):]
+    assert select_keys(space, "norm") == [k for k in floats if k.split(".")[1] in ("1", "5", "8")]
+    assert select_keys(space, ["fc.*", "features.8.weight"]) == ["features.8.weight", "fc.weight", "fc.bias"]
+    with pytest.raises(GeneratorError, match="'conv.*' matches no"):
+        select_keys(space, ["conv.*"])
+    with pytest.raises(GeneratorError, match="4 weight layers"):
+        select_keys(space, "last:5")
+    mlp = build("mlp", seed=0, in_features=4, widths=[3], out_features=2)
+    with pytest.raises(GeneratorError, match="no norm layers"):
+        select_keys(WeightSpace.from_module(mlp, example_input(mlp)), "norm")
+
+
+def test_pdiff_samples_are_complete_finite_and_beat_chance(trained, pdiff):
+    space, sds, ev = trained
+    samples = pdiff.sample(4, seed=0)
+    check_complete(space, samples)
+    accs = [accuracy(ev, sd) for sd in samples]
+    assert sum(accs) / len(accs) > 0.5, accs
+    assert not torch.equal(samples[0]["net.0.weight"], samples[1]["net.0.weight"])
+
+
+def test_pdiff_generates_only_the_chosen_tensors(trained):
+    space, sds, ev = trained
+    gen = PDiff.fit(sds, space=space, keys="last:1", autoencoder=quick(60), diffusion=quick(60), latent=4, hidden=32,
+                    denoiser_hidden=32, diffusion_steps=20)
+    assert gen.keys == ["net.2.weight", "net.2.bias"]
+    for sd in gen.sample(2, seed=3):
+        assert torch.equal(sd["net.0.weight"], sds[0]["net.0.weight"])
+        assert torch.equal(sd["net.0.bias"], sds[0]["net.0.bias"])
+        assert not torch.equal(sd["net.2.weight"], sds[0]["net.2.weight"])
+
+
+def test_generators_round_trip_through_save_pretrained(trained, pdiff, tmp_path):
+    space, sds, _ = trained
+    graph = GraphDiffusion.fit(sds, space=space, config=quick(5, 4), hidden=8, layers=1, diffusion_steps=5)
+    for gen, cls in ((pdiff, PDiff), (graph, GraphDiffusion)):
+        gen.save_pretrained(tmp_path / cls.__name__)
+        back = cls.from_pretrained(tmp_path / cls.__name__)
+        a, b = gen.sample(3, seed=7), back.sample(3, seed=7)
+        assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
+        c = back.sample(3, seed=8)
+        assert not torch.equal(a[0]["net.0.weight"], c[0]["net.0.weight"])
+        assert back.space == space
+
+
+def test_graph_denoiser_is_permutation_equivariant():
+    cnn = build("cnn", seed=0, channels=(4, 5, 3), batchnorm=True)
+    space = WeightSpace.from_module(cnn, example_input(cnn))
+    gen = GraphDiffusion(space.to_json(), hidden=8, layers=2, diffusion_steps=10)
+    g = torch.Generator().manual_seed(0)
+    for p in gen.parameters():
+        p.data.normal_(0, 0.3, generator=g)
+    x, t = torch.randn(2, gen.dim, generator=g), torch.tensor([2, 9])
+    template = {k: v for k, v in cnn.state_dict().items() if not v.is_floating_point()}
+    perm = space.random_permutation(g)
+
+    def permute(rows):
+        return ModelSet.build(space, [space.permute(unflatten(space, r, template), perm) for r in rows], "m").flat
+
+    with torch.no_grad():
+        out, out_p = gen.denoiser(x, t), gen.denoiser(permute(x), t)
+    assert not torch.allclose(permute(x), x)
+    assert out.abs().mean() > 0.05
+    torch.testing.assert_close(out_p, permute(out), atol=1e-5, rtol=1e-4)
+
+
+def test_graph_diffusion_samples_are_complete_and_finite(trained):
+    space, sds, _ = trained
+    gen = GraphDiffusion.fit(sds, space=space, config=quick(10, 4), hidden=8, layers=1, diffusion_steps=10)
+    check_complete(space, gen.sample(2, seed=0))
+
+
+def test_fit_refuses_bad_training_sets_by_name(trained):
+    space, sds, _ = trained
+    opts = dict(autoencoder=quick(2), diffusion=quick(2), latent=2, hidden=8, denoiser_hidden=8, diffusion_steps=2)
+    with pytest.raises(GeneratorError, match="at least 2 training models"):
+        PDiff.fit(sds[:1], space=space, **opts)
+    other = build("mlp", seed=0, in_features=64, widths=[13], out_features=10).state_dict()
+    with pytest.raises(StateDictMismatch, match="net.0.weight"):
+        PDiff.fit([*sds[:2], other], space=space, **opts)
+    with pytest.raises(StateDictMismatch, match="net.0.weight"):
+        GraphDiffusion.fit([*sds[:2], other], space=space, config=quick(2, 2), hidden=4, layers=1, diffusion_steps=2)
+    nan = {k: v.clone() for k, v in sds[0].items()}
+    nan["net.2.bias"][0] = float("nan")
+    with pytest.raises(GeneratorError, match="1 excluded for NaN/Inf.*net.2.bias"):
+        PDiff.fit([sds[1], nan], space=space, **opts)
+    gen = PDiff.fit([nan, *sds[1:3]], space=space, **opts)
+    assert list(gen.excluded) == [0] and "net.2.bias" in gen.excluded[0]
+    assert torch.equal(gen.sample(1)[0]["net.0.weight"].isnan(), torch.zeros(12, 64, dtype=torch.bool))
+    bad_data = (torch.randn(10, 7), torch.zeros(10, dtype=torch.long))
+    model = build("mlp", seed=0, in_features=64, widths=[12], out_features=10)
+    with pytest.raises(MemorizationError, match="cannot run on data"):
+        PDiff.fit(sds, space=space, data=bad_data, model=model, **opts)
+    with pytest.raises(MemorizationError, match="cannot run on data"):
+        GraphDiffusion.fit(sds, space=space, data=bad_data, model=model, config=quick(2, 2), hidden=4, layers=1,
+                           diffusion_steps=2)

@@ -1,0 +1,190 @@
+"""Permutation-equivariant diffusion in weight space, with a graph metanetwork as the denoiser.
+
+A DDPM (Ho et al. 2020) runs directly on a model's standardised weights. The noise predictor
+reads the noisy weights as the model's neural graph (weights on edges, biases and norm
+parameters on nodes, the :class:`WeightSpace` layout) and is a
+:class:`~weightspace.nn.GraphMetanetwork` with an edge head and a node head, so it predicts one
+noise value per weight, bias and norm parameter. Because the metanetwork is equivariant,
+relabelling hidden units of the noisy input relabels the predicted noise the same way, and the
+model's distribution over weights is invariant under the permutation symmetry: a permuted copy
+of a training model is as likely as the model itself, which is the symmetry prior that Zeng et
+al. 2025 find current weight generators lack. Each value is standardised by its tensor's mean
+and spread over the training models (one pair of numbers per tensor, so standardisation
+commutes with permutations). Values the graph does not place (none for MLPs and CNNs) are taken
+from the base checkpoint.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+from huggingface_hub import PyTorchModelHubMixin
+from torch import Tensor
+from torch_geometric.data import Data
+
+from ..memorization.flat import float_keys
+from ..nn import EdgeHead, GraphMetanetwork, MetanetConfig, NodeHead
+from ..nn.layers import AGGREGATORS, DEFAULT_SCALERS
+from ..space import WeightSpace
+from ..training import TrainConfig, Trainer, is_main_process
+from ..utils import atomic_write_text
+from .base import RowSource, WeightGenerator, load_models, make_evaluator, sample_accuracy
+from .ddpm import Schedule, timestep_features
+
+MODEL_DIR = "model"
+
+
+class GraphDenoiser(nn.Module):
+    """Noise predictor over a fixed architecture's neural graph: flat noisy values ``[B, P]`` and steps ``[B]`` in,
+    predicted noise ``[B, P]`` out (``P`` = the space's floating-point values).
+
+    Each edge reads its noisy values plus the step's sinusoidal features, each node likewise; the
+    encoding's edge and node heads write one value per edge slot and node column, read back with
+    the layout's inverse gather.
+    """
+
+    def __init__(self, space: WeightSpace, hidden: int, layers: int, edge_hidden: int | None, time_dim: int,
+                 steps: int, aggregators: Sequence[str] = AGGREGATORS, scalers: Sequence[str] = DEFAULT_SCALERS
+                 ) -> None:
+        super().__init__()
+        self.space, self.time_dim, self.steps = space, time_dim, steps
+        lay = space.layout
+        self.F, self.Fn = lay.edge_features, lay.node_features
+        self.metanet = GraphMetanetwork(MetanetConfig(hidden=hidden, layers=layers, edge_features=self.F + time_dim,
+                                                      node_features=self.Fn + time_dim, edge_hidden=edge_hidden,
+                                                      aggregators=aggregators, scalers=scalers,
+                                                      max_positions=max(128, int(lay.pos_id.max()) + 1
+                                                                        if lay.num_nodes else 128)))
+        self.edge_head = EdgeHead(edge_hidden or hidden, 1, self.F)
+        self.node_head = NodeHead(hidden, self.Fn)
+        keys = float_keys(space)
+        pos = torch.cat([lay.offset[k] + torch.arange(torch.Size(space.params[k].shape).numel()) for k in keys])
+        self.register_buffer("float_positions", pos, persistent=False)
+        placed = lay.inverse[pos] < lay.num_edges * self.F + lay.num_nodes * self.Fn
+        self.register_buffer("placed", placed, persistent=False)
+        self._batches: dict[tuple[int, torch.device], dict[str, Tensor]] = {}
+
+    def _batch(self, B: int, device: torch.device) -> dict[str, Tensor]:
+        key = (B, device)
+        if key not in self._batches:
+            lay = self.space.layout
+            N, E = lay.num_nodes, lay.num_edges
+            shift = (torch.arange(B) * N).repeat_interleave(E)
+            self._batches[key] = {
+                "edge_index": (lay.edge_index.repeat(1, B) + shift).to(device),
+                "edge_type": lay.edge_type.repeat(B).to(device), "node_type": lay.node_type.repeat(B).to(device),
+                "pos_id": lay.pos_id.repeat(B).to(device),
+                "batch": torch.arange(B).repeat_interleave(N).to(device)}
+        return self._batches[key]
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        lay = self.space.layout
+        B, N, E = x.shape[0], lay.num_nodes, lay.num_edges
+        full = x.new_zeros(B, lay.num_values)
+        full[:, self.float_positions] = x
+        g = lay.graph_from_flat(full)
+        temb = timestep_features(t, self.time_dim, self.steps).to(x.dtype)
+        ea = torch.cat([rearrange(g.edge_attr, "e b f -> b e f"), temb[:, None].expand(B, E, -1)], -1)
+        nx = torch.cat([rearrange(g.x, "n b f -> b n f"), temb[:, None].expand(B, N, -1)], -1)
+        idx = self._batch(B, x.device)
+        data = Data(edge_attr=ea.reshape(B * E, 1, -1), x=nx.reshape(B * N, 1, -1), num_nodes=B * N, **idx)
+        enc = self.metanet(data)
+        edge_out = rearrange(self.edge_head(enc)[:, 0].float(), "(b e) f -> e b f", b=B)
+        node_out = rearrange(self.node_head(enc).float(), "(b n) f -> n b f", b=B)
+        aux = edge_out.new_zeros(1, B, len(lay.aux_gather))
+        flat = lay.flat_from_graph(Data(edge_attr=edge_out, x=node_out, aux=aux))
+        return flat[:, self.float_positions].to(x.dtype)
+
+
+class GraphDiffusion(WeightGenerator, PyTorchModelHubMixin, library_name="weightspace",
+                     tags=["weightspace", "weight-generation", "diffusion", "equivariant", "graph-neural-network"]):
+    """A DDPM on a fixed architecture's weights whose denoiser is an equivariant graph metanetwork.
+
+    Build it with :meth:`fit`; :meth:`sample` gives complete state_dicts. ``space`` is the traced
+    :class:`WeightSpace` as JSON; every floating-point tensor is generated. ``aggregators``/``scalers`` are the
+    metanetwork's PNA choices (fewer are cheaper; edges outnumber everything else).
+    """
+
+    def __init__(self, space: dict[str, Any], hidden: int = 64, layers: int = 3, edge_hidden: int | None = None,
+                 time_dim: int = 16, diffusion_steps: int = 200, aggregators: list[str] | None = None,
+                 scalers: list[str] | None = None) -> None:
+        super().__init__()
+        self._init_space(space, float_keys(WeightSpace.from_json(space)))
+        self.schedule = Schedule(diffusion_steps)
+        self.denoiser = GraphDenoiser(self.space, hidden, layers, edge_hidden, time_dim, diffusion_steps,
+                                      aggregators or AGGREGATORS, scalers or DEFAULT_SCALERS)
+        self.register_buffer("mean", torch.zeros(self.dim))
+        self.register_buffer("scale", torch.ones(self.dim))
+
+    def _fit_normaliser(self, values: Tensor) -> None:
+        """One mean and one spread per tensor, over its values and the training models (permutation invariant)."""
+        mean, scale = torch.empty(self.dim), torch.empty(self.dim)
+        off = 0
+        for k in self.keys:
+            n = torch.Size(self.space.params[k].shape).numel()
+            block = values[:, off:off + n].double()
+            mean[off:off + n] = float(block.mean())
+            scale[off:off + n] = max(float(block.std()) if block.numel() > 1 else 0.0, 1e-8)
+            off += n
+        with torch.no_grad():
+            self.mean.copy_(mean)
+            self.scale.copy_(scale)
+
+    def normalise(self, values: Tensor) -> Tensor:
+        return (values.to(self.mean.device) - self.mean) / self.scale
+
+    def sample_values(self, n: int, seed: int = 0) -> Tensor:
+        g = torch.Generator().manual_seed(int(seed))
+        x = self.schedule.sample(self.denoiser, (n, self.dim), g, device=self.mean.device)
+        values = x * self.scale + self.mean
+        placed = self.denoiser.placed
+        values[:, ~placed] = self.base_values[self.value_index][~placed]
+        return values.float().cpu()
+
+    @classmethod
+    def fit(cls, training, *, space: WeightSpace | None = None, steps: str = "last", config: TrainConfig | None = None,
+            out: str | Path | None = None, data=None, model: nn.Module | None = None, eval_samples: int = 8,
+            progress: bool = False, **options: Any) -> "GraphDiffusion":
+        """Train the diffusion model on ``training`` (state_dicts, or a ``CheckpointCollection``: its runs' last
+        checkpoints, every checkpoint with ``steps="all"``) and return it.
+
+        Training runs on :class:`~weightspace.training.Trainer` with ``config`` (bf16 autocast on GPU, DDP
+        under torchrun, progress, resumable checkpoints and ``loss.png`` in ``out/diffusion``); ``out/model``
+        gets :meth:`save_pretrained`. No alignment is needed: the denoiser is equivariant. With ``data``
+        (and ``model``) each evaluation logs the test accuracy of ``eval_samples`` samples. ``options``
+        are the constructor's sizes.
+        """
+        models = load_models(training, space, steps=steps, progress=progress)
+        evaluator = make_evaluator(models.space, data, model, models.base)
+        cfg = config or TrainConfig(steps=2000, batch_size=16, lr=1e-3, warmup=50)
+        if not progress:
+            cfg = replace(cfg, progress=False)
+        torch.manual_seed(cfg.seed)
+        gen = cls(models.space.to_json(), **options)
+        gen._set_base(models.base)
+        values = gen.training_values(models)
+        gen._fit_normaliser(values)
+        x = gen.normalise(values)
+        placed = gen.denoiser.placed
+        eval_fn = None
+        if evaluator is not None:
+            def eval_fn(_m: nn.Module) -> dict[str, float]:
+                return sample_accuracy(gen, evaluator, eval_samples)
+        trainer = Trainer(gen.denoiser, lambda m, x_, _y: gen.schedule.loss(m, x_, placed.to(x_.device)),
+                          RowSource(x), cfg, out / "diffusion" if out is not None else None, eval_fn=eval_fn)
+        gen.history = {"diffusion": trainer.fit().history}
+        gen.to("cpu").eval()
+        gen.excluded = dict(models.excluded)
+        if out is not None and is_main_process():
+            out = Path(out)
+            gen.save_pretrained(out / MODEL_DIR)
+            atomic_write_text(out / "fit.json", json.dumps(
+                {"training_models": int(models.rows.shape[0]) + len(models.excluded),
+                 "excluded": {str(k): v for k, v in models.excluded.items()}, "generated_values": gen.dim,
+                 "source": models.source}, indent=1))
+        return gen
