@@ -249,8 +249,33 @@ def test_nino_refuses_unseen_parameter_types():
     opt = NowcastOptimizer(wide, torch.optim.Adam(wide.parameters()), nc2, period=3,
                            example_input=example_input(wide))
     assert torch.isfinite(nc2.nowcast(torch.randn(3, opt.layout.num_values), 1, opt.layout)).all()
-    with pytest.raises(NowcastError, match="example_input"):
-        NowcastOptimizer(model, torch.optim.Adam(model.parameters()), nc, period=3)
+    lazy = NowcastOptimizer(model, torch.optim.Adam(model.parameters()), nc, period=3)
+    model(example_input(model)).sum().backward()
+    with pytest.raises(NowcastError, match="not meta-trained on.*conv"):
+        lazy.step()
+
+
+def test_nowcast_optimizer_traces_the_model_from_its_first_forward():
+    """Without example_input the WeightSpace is traced on the first step() from the inputs the first forward saw:
+    the run is the same, bit for bit, as one given example_input up front."""
+    nc = NiNo(context=3, horizons=4, hidden=8, layers=1, decoder_hidden=16)
+    runs = []
+    for lazy in (False, True):
+        model = build("cnn", seed=0, channels=(4, 4, 4), batchnorm=True)
+        x = torch.randn(16, *example_input(model).shape[1:], generator=torch.Generator().manual_seed(1))
+        y = torch.arange(16) % 10
+        opt = NowcastOptimizer(model, torch.optim.Adam(model.parameters(), lr=1e-2), nc, period=3,
+                               example_input=None if lazy else x[:2])
+        assert (opt.layout is None) == lazy
+        _train(opt, model, x, y, 7)
+        assert opt.layout is not None and opt.layout.space is not None and len(opt.jumps) == 2
+        assert not model._forward_pre_hooks
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    model = build("cnn", seed=0, channels=(4, 4, 4))
+    opt = NowcastOptimizer(model, torch.optim.Adam(model.parameters()), nc, period=3)
+    with pytest.raises(NowcastError, match="before any forward"):
+        opt.step()
 
 
 def test_horizons_beyond_max_horizon_are_refused():
@@ -379,3 +404,53 @@ def test_meta_training_writes_a_loadable_model_and_resumes(zoo, tmp_path):
     assert back.edge_types == ["linear"] and back.max_horizon == 3
     _, again = train_nowcaster([zoo], tmp_path / "run", spec, cfg)
     assert again.step == 4 and len(again.history) == len(result.history)
+
+
+@pytest.mark.parametrize("cls", [NiNo, WNN])
+def test_meta_training_step_runs_under_bf16_autocast(cls):
+    """The Trainer uses bf16 autocast on CUDA; CPU autocast exercises the same dtype mixing (NiNo's host
+    embedding used to index_put bf16 rows into an fp32 buffer and crash)."""
+    from weightspace.nowcast.train import nowcast_loss
+    from weightspace.nowcast.windows import Window
+    from weightspace.space import WeightSpace
+
+    torch.manual_seed(0)
+    nc = cls(context=3, horizons=4, hidden=8) if cls is WNN else cls(context=3, horizons=4, hidden=8, layers=1,
+                                                                      decoder_hidden=16)
+    model = build("cnn", seed=0, channels=(4, 4, 4), batchnorm=True)
+    lay = ParamLayout.from_space(WeightSpace.from_module(model, example_input(model)))
+    ctx = torch.randn(3, lay.num_values).cumsum(0)
+    win = Window(ctx, ctx[-1] + torch.randn(4, lay.num_values), torch.ones(4, dtype=torch.bool), lay)
+    full = nowcast_loss(nc, [win])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = nowcast_loss(nc, [win])
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert abs(float(loss) - float(full)) < 0.05 * float(full)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in nc.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("cls", [NiNo, WNN])
+def test_batched_forward_equals_one_window_at_a_time(cls):
+    """Windows of different architectures run as one graph batch and one decoder pass: the same predictions as
+    running each window alone."""
+    from weightspace.nowcast.windows import Window
+    from weightspace.space import WeightSpace
+
+    torch.manual_seed(0)
+    nc = cls(context=3, horizons=4, hidden=8) if cls is WNN else cls(context=3, horizons=4, hidden=8, layers=2,
+                                                                      decoder_hidden=16)
+    wins = []
+    for fam, kw in [("mlp", dict(in_features=5, widths=[7, 6], out_features=3)),
+                    ("cnn", dict(channels=(4, 5, 4), batchnorm=True)), ("mlp", dict(in_features=5, widths=[9],
+                                                                                     out_features=3))]:
+        model = build(fam, seed=0, **kw)
+        lay = ParamLayout.from_space(WeightSpace.from_module(model, example_input(model)))
+        ctx = torch.randn(3, lay.num_values).cumsum(0)
+        wins.append(Window(ctx, ctx[-1] + torch.randn(4, lay.num_values), torch.ones(4, dtype=torch.bool), lay))
+    with torch.no_grad():
+        together = nc(wins)
+        alone = [nc([w])[0] for w in wins]
+    assert [t.shape for t in together] == [(4, w.context.shape[1]) for w in wins]
+    for t, a in zip(together, alone):
+        torch.testing.assert_close(t, a, rtol=1e-4, atol=1e-5)

@@ -36,7 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--nino", default=None, help="NiNo folder or Hub id (default: the packaged checkpoint)")
     b.add_argument("--wnn", default=None, help="WNN folder or Hub id (default: the packaged checkpoint)")
     b.add_argument("--tasks", default=None, help="comma-separated subset of task names")
-    b.add_argument("--seeds", type=int, default=3)
+    b.add_argument("--seeds", type=int, default=None, help="seeds per task (default 3; 5 with --peer)")
+    b.add_argument("--peer", action="store_true", help="run only the peer's setting (ANCHORS.md: FM-16 CNN, lr 3e-4, "
+                   "3,000 steps, period 300) and write its own section")
     b.add_argument("--out", default="bench_nowcast", help="folder for the plot and raw JSON")
     b.add_argument("--benchmarks", default=None,
                    help="markdown file for the results section (default: the checkout's BENCHMARKS.md)")

@@ -48,6 +48,14 @@ class ParamLayout:
             if self.numels else torch.zeros(0, dtype=torch.long)
         self._counts = torch.tensor(self.numels, dtype=torch.float64).clamp_min(1)
         self._param_slices: list[tuple[str, int, int]] | None = None
+        self._device_cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def on(self, device: torch.device | str) -> tuple[Tensor, Tensor]:
+        """``segment`` and per-tensor value counts on ``device``, copied there once (not on every call)."""
+        device = torch.device(device)
+        if device not in self._device_cache:
+            self._device_cache[device] = (self.segment.to(device), self._counts.to(device))
+        return self._device_cache[device]
 
     @classmethod
     def from_space(cls, space: "WeightSpace") -> "ParamLayout":
@@ -95,11 +103,11 @@ class ParamLayout:
 
     def stats(self, context: Tensor) -> tuple[Tensor, Tensor]:
         """Per-tensor mean and std over all context states (NiNo's scaling), expanded to ``[P]``."""
-        seg = self.segment.to(context.device)
+        seg, counts = self.on(context.device)
         n = len(self.numels)
         c = context.shape[0]
         x = context.double()
-        counts = self._counts.to(context.device) * c
+        counts = counts * c
         mean = torch.zeros(n, dtype=torch.float64, device=context.device).index_add_(0, seg, x.sum(0)) / counts
         sq = torch.zeros(n, dtype=torch.float64, device=context.device).index_add_(
             0, seg, ((x - mean[seg]) ** 2).sum(0)) / counts
@@ -108,11 +116,11 @@ class ParamLayout:
 
     def segment_mean(self, values: Tensor) -> Tensor:
         """Mean of ``values [..., P]`` over each tensor, expanded back to ``[..., P]``."""
-        seg = self.segment.to(values.device)
+        seg, counts = self.on(values.device)
         n = len(self.numels)
         flat = values.reshape(-1, values.shape[-1])
         sums = torch.zeros(flat.shape[0], n, dtype=values.dtype, device=values.device).index_add_(1, seg, flat)
-        return (sums / self._counts.to(values.device, values.dtype))[:, seg].view(values.shape)
+        return (sums / counts.to(values.dtype))[:, seg].view(values.shape)
 
 
 def _scale(values: Tensor, mean: Tensor, std: Tensor) -> Tensor:

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..graph.layout import EDGE_TYPES, NODE_TYPES
 from ..nn import GraphMetanetwork, IncompatibleGraph, MetanetConfig
+from ..nn.batch import collate
 from ..nn.layers import mlp
 from .core import NowcastError, ParamLayout
 
@@ -61,20 +62,27 @@ class _ValueNowcaster(nn.Module):
             raise NowcastError(f"a learned nowcaster needs at least 2 context states, got {context}")
         self.context, self.max_horizon, self.hidden = context, horizons, hidden
 
-    def host_embedding(self, feats: Tensor, layout: ParamLayout) -> Tensor | None:
+    def host_embeddings(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> list[Tensor] | None:
         return None
 
     def forward(self, windows: Sequence[Any]) -> list[Tensor]:
-        """Scaled residual predictions ``[K, P]`` for each window (anything with ``context`` and ``layout``)."""
-        outs = []
+        """Scaled residual predictions ``[K, P]`` for each window (anything with ``context`` and ``layout``).
+
+        All windows go through the network together: one (batched) graph pass and one decoder pass.
+        """
+        dtype = next(self.parameters()).dtype
+        feats, taus = [], []
         for w in windows:
-            feats, _, _, tau = value_features(w.context, w.layout)
-            dtype = next(self.parameters()).dtype
-            feats = feats.to(dtype)
-            host = self.host_embedding(feats, w.layout)
-            inp = feats.t() if host is None else torch.cat([feats.t(), host], 1)
-            outs.append(self.decoder(inp).t().float() * tau)
-        return outs
+            f, _, _, tau = value_features(w.context, w.layout)
+            feats.append(f.to(dtype))
+            taus.append(tau)
+        layouts = [w.layout for w in windows]
+        hosts = self.host_embeddings(feats, layouts)
+        inp = torch.cat([f.t() for f in feats])
+        if hosts is not None:
+            inp = torch.cat([inp, torch.cat(hosts)], 1)
+        out = self.decoder(inp).float()
+        return [o.t() * tau for o, tau in zip(out.split([f.shape[1] for f in feats]), taus)]
 
     @torch.no_grad()
     def nowcast(self, context: Tensor, k: int, layout: ParamLayout) -> Tensor:
@@ -150,20 +158,21 @@ class NiNo(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
         self.edge_proj = nn.Linear(hidden, hidden)
         self.node_proj = nn.Linear(hidden, hidden)
         self.decoder = mlp([context + 1 + hidden, decoder_hidden, decoder_hidden, horizons])
-        self._hosts: dict[str, tuple[Tensor, Tensor]] = {}
+        self._hosts: dict[tuple[str, torch.device], Tensor] = {}
+        self._checked: set[str] = set()
 
-    def _host_index(self, layout: ParamLayout) -> tuple[Tensor, Tensor]:
-        """Per value: 0 edge / 1 node / 2 outside the graph, and the edge or node index."""
+    def _host_index(self, layout: ParamLayout, device: torch.device) -> Tensor:
+        """Per value: the row of its host in ``[edges; nodes; no host]`` (computed once per architecture and device)."""
         space = layout.space
-        key = space.fingerprint
+        key = (space.fingerprint, device)
         if key not in self._hosts:
             lay = space.layout
             inv = lay.inverse
-            EF, NF = lay.num_edges * lay.edge_features, lay.num_nodes * lay.node_features
-            kind = torch.where(inv < EF, 0, torch.where(inv < EF + NF, 1, 2))
-            idx = torch.where(kind == 0, inv // lay.edge_features,
-                              torch.where(kind == 1, (inv - EF) // lay.node_features, 0))
-            self._hosts[key] = (kind, idx)
+            E, N = lay.num_edges, lay.num_nodes
+            EF, NF = E * lay.edge_features, N * lay.node_features
+            self._hosts[key] = torch.where(inv < EF, inv // lay.edge_features,
+                                           torch.where(inv < EF + NF, E + (inv - EF) // lay.node_features,
+                                                       E + N)).to(device)
         return self._hosts[key]
 
     def check_space(self, layout: ParamLayout) -> None:
@@ -172,6 +181,8 @@ class NiNo(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
         if space is None:
             raise NowcastError("NiNo needs the model's WeightSpace: pass example_input (or space=) to "
                                "NowcastOptimizer")
+        if space.fingerprint in self._checked:
+            return
         lay = space.layout
         used_e = {EDGE_TYPES[t] for t in lay.edge_type.unique().tolist()}
         used_n = {NODE_TYPES[t] for t in lay.node_type.unique().tolist()}
@@ -185,21 +196,33 @@ class NiNo(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
             raise NowcastError(f"{space.name} has {lay.edge_features} values per edge and {lay.node_features} per "
                                f"node (e.g. a kernel larger than 3x3); this NiNo takes at most "
                                f"{cfg.edge_features} and {cfg.node_features}")
+        self._checked.add(space.fingerprint)
 
-    def host_embedding(self, feats: Tensor, layout: ParamLayout) -> Tensor:
-        self.check_space(layout)
-        lay = layout.space.layout
-        graph = lay.graph_from_flat(feats)
-        graph.pos_id = graph.pos_id.clamp(max=self.metanet.config.max_positions - 1)
+    def host_embeddings(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> list[Tensor]:
+        """Each value's host embedding, for every window: the graphs of all windows run as one PyG batch."""
+        graphs = []
+        for f, layout in zip(feats, layouts):
+            self.check_space(layout)
+            g = layout.space.layout.graph_from_flat(f)
+            g.pos_id = g.pos_id.clamp(max=self.metanet.config.max_positions - 1)
+            graphs.append(g)
+        data = graphs[0] if len(graphs) == 1 else collate(graphs)
         try:
-            enc = self.metanet(graph)
+            enc = self.metanet(data)
         except IncompatibleGraph as e:
-            raise NowcastError(f"{layout.space.name} does not fit this NiNo: {e}") from e
-        kind, idx = (t.to(feats.device) for t in self._host_index(layout))
+            names = sorted({lay.space.name for lay in layouts})
+            raise NowcastError(f"{', '.join(names)} does not fit this NiNo: {e}") from e
         edge = self.edge_proj(enc.edge)
         node = self.node_proj(enc.node)
-        out = self.no_host.expand(len(kind), -1).clone()
-        is_e, is_n = kind == 0, kind == 1
-        out[is_e] = edge[idx[is_e]]
-        out[is_n] = node[idx[is_n]]
+        # one gather from a table of one dtype: under autocast the projections may be bf16 while no_host is fp32
+        table = torch.cat([edge, node.to(edge.dtype), self.no_host[None].to(edge.dtype)])
+        E_all, N_all = edge.shape[0], node.shape[0]
+        out, e0, n0 = [], 0, 0
+        for f, layout, g in zip(feats, layouts, graphs):
+            rows = self._host_index(layout, f.device)
+            E, N = g.edge_index.shape[1], g.num_nodes
+            if len(graphs) > 1:
+                rows = torch.where(rows < E, rows + e0, torch.where(rows < E + N, rows - E + E_all + n0, E_all + N_all))
+            out.append(table.index_select(0, rows))
+            e0, n0 = e0 + E, n0 + N
         return out

@@ -64,8 +64,10 @@ class NowcastOptimizer(torch.optim.Optimizer):
 
     ``param_groups`` and ``state`` are the base optimizer's, so LR schedulers and gradient clipping
     work on the wrapper as on the base optimizer; ``state_dict`` adds the collected context states,
-    so a run resumed from a checkpoint nowcasts exactly as an uninterrupted one. The model's
-    :class:`WeightSpace` is traced once, here, when the nowcaster needs a graph.
+    so a run resumed from a checkpoint nowcasts exactly as an uninterrupted one. When the nowcaster
+    needs a graph, the model's :class:`WeightSpace` is traced once: here from ``example_input``, or,
+    without one, on the first ``step()`` from the inputs of the model's first forward after this
+    constructor (kept by a forward pre-hook that then removes itself).
     """
 
     def __init__(self, model: nn.Module, base_optimizer: torch.optim.Optimizer, nowcaster: Nowcaster, *,
@@ -79,18 +81,18 @@ class NowcastOptimizer(torch.optim.Optimizer):
                                f"context states are taken period // context steps apart")
         self.model, self.base, self.nowcaster = model, base_optimizer, nowcaster
         self.period, self.spacing, self.context = period, period // c, c
-        if nowcaster.needs_space and space is None:
-            if example_input is None:
-                raise NowcastError(f"{type(nowcaster).__name__} works on the model's neural graph: pass "
-                                   f"example_input (to trace the model once) or space=")
+        self.layout: ParamLayout | None = None
+        self._bound: list[tuple[nn.Parameter, int, int]] = []
+        self._seen: tuple | None = None
+        self._hook: Any = None
+        if nowcaster.needs_space and space is None and example_input is not None:
             from ..space import WeightSpace
 
             space = WeightSpace.from_module(model, example_input)
-        self.layout = ParamLayout.from_space(space) if space is not None else ParamLayout.from_module(model)
-        self._bound = self.layout.bind(model)
-        check = getattr(nowcaster, "check_space", None)
-        if check is not None:
-            check(self.layout)
+        if nowcaster.needs_space and space is None:
+            self._hook = model.register_forward_pre_hook(self._capture, with_kwargs=True)
+        else:
+            self._set_layout(ParamLayout.from_space(space) if space is not None else ParamLayout.from_module(model))
         if horizons is None:
             horizons = horizon_schedule(nowcaster.max_horizon) if nowcaster.max_horizon else \
                 horizon_schedule(16)
@@ -112,10 +114,45 @@ class NowcastOptimizer(torch.optim.Optimizer):
         self.num_steps = 0
         self._ring: Tensor | None = None
         self._filled = 0
-        super().__init__([p for p, _, _ in self._bound], dict(base_optimizer.defaults))
+        super().__init__(self._base_params(), dict(base_optimizer.defaults))
         self.param_groups = base_optimizer.param_groups
         self.state = base_optimizer.state
         self.defaults = base_optimizer.defaults
+
+    # ------------------------------------------------------------------ layout (traced lazily)
+    def _set_layout(self, layout: ParamLayout) -> None:
+        self._bound = layout.bind(self.model)
+        check = getattr(self.nowcaster, "check_space", None)
+        if check is not None:
+            check(layout)
+        self.layout = layout
+
+    def _capture(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        """Forward pre-hook: keep the first forward's inputs to trace the model from on the first ``step()``."""
+        if kwargs:
+            self._seen = NowcastError(f"{type(module).__name__}.forward was called with keyword arguments "
+                                      f"{sorted(kwargs)}; tracing replays positional inputs only: pass "
+                                      f"example_input (or space=) to NowcastOptimizer")
+        else:
+            self._seen = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
+        self._hook.remove()
+        self._hook = None
+
+    def _trace(self) -> None:
+        """Trace the model's WeightSpace from the inputs its first forward saw (example_input not given)."""
+        if isinstance(self._seen, NowcastError):
+            raise self._seen
+        if self._seen is None:
+            raise NowcastError(f"{type(self.nowcaster).__name__} works on the model's neural graph, which is traced "
+                               f"from the model's inputs: step() was called before any forward of the model; run "
+                               f"a forward first or pass example_input (or space=)")
+        from ..space import WeightSpace
+
+        self._set_layout(ParamLayout.from_space(WeightSpace.from_module(self.model, self._seen)))
+        self._seen = None
+        if self._ring is not None and self._ring.shape[1] != self.layout.num_values:
+            raise NowcastError(f"saved nowcast context has {self._ring.shape[1]} values per state, the traced model "
+                               f"has {self.layout.num_values}: was it saved for another model?")
 
     # ------------------------------------------------------------------ optimizer interface
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -142,13 +179,15 @@ class NowcastOptimizer(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         nc = state_dict.pop("nowcast", None)
         ring = None if nc is None else nc["ring"]
-        if ring is not None and tuple(ring.shape) != (self.context, self.layout.num_values):
+        P = self.layout.num_values if self.layout is not None else None
+        if ring is not None and (ring.shape[0] != self.context or (P is not None and ring.shape[1] != P)):
             raise NowcastError(f"saved nowcast context has shape {tuple(ring.shape)}, this model and nowcaster "
-                               f"need ({self.context}, {self.layout.num_values}): was it saved for another model?")
+                               f"need ({self.context}, {P if P is not None else 'P'}): was it saved for another model?")
         self.base.load_state_dict(state_dict)
         if nc is None:
             return
-        device = self._bound[0][0].device if self._bound else None
+        params = self._base_params()
+        device = params[0].device if params else None
         self.num_steps, self._filled = int(nc["num_steps"]), int(nc["filled"])
         self._ring = None if ring is None else ring.to(device)
         self.jumps = [Jump(**j) for j in nc["jumps"]]
@@ -165,6 +204,8 @@ class NowcastOptimizer(torch.optim.Optimizer):
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = self.base.step(closure) if closure is not None else self.base.step()
+        if self.layout is None:
+            self._trace()
         self.num_steps += 1
         if self._pending is not None and self.num_steps >= self._pending[1]:
             self._verdict()

@@ -1,0 +1,337 @@
+"""Meta-train NiNo and WNN on long trajectories generated on the spot, with long horizons, within a wall-clock budget.
+
+Issue 15's recipe: the nowcasters of ``weightspace/nowcast/pretrained`` were meta-trained on 1,000-step
+zoos for horizons up to 16 context spacings, while NiNo's schedule jumps up to k = 40. This script
+
+1. trains a mix of small models with AdamW for several thousand steps at several learning rates
+   (3e-4 included), in parallel worker processes, saving every ``--save-every`` steps: digits MLPs
+   (width 16-128, depth 1-3), digits CNNs (channels 4-16, with and without BatchNorm), synthetic-task
+   MLPs and char-level tiny GPTs (d_model 32-64). Every benchmark task of ``scripts/bench_nowcast.py``
+   stays held out (other widths or channels, and no breast-cancer data);
+2. meta-trains a NiNo and a WNN side by side on windows of ``--context`` states taken 1, 2 or 3
+   saved checkpoints apart, for horizons 1..``--horizons`` spacings, until the time budget is spent
+   (cosine learning rate over the budget);
+3. writes each model's ``save_pretrained`` folder, its held-out scaled L1 (windows of held-out runs,
+   beside linefit, "no change" and the packaged nowcasters on the horizons they know) and the history
+   into ``--out``.
+
+    python train/nowcast_long.py --out runs/long --device cuda --gen-seconds 80 --train-seconds 110
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from weightspace.nowcast import WNN, LineFit, NiNo, ParamLayout, Window
+from weightspace.nowcast.train import nowcast_loss
+from weightspace.space import WeightSpace
+from weightspace.tasks.data import char_batch, digits_split, stdlib_corpus, synthetic_split
+from weightspace.tasks.models import build, example_input
+from weightspace.utils import atomic_write_text
+
+LRS = (1e-4, 3e-4, 1e-3, 3e-3)
+_DATA: dict[str, Any] = {}
+
+
+def recipes(n: int, steps: int, gpt_steps: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` run configurations, the families interleaved (so a budget cut keeps the mix)."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        fam = ("mlp", "cnn", "synth", "cnn", "mlp", "gpt")[i % 6]
+        lr = rng.choice(LRS)
+        c: dict[str, Any] = {"id": i, "seed": rng.randrange(10_000), "lr": lr, "steps": steps, "batch": 128,
+                             "wd": rng.choice((0.0, 0.0, 1e-3, 1e-2))}
+        if fam == "mlp":
+            c.update(family="mlp", data="digits-flat", model=dict(
+                in_features=64, widths=[rng.choice((16, 32, 48, 64, 96, 128))] * rng.choice((1, 2, 3)), out_features=10,
+                activation=rng.choice(("relu", "gelu", "tanh", "silu"))))
+        elif fam == "synth":
+            c.update(family="mlp", data="synthetic", model=dict(
+                in_features=32, widths=[rng.choice((16, 32, 64))] * rng.choice((1, 2, 3)), out_features=5,
+                activation=rng.choice(("relu", "gelu", "tanh", "silu"))))
+        elif fam == "cnn":
+            c.update(family="cnn", data="digits", model=dict(
+                channels=tuple(rng.choice((4, 8, 12, 16)) for _ in range(3)), batchnorm=rng.random() < 0.4,
+                activation=rng.choice(("relu", "relu", "gelu", "tanh"))))
+        else:
+            lr = rng.choice((3e-4, 1e-3, 3e-3))
+            c.update(family="gpt", data="stdlib", lr=lr, steps=gpt_steps, batch=16, wd=0.0, model=dict(
+                vocab_size=97, block_size=32, n_layer=rng.choice((1, 2)), n_head=rng.choice((2, 4)),
+                d_model=rng.choice((32, 48, 64)), attention=rng.choice(("separate", "fused", "mha")),
+                tie_embeddings=True, mlp_ratio=4))
+        out.append(c)
+    return out
+
+
+def _load_data() -> None:
+    _DATA["digits"] = digits_split(0)
+    _DATA["digits-flat"] = digits_split(0, flat=True)
+    _DATA["synthetic"] = synthetic_split(0)
+    _DATA["stdlib"] = stdlib_corpus(max_chars=1_000_000)
+
+
+def trajectory(c: dict[str, Any], save_every: int) -> tuple[dict[str, Any], torch.Tensor]:
+    """Train one configuration with AdamW; its flat parameters (layout order) every ``save_every`` steps."""
+    torch.set_num_threads(1)
+    model = build(c["family"], seed=c["seed"], **c["model"])
+    layout = ParamLayout.from_space(WeightSpace.from_module(model, example_input(model)))
+    opt = torch.optim.AdamW(model.parameters(), lr=c["lr"], weight_decay=c["wd"])
+    g = torch.Generator().manual_seed(c["seed"])
+    data = _DATA[c["data"]]
+    states = [layout.flatten(model).clone()]
+    if c["family"] == "gpt":
+        def batch_loss() -> torch.Tensor:
+            x, y = char_batch(data.train_ids, c["model"]["block_size"], c["batch"], g)
+            return F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+    else:
+        n = len(data.y_train)
+        state = {"order": torch.randperm(n, generator=g), "pos": 0}
+
+        def batch_loss() -> torch.Tensor:
+            if state["pos"] + c["batch"] > n:
+                state["order"], state["pos"] = torch.randperm(n, generator=g), 0
+            idx = state["order"][state["pos"]:state["pos"] + c["batch"]]
+            state["pos"] += c["batch"]
+            return F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+    model.train()
+    for step in range(1, c["steps"] + 1):
+        loss = batch_loss()
+        if not math.isfinite(loss.item()):
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if c["family"] == "gpt":
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % save_every == 0:
+            states.append(layout.flatten(model).clone())
+    return c, torch.stack(states)
+
+
+def generate(configs: list[dict[str, Any]], save_every: int, workers: int, seconds: float
+             ) -> list[tuple[dict[str, Any], torch.Tensor]]:
+    """Run ``configs`` on ``workers`` processes; keep what finished within ``seconds``."""
+    _load_data()
+    t_end = time.monotonic() + seconds
+    done: list[tuple[dict[str, Any], torch.Tensor]] = []
+    if workers <= 1:
+        for c in configs:
+            if time.monotonic() > t_end:
+                break
+            done.append(trajectory(c, save_every))
+        return done
+    import multiprocessing as mp
+
+    ex = ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"))
+    queue = list(configs)
+    running = {ex.submit(trajectory, queue.pop(0), save_every) for _ in range(min(workers * 2, len(queue)))}
+    while running and time.monotonic() < t_end:
+        fin, running = wait(running, timeout=max(0.1, t_end - time.monotonic()), return_when=FIRST_COMPLETED)
+        for f in fin:
+            if f.exception() is None:
+                done.append(f.result())
+            else:
+                print(f"trajectory failed: {f.exception()!r}", file=sys.stderr)
+            if queue:
+                running.add(ex.submit(trajectory, queue.pop(0), save_every))
+    for f in running:
+        f.cancel()
+    for p in list(getattr(ex, "_processes", {}).values()):
+        p.terminate()
+    ex.shutdown(wait=False, cancel_futures=True)
+    return done
+
+
+class MemoryWindows:
+    """Windows over in-memory trajectories: ``context`` states ``stride`` saves apart, ``horizons`` future states."""
+
+    def __init__(self, runs: list[tuple[dict[str, Any], torch.Tensor]], context: int, horizons: int,
+                 strides: tuple[int, ...], device: torch.device) -> None:
+        self.context, self.horizons, self.strides = context, horizons, strides
+        self.layouts: dict[str, ParamLayout] = {}
+        self.runs = []
+        for c, flat in runs:
+            key = json.dumps([c["family"], c["model"]], sort_keys=True)
+            if key not in self.layouts:
+                model = build(c["family"], seed=0, **c["model"])
+                self.layouts[key] = ParamLayout.from_space(WeightSpace.from_module(model, example_input(model)))
+            if flat.shape[0] >= context + 1:
+                self.runs.append((c, flat.to(device), self.layouts[key]))
+        fams = sorted({c["family"] + c["data"] for c, _, _ in self.runs})
+        per = {f: sum(1 for c, _, _ in self.runs if c["family"] + c["data"] == f) for f in fams}
+        self.weights = torch.tensor([1.0 / per[c["family"] + c["data"]] for c, _, _ in self.runs])
+
+    def sample(self, g: torch.Generator) -> Window:
+        r = int(torch.multinomial(self.weights, 1, generator=g))
+        c, flat, layout = self.runs[r]
+        M = flat.shape[0]
+        strides = [s for s in self.strides if (self.context - 1) * s + s < M] or [1]
+        s = strides[int(torch.randint(len(strides), (1,), generator=g))]
+        start = int(torch.randint(M - (self.context - 1) * s - s, (1,), generator=g))
+        ctx_idx = start + s * torch.arange(self.context)
+        fut_idx = int(ctx_idx[-1]) + s * torch.arange(1, self.horizons + 1)
+        mask = fut_idx < M
+        future = torch.zeros(self.horizons, flat.shape[1], device=flat.device)
+        future[mask.to(flat.device)] = flat[fut_idx[mask].to(flat.device)]
+        return Window(flat[ctx_idx.to(flat.device)], future, mask.to(flat.device), layout, str(c["id"]), start)
+
+
+@torch.no_grad()
+def heldout_l1(model: Any, windows: list[Window], max_k: int | None = None) -> float:
+    """Mean scaled L1 of ``model``'s residual predictions over horizons ``1..max_k`` of ``windows``."""
+    vals = []
+    preds = model(windows) if isinstance(model, torch.nn.Module) else None
+    for i, w in enumerate(windows):
+        target, _, std = w.targets()
+        K = min(max_k or target.shape[0], target.shape[0])
+        if model is None:
+            pred = torch.zeros_like(target[:K])
+        elif isinstance(model, LineFit):
+            pred = torch.stack([(model.nowcast(w.context, k) - w.context[-1]) / std for k in range(1, K + 1)])
+        else:
+            pred = preds[i][:K].float()
+        m = w.mask[:K]
+        if bool(m.any()):
+            vals.append((pred - target[:K])[m].abs().mean())
+    return float(torch.stack(vals).mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 4))
+    p.add_argument("--runs", type=int, default=600, help="configurations queued (generation stops at --gen-seconds)")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--gpt-steps", type=int, default=1500)
+    p.add_argument("--save-every", type=int, default=20)
+    p.add_argument("--gen-seconds", type=float, default=80)
+    p.add_argument("--train-seconds", type=float, default=110)
+    p.add_argument("--context", type=int, default=5)
+    p.add_argument("--horizons", type=int, default=40)
+    p.add_argument("--strides", default="1,2,3")
+    p.add_argument("--hidden", type=int, default=32)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--decoder-hidden", type=int, default=64)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--held-out", type=float, default=0.1)
+    p.add_argument("--eval-windows", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-seconds", type=float, default=15)
+    args = p.parse_args(argv)
+    t0 = time.monotonic()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    runs = generate(recipes(args.runs, args.steps, args.gpt_steps, args.seed), args.save_every, args.workers,
+                    args.gen_seconds)
+    gen_s = time.monotonic() - t0
+    fams: dict[str, int] = {}
+    for c, _ in runs:
+        fams[c["family"] + "/" + c["data"]] = fams.get(c["family"] + "/" + c["data"], 0) + 1
+    print(f"{len(runs)} trajectories in {gen_s:.0f} s: {fams}", flush=True)
+    rng = random.Random(args.seed)
+    idx = list(range(len(runs)))
+    rng.shuffle(idx)
+    n_held = max(1, int(args.held_out * len(runs)))
+    held = [runs[i] for i in idx[:n_held]]
+    train = [runs[i] for i in idx[n_held:]]
+    strides = tuple(int(s) for s in args.strides.split(","))
+    W = MemoryWindows(train, args.context, args.horizons, strides, device)
+    H = MemoryWindows(held, args.context, args.horizons, strides, device)
+    gh = torch.Generator().manual_seed(10_000_019)
+    eval_set = [H.sample(gh) for _ in range(args.eval_windows)]
+
+    from weightspace.graph.layout import EDGE_TYPES, NODE_TYPES
+
+    lays = [*W.layouts.values(), *H.layouts.values()]
+    e = sorted({int(t) for lay in lays for t in lay.space.layout.edge_type.unique()})
+    n = sorted({int(t) for lay in lays for t in lay.space.layout.node_type.unique()})
+    models = {
+        "nino": NiNo(context=args.context, horizons=args.horizons, hidden=args.hidden, layers=args.layers,
+                     decoder_hidden=args.decoder_hidden, edge_types=[EDGE_TYPES[i] for i in e],
+                     node_types=[NODE_TYPES[i] for i in n]).to(device),
+        "wnn": WNN(context=args.context, horizons=args.horizons, hidden=64, layers=3).to(device),
+    }
+    opts = {k: torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=1e-4) for k, m in models.items()}
+    g = torch.Generator().manual_seed(args.seed)
+    history: list[dict[str, Any]] = []
+    t_train = time.monotonic()
+    step, last_log = 0, t_train
+    run_loss, run_n = {k: 0.0 for k in models}, 0
+    while (elapsed := time.monotonic() - t_train) < args.train_seconds:
+        frac = elapsed / args.train_seconds
+        lr = args.lr * (min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * frac)))
+        wins = [W.sample(g) for _ in range(args.batch)]
+        for k, m in models.items():
+            for group in opts[k].param_groups:
+                group["lr"] = lr
+            m.train()
+            loss = nowcast_loss(m, wins)
+            opts[k].zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+            opts[k].step()
+            run_loss[k] += float(loss.detach())
+        step += 1
+        run_n += 1
+        if time.monotonic() - last_log > args.log_seconds:
+            last_log = time.monotonic()
+            rec = {"step": step, "seconds": round(last_log - t_train, 1), "lr": lr,
+                   **{f"train_{k}": v / run_n for k, v in run_loss.items()}}
+            rec.update({f"heldout_{k}": heldout_l1(m.eval(), eval_set) for k, m in models.items()})
+            history.append(rec)
+            run_loss, run_n = {k: 0.0 for k in models}, 0
+            print(json.dumps(rec), flush=True)
+    train_s = time.monotonic() - t_train
+    for m in models.values():
+        m.eval()
+    result: dict[str, Any] = {
+        "trajectories": len(runs), "held_out_runs": len(held), "families": fams, "generation_seconds": gen_s,
+        "train_seconds": train_s, "meta_steps": step, "args": vars(args), "device": str(device),
+        "machine": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        "heldout_l1": {
+            f"nino_k1-{args.horizons}": heldout_l1(models["nino"], eval_set),
+            f"wnn_k1-{args.horizons}": heldout_l1(models["wnn"], eval_set),
+            f"linefit_k1-{args.horizons}": heldout_l1(LineFit(args.context), eval_set),
+            f"zero_k1-{args.horizons}": heldout_l1(None, eval_set),
+            "nino_k1-16": heldout_l1(models["nino"], eval_set, 16),
+            "wnn_k1-16": heldout_l1(models["wnn"], eval_set, 16),
+            "linefit_k1-16": heldout_l1(LineFit(args.context), eval_set, 16),
+            "zero_k1-16": heldout_l1(None, eval_set, 16),
+        },
+    }
+    for name, cls in (("packaged_nino", NiNo), ("packaged_wnn", WNN)):
+        try:
+            old = cls.from_pretrained().to(device).eval()
+            result["heldout_l1"][f"{name}_k1-16"] = heldout_l1(old, eval_set, old.max_horizon)
+        except Exception as ex:  # a packaged model may refuse a parameter type it never saw
+            result["heldout_l1"][f"{name}_k1-16"] = repr(ex)
+    for k, m in models.items():
+        m.to("cpu").save_pretrained(out / k)
+    result["history"] = history
+    result["total_seconds"] = time.monotonic() - t0
+    atomic_write_text(out / "result.json", json.dumps(result, indent=1, default=str))
+    print(json.dumps(result["heldout_l1"], indent=1), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
