@@ -140,7 +140,13 @@ def test_pack_is_exact_and_old_collections_still_open(tmp_path: Path, space: Wei
     info = json.loads((coll.root / "collection.json").read_text())
     assert info["version"] == 1 and not info["pack_runs"], "an unpacked collection stays readable by older versions"
     assert len(list((coll.root / "weights").rglob("*.safetensors"))) == 12
+    orphan = coll.root / "weights" / "run1" / "step-00000007.safetensors"   # as an interrupted append leaves it
+    orphan.write_bytes(b"partial")
+    keep = coll.root / "weights" / "run1" / "notes.txt"
+    keep.write_text("not ours")
     coll.pack("run1")
+    assert not orphan.exists() and keep.exists()
+    keep.unlink()
     reopened = CheckpointCollection.open(coll.root)
     assert json.loads((coll.root / "collection.json").read_text())["version"] == 2
     assert sorted(p.name.split("-")[0] for p in (coll.root / "weights" / "run1").iterdir()) == ["run"]

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import re
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 FORMAT = "weightspace-collection"
 FORMAT_VERSION = 2
 PACKED_PREFIX = "run-"
+_OWN_FILE = re.compile(r"(step-\d{8}|run-[0-9a-f]{12})\.safetensors")
 INFO_FILE = "collection.json"
 CARD_FILE = "README.md"
 ARCH_DIR = "architectures"
@@ -493,8 +495,6 @@ class CheckpointCollection:
         metadata points at it, then the files it replaces are removed: an interruption at any point
         leaves every checkpoint readable. A run already packed into one file is left as it is.
         """
-        from safetensors.torch import save_file
-
         self._writable()
         shard = self._shard(run_id)
         rows = shard.rows
@@ -512,20 +512,29 @@ class CheckpointCollection:
             if list(sd) != keys:
                 raise CollectionError(f"cannot pack run {run_id!r}: step {r['step']} has other tensors than "
                                       f"step {rows[0]['step']}")
-        stacked = {k: torch.stack([sd[k] for sd in sds]).contiguous() for k in keys}
+        rel, size = self._write_packed(run_id, rows[0]["arch_id"], [r["step"] for r in rows], sds)
         del sds
-        steps = [r["step"] for r in rows]
-        header = {"format": "pt", "weightspace.arch_id": rows[0]["arch_id"], "weightspace.run_id": run_id,
-                  "weightspace.steps": json.dumps(steps)}
-        import uuid
-        path = self.root / WEIGHTS_DIR / run_id / f"{PACKED_PREFIX}{uuid.uuid4().hex[:12]}.safetensors"
-        atomic_write(path, lambda tmp: save_file(stacked, str(tmp), metadata=header))
-        rel, size = path.relative_to(self.root).as_posix(), path.stat().st_size
-        self._bump_version()
         self._write_shard(run_id, [{**r, "file": rel, "num_bytes": size, "slot": i, "finished": finished}
                                    for i, r in enumerate(rows)])
         for old in files - {rel}:
             (self.root / old).unlink(missing_ok=True)
+        for orphan in (self.root / WEIGHTS_DIR / run_id).iterdir():
+            if _OWN_FILE.fullmatch(orphan.name) and orphan.relative_to(self.root).as_posix() != rel:
+                orphan.unlink(missing_ok=True)  # left by an interrupted append, or a damaged run since retrained
+
+    def _write_packed(self, run_id: str, arch_id: str, steps: list[int],
+                      sds: Sequence[Mapping[str, torch.Tensor]]) -> tuple[str, int]:
+        """Write one run's checkpoints as one safetensors file (tensors stacked on a leading step axis, the
+        steps in its header) under a fresh name, so no reader's file changes; returns its path and size."""
+        from safetensors.torch import save_file
+
+        stacked = {k: torch.stack([sd[k] for sd in sds]).contiguous() for k in sds[0]}
+        header = {"format": "pt", "weightspace.arch_id": arch_id, "weightspace.run_id": run_id,
+                  "weightspace.steps": json.dumps(steps)}
+        path = self.root / WEIGHTS_DIR / run_id / f"{PACKED_PREFIX}{uuid.uuid4().hex[:12]}.safetensors"
+        atomic_write(path, lambda tmp: save_file(stacked, str(tmp), metadata=header))
+        self._bump_version()
+        return path.relative_to(self.root).as_posix(), path.stat().st_size
 
     def _bump_version(self) -> None:
         """Packed runs need format version 2; an older collection is upgraded when it first gets one."""
@@ -553,8 +562,6 @@ class CheckpointCollection:
                    space: "WeightSpace", metrics: Sequence[Mapping[str, Any] | None] | None = None,
                    hparams: Mapping[str, Any] | None = None, allow_nonfinite: bool = False) -> list[dict[str, Any]]:
         """Store a whole finished trajectory at once, packed into one file (one write per run)."""
-        from safetensors.torch import save_file
-
         self._writable()
         _check_run_id(run_id)
         steps = [_check_step(s) for s in steps]
@@ -570,18 +577,11 @@ class CheckpointCollection:
             space.check(sd, allow_nonfinite=allow_nonfinite, source=f"run {run_id!r} step {s}")
         order = sorted(range(len(steps)), key=lambda i: steps[i])
         self._write_space(space)
-        sds = [_to_saveable(state_dicts[i]) for i in order]
-        stacked = {k: torch.stack([sd[k] for sd in sds]).contiguous() for k in sds[0]}
-        header = {"format": "pt", "weightspace.arch_id": space.fingerprint, "weightspace.run_id": run_id,
-                  "weightspace.steps": json.dumps([steps[i] for i in order])}
-        import uuid
-        path = self.root / WEIGHTS_DIR / run_id / f"{PACKED_PREFIX}{uuid.uuid4().hex[:12]}.safetensors"
-        atomic_write(path, lambda tmp: save_file(stacked, str(tmp), metadata=header))
-        rel, size = path.relative_to(self.root).as_posix(), path.stat().st_size
+        rel, size = self._write_packed(run_id, space.fingerprint, [steps[i] for i in order],
+                                       [_to_saveable(state_dicts[i]) for i in order])
         hp = _flatten_hparams(hparams)
         rows = [{"run_id": run_id, "step": steps[i], "arch_id": space.fingerprint, "file": rel, "num_bytes": size,
                  "finished": True, **hp, **_metric_columns(metrics[i]), "slot": j} for j, i in enumerate(order)]
-        self._bump_version()
         self._write_shard(run_id, rows)
         return [dict(r) for r in rows]
 
