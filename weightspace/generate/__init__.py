@@ -12,8 +12,8 @@ from .hyper import HyperGenerator
 from .pdiff import PDiff
 from .subset import select_keys
 
-__all__ = ["PDiff", "GraphDiffusion", "GraphDenoiser", "HyperGenerator", "WeightGenerator", "TrainingModels", "load_models", "Schedule", "GeneratorError",
-           "select_keys"]
+__all__ = ["PDiff", "GraphDiffusion", "GraphDenoiser", "HyperGenerator", "WeightGenerator", "TrainingModels",
+           "load_models", "Schedule", "GeneratorError", "select_keys"]
 
 GENERATORS = {"pdiff": PDiff, "graph-diffusion": GraphDiffusion, "hyper": HyperGenerator}
 """The generators by name (the ``weightspace generate`` command's ``--method``)."""

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..memorization.flat import ModelSet, StateDict, float_keys, unflatten
+from ..memorization.flat import StateDict, float_keys, unflatten
 from ..space import WeightSpace
 from .errors import GeneratorError
 

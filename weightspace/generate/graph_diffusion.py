@@ -173,7 +173,8 @@ class GraphDiffusion(WeightGenerator, PyTorchModelHubMixin, library_name="weight
         placed = gen.denoiser.placed
         eval_fn = None
         if evaluator is not None:
-            def eval_fn(_m: nn.Module) -> dict[str, float]:
+            def eval_fn(m: nn.Module) -> dict[str, float]:
+                gen.to(next(m.parameters()).device)
                 return sample_accuracy(gen, evaluator, eval_samples)
         trainer = Trainer(gen.denoiser, lambda m, x_, _y: gen.schedule.loss(m, x_, placed.to(x_.device)),
                           RowSource(x), cfg, out / "diffusion" if out is not None else None, eval_fn=eval_fn)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -191,13 +191,12 @@ class PDiff(WeightGenerator, PyTorchModelHubMixin, library_name="weightspace",
             z = z / gen.latent_scale
         eval_fn = None
         if evaluator is not None:
-            def eval_fn(_m: nn.Module) -> dict[str, float]:
+            def eval_fn(m: nn.Module) -> dict[str, float]:
+                gen.to(next(m.parameters()).device)
                 return sample_accuracy(gen, evaluator, eval_samples)
-        gen.autoencoder.requires_grad_(False)
         trainer = Trainer(gen.denoiser, lambda m, z_, _y: gen.schedule.loss(m, z_), RowSource(z), dm_cfg,
                           out / "diffusion" if out else None, eval_fn=eval_fn)
         gen.history = {"autoencoder": ae_hist, "diffusion": trainer.fit().history}
-        gen.autoencoder.requires_grad_(True)
         gen.to("cpu").eval()
         gen.excluded = dict(models.excluded)
         if out is not None and is_main_process():

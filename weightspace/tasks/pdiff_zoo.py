@@ -30,16 +30,15 @@ class PDiffSize(ZooSize):
 
     tail: int = 200
 
-    @property
-    def checkpoints_per_run(self) -> int:
-        return super().checkpoints_per_run + self.tail
+    def saved_steps(self) -> list[int]:
+        return super().saved_steps() + list(range(self.steps + 1, self.steps + self.tail + 1))
 
 
 PDIFF_MLP = {"family": "mlp", "in_features": 64, "widths": [16, 16], "out_features": 10, "activation": "relu",
              "layers": "last:2"}
 PDIFF_CNN = {"family": "cnn", "channels": [8, 8, 8], "batchnorm": True, "in_channels": 1, "num_classes": 10,
              "activation": "relu", "layers": "norm"}
-PDIFF_SIZES = {"tiny": PDiffSize(2, 20, 10, tail=5), "small": PDiffSize(16, 400, 100, tail=100),
+PDIFF_SIZES = {"tiny": PDiffSize(2, 20, 10, tail=5), "small": PDiffSize(12, 300, 100, tail=64),
                "medium": PDiffSize(128, 1000, 250, tail=200), "large": PDiffSize(512, 1000, 250, tail=200)}
 
 

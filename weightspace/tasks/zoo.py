@@ -36,9 +36,13 @@ class ZooSize:
     steps: int
     save_every: int
 
+    def saved_steps(self) -> list[int]:
+        """The steps at which a run saves a checkpoint."""
+        return sorted({0, self.steps, *range(0, self.steps + 1, self.save_every)})
+
     @property
     def checkpoints_per_run(self) -> int:
-        return len({0, self.steps, *range(0, self.steps + 1, self.save_every)})
+        return len(self.saved_steps())
 
 
 @dataclass(frozen=True)
