@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchlib import markdown_table, write_section
-from weightspace.nowcast import LAWA, WNN, LineFit, NiNo, NowcastOptimizer
+from weightspace.nowcast import LAWA, WNN, LineFit, NiNo, NowcastOptimizer, horizon_schedule
 from weightspace.tasks.data import char_batch, digits_split, stdlib_corpus, tabular_split
 from weightspace.tasks.models import build, example_input
 from weightspace.tasks.train import evaluate_classifier, evaluate_lm
@@ -153,7 +153,9 @@ def run_one(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> d
     if method != "adam":
         name, *opts = method.split("-")
         tol = next((float(o[3:]) for o in opts if o.startswith("tol")), GUARD_TOLERANCE)
+        top = next((int(o[1:]) for o in opts if o.startswith("h") and o[1:].isdigit()), None)
         opt = NowcastOptimizer(model, base, nowcasters[name], period=task.period, example_input=example_input(model),
+                               horizons=None if top is None else horizon_schedule(top),
                                guard=None if "noguard" in opts else guard, guard_tolerance=tol,
                                guard_delay=0 if "now" in opts else GUARD_DELAY,
                                reset_state="reset" in opts, stop=task.steps)
@@ -298,7 +300,8 @@ def plot(results: list[dict[str, Any]], tasks: list[Task], path: Path) -> None:
     for ax in axes.flat[len(tasks):]:
         ax.set_visible(False)
     for ax, t in zip(axes.flat, tasks):
-        for m in METHODS:
+        found = {r["method"] for r in results}
+        for m in [m for m in METHODS if m in found] + sorted(found - set(METHODS)):
             rs = [r for r in results if r["task"] == t.name and r["method"] == m]
             if not rs:
                 continue
@@ -326,6 +329,24 @@ def figure_link(out: Path, benchmarks: str, name: str = "nowcast_curves.png") ->
     return f"`{fig}`"
 
 
+def load_nowcasters(nino: str | None, wnn: str | None, extra: list[str]) -> dict[str, Any]:
+    """The benchmark's nowcasters by method name; ``extra`` adds ``NAME=FOLDER`` ones (NiNo or WNN, from its config)."""
+    out: dict[str, Any] = {"nino": NiNo.from_pretrained(nino), "wnn": WNN.from_pretrained(wnn),
+                           "linefit": LineFit(5), "lawa": LAWA(5)}
+    for item in extra:
+        name, _, path = item.partition("=")
+        if not name.isalnum() or not path:
+            raise SystemExit(f"--extra takes NAME=FOLDER with an alphanumeric NAME (a method name), got {item!r}")
+        cfg = json.loads((Path(path) / "config.json").read_text())
+        out[name] = (NiNo if "edge_types" in cfg else WNN).from_pretrained(path)
+    return out
+
+
+def _one_thread_run(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    return run_one(task, method, seed, nowcasters)
+
+
 def _schedule_text(nowcaster: Any, period: int) -> str:
     from weightspace.nowcast import horizon_schedule
 
@@ -347,8 +368,7 @@ def run(args: argparse.Namespace) -> int:
             t.steps = 300
             t.period = min(t.period, 100)
     methods = args.methods.split(",") if getattr(args, "methods", None) else list(METHODS)
-    nowcasters = {"nino": NiNo.from_pretrained(args.nino), "wnn": WNN.from_pretrained(args.wnn),
-                  "linefit": LineFit(5), "lawa": LAWA(5)}
+    nowcasters = load_nowcasters(args.nino, args.wnn, getattr(args, "extra", None) or [])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     raw_path = out / "results.json"
@@ -357,7 +377,19 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     todo = [(t, m, s) for t in tasks for s in range(seeds) for m in methods if (t.name, m, s) not in done]
-    for t, m, s in tqdm(todo, desc="bench_nowcast", unit="run"):
+    if getattr(args, "summarize_only", False):
+        todo = []
+    workers = getattr(args, "workers", 1) or 1
+    if workers > 1 and todo:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as ex:
+            futures = [ex.submit(_one_thread_run, t, m, s, nowcasters) for t, m, s in todo]
+            for f in tqdm(as_completed(futures), total=len(futures), desc="bench_nowcast", unit="run"):
+                results.append(f.result())
+                atomic_write_text(raw_path, json.dumps(results))
+    for t, m, s in (tqdm(todo, desc="bench_nowcast", unit="run") if workers <= 1 else []):
         results.append(run_one(t, m, s, nowcasters))
         atomic_write_text(raw_path, json.dumps(results))
     tables, summary = summarize(results, tasks)
@@ -397,12 +429,80 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+OVERHEAD_TASKS = ("peer-digits-fm16-lr3e-4", "digits-mlp-wide-deep")
+OVERHEAD_PERIODS = (1000, 300)
+
+
+def measure_overhead(task: Task, nowcaster: Any, repeats: int = 5, steps: int = 200) -> dict[str, float]:
+    """Seconds of one AdamW step, one context record and one guarded jump (NiNo forward, two guard
+    evaluations, parameter copies) of :class:`NowcastOptimizer` on ``task``'s model; medians."""
+    model = build(task.family, seed=0, **task.kwargs)
+    train_loss, _, guard = _task_fns(task, model, 0, loss_guard=True)
+    base = torch.optim.AdamW(model.parameters(), lr=task.lr, weight_decay=0.0)
+    opt = NowcastOptimizer(model, base, nowcaster, period=5, example_input=example_input(model), guard=guard,
+                           guard_tolerance=1e9, horizons=[1])
+    step_t = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        loss = train_loss()
+        base.zero_grad(set_to_none=True)
+        loss.backward()
+        base.step()
+        step_t.append(time.perf_counter() - t0)
+    rec_t, jump_t = [], []
+    for _ in range(repeats):
+        for _ in range(opt.context):
+            t0 = time.perf_counter()
+            opt._record()
+            rec_t.append(time.perf_counter() - t0)
+        jump_t.append(opt.jump().seconds)
+    return {"step": statistics.median(step_t[steps // 4:]), "record": statistics.median(rec_t),
+            "jump": statistics.median(jump_t)}
+
+
+def run_overhead(args: argparse.Namespace) -> int:
+    """NowcastOptimizer's share of training time at NiNo's period (1,000) and at 300 (goals: <= 2% and <= 5%)."""
+    torch.set_num_threads(1)
+    args.benchmarks = str(args.benchmarks or BENCHMARKS)
+    nowcasters = {"NiNo": NiNo.from_pretrained(args.nino), "WNN": WNN.from_pretrained(args.wnn)}
+    rows, shares = [], []
+    for tname in OVERHEAD_TASKS:
+        task = next(t for t in TASKS if t.name == tname)
+        for nname, nc in nowcasters.items():
+            m = measure_overhead(task, nc)
+            cells = [tname, nname, f"{1e3 * m['step']:.2f}", f"{1e3 * m['jump']:.1f}"]
+            for period in OVERHEAD_PERIODS:
+                extra = m["jump"] + nc.context * m["record"]
+                share = extra / (extra + period * m["step"])
+                shares.append((tname, nname, period, share))
+                cells.append(f"{100 * share:.2f}%")
+            rows.append(cells)
+            print(cells, flush=True)
+    nino = next(iter(nowcasters.values()))
+    table = markdown_table(["task", "nowcaster", "AdamW step (ms)", "guarded jump (ms)"]
+                           + [f"share at period {p}" for p in OVERHEAD_PERIODS], rows)
+    goal = {1000: 0.02, 300: 0.05}
+    met = [f"period {p}: " + ", ".join(f"{t} {n} {'met' if s <= goal[p] else 'not met'}"
+                                       for t, n, pp, s in shares if pp == p) for p in OVERHEAD_PERIODS]
+    body = (f"NowcastOptimizer's share of training wall-clock: (one guarded jump + {nino.context} context records) / "
+            f"(that + period x one AdamW step), each the median of repeated timings on one thread. A jump is the "
+            f"nowcaster's forward, the guard's loss before and after (cross-entropy on 512 fixed training "
+            f"examples) and the parameter copies; evaluation excluded. NiNo: "
+            f"{sum(p.numel() for p in nino.parameters()):,} parameters, max horizon {nino.max_horizon}. Goals on "
+            f"CPU (issue 15): <= 2% at period 1,000, <= 5% at period 300.\n\n{table}\n\n" + "\n".join(
+                f"- {line}." for line in met))
+    write_section("bench_nowcast_overhead", "## Nowcasting overhead (scripts/bench_nowcast.py --overhead)\n\n"
+                  + body, args.benchmarks)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--nino", default=None)
     p.add_argument("--wnn", default=None)
     p.add_argument("--tasks", default=None)
-    p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}, each optionally "
+                   "with -noguard, -reset, -now, -tol<x>, -h<K> (NiNo's schedule rescaled to a first horizon K)")
     p.add_argument("--seeds", type=int, default=None, help=f"seeds per task (default 3; {PEER_SEEDS} with --peer)")
     p.add_argument("--peer", action="store_true",
                    help=f"run only the peer's setting ({PEER_TASK}) and write its own BENCHMARKS.md section")
@@ -410,7 +510,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--benchmarks", default=None, help="markdown file to write (default: the repository's)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--resume", action="store_true", help="keep results already in OUT/results.json")
-    return run(p.parse_args(argv))
+    p.add_argument("--extra", action="append", default=[],
+                   help="NAME=FOLDER: one more NiNo/WNN nowcaster, run as method NAME (repeatable)")
+    p.add_argument("--workers", type=int, default=1, help="runs in parallel processes (one thread each)")
+    p.add_argument("--summarize-only", action="store_true", help="no runs: tables from OUT/results.json")
+    p.add_argument("--overhead", action="store_true",
+                   help="measure NowcastOptimizer's time share at periods 1000 and 300 and write its own section")
+    args = p.parse_args(argv)
+    return run_overhead(args) if args.overhead else run(args)
 
 
 if __name__ == "__main__":

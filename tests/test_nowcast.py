@@ -454,3 +454,41 @@ def test_batched_forward_equals_one_window_at_a_time(cls):
     assert [t.shape for t in together] == [(4, w.context.shape[1]) for w in wins]
     for t, a in zip(together, alone):
         torch.testing.assert_close(t, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls", [NiNo, WNN])
+def test_nowcast_computes_only_its_horizon_and_matches_the_full_prediction(cls):
+    from types import SimpleNamespace
+
+    from weightspace.space import WeightSpace
+
+    torch.manual_seed(0)
+    nc = cls(context=3, horizons=5, hidden=8) if cls is WNN else cls(context=3, horizons=5, hidden=8, layers=1,
+                                                                      decoder_hidden=16)
+    model = build("mlp", seed=0, in_features=5, widths=[7], out_features=3)
+    lay = ParamLayout.from_space(WeightSpace.from_module(model, example_input(model)))
+    ctx = torch.randn(3, lay.num_values).cumsum(0)
+    with torch.no_grad():
+        full = nc([SimpleNamespace(context=ctx, layout=lay)])[0]
+    _, std = lay.stats(ctx)
+    for k in range(1, 6):
+        torch.testing.assert_close(nc.nowcast(ctx, k, lay), ctx[-1] + full[k - 1] * std)
+
+
+def test_nino_builds_its_indices_once_per_architecture(monkeypatch):
+    """Repeated nowcasts of one architecture reuse the message routes and host rows built on the first call."""
+    from weightspace.nn.routes import Routes
+    from weightspace.space import WeightSpace
+
+    calls = []
+    build_routes = Routes.build
+    monkeypatch.setattr(Routes, "build", classmethod(lambda cls, *a, **k: calls.append(1) or build_routes(*a, **k)))
+    nc = NiNo(context=3, horizons=2, hidden=8, layers=1, decoder_hidden=8)
+    model = build("cnn", seed=0, channels=(4, 4, 4), batchnorm=True)
+    lay = ParamLayout.from_space(WeightSpace.from_module(model, example_input(model)))
+    ctx = torch.randn(3, lay.num_values).cumsum(0)
+    first = nc.nowcast(ctx, 1, lay)
+    rows = nc._host_index(lay, ctx.device)
+    for _ in range(3):
+        assert torch.equal(nc.nowcast(ctx, 1, lay), first)
+    assert len(calls) == 1 and nc._host_index(lay, ctx.device) is rows

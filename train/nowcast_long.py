@@ -85,11 +85,13 @@ def _load_data() -> None:
 def trajectory(c: dict[str, Any], save_every: int) -> tuple[dict[str, Any], torch.Tensor]:
     """Train one configuration with AdamW; its flat parameters (layout order) every ``save_every`` steps."""
     torch.set_num_threads(1)
+    data = _DATA[c["data"]]
+    if c["family"] == "gpt":
+        c["model"]["vocab_size"] = data.vocab_size
     model = build(c["family"], seed=c["seed"], **c["model"])
     layout = ParamLayout.from_space(WeightSpace.from_module(model, example_input(model)))
     opt = torch.optim.AdamW(model.parameters(), lr=c["lr"], weight_decay=c["wd"])
     g = torch.Generator().manual_seed(c["seed"])
-    data = _DATA[c["data"]]
     states = [layout.flatten(model).clone()]
     if c["family"] == "gpt":
         def batch_loss() -> torch.Tensor:
@@ -208,10 +210,38 @@ def heldout_l1(model: Any, windows: list[Window], max_k: int | None = None) -> f
     return float(torch.stack(vals).mean())
 
 
+def finish(models: dict[str, Any], eval_set: list[Window], args: argparse.Namespace, out: Path,
+           info: dict[str, Any], final: bool) -> None:
+    """Save every model (``save_pretrained``) and ``result.json``; with ``final`` also the held-out L1 table."""
+    if final:
+        K = args.horizons
+        l1: dict[str, Any] = {}
+        for k, m in models.items():
+            m.eval()
+            l1[f"{k}_k1-{K}"] = heldout_l1(m, eval_set)
+            l1[f"{k}_k1-16"] = heldout_l1(m, eval_set, 16)
+        for name, nc in (("linefit", LineFit(args.context)), ("zero", None)):
+            l1[f"{name}_k1-{K}"] = heldout_l1(nc, eval_set)
+            l1[f"{name}_k1-16"] = heldout_l1(nc, eval_set, 16)
+        device = eval_set[0].context.device
+        for name, cls in (("packaged_nino", NiNo), ("packaged_wnn", WNN)):
+            try:
+                old = cls.from_pretrained().to(device).eval()
+                l1[f"{name}_k1-16"] = heldout_l1(old, eval_set, old.max_horizon)
+            except Exception as ex:  # a packaged model may refuse a parameter type it never saw
+                l1[f"{name}_k1-16"] = repr(ex)
+        info["heldout_l1"] = l1
+        print(json.dumps(l1, indent=1), flush=True)
+    for k, m in models.items():
+        m.to("cpu").save_pretrained(out / k)
+        m.to(eval_set[0].context.device)
+    atomic_write_text(out / "result.json", json.dumps(info, indent=1, default=str))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto: cuda when there is one (checked after the workers fork)")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 4))
     p.add_argument("--runs", type=int, default=600, help="configurations queued (generation stops at --gen-seconds)")
     p.add_argument("--steps", type=int, default=3000)
@@ -231,17 +261,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-windows", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-seconds", type=float, default=15)
+    p.add_argument("--trajectories", default=None,
+                   help="file that keeps the generated trajectories: read if it exists, else written")
+    p.add_argument("--resume", action="store_true",
+                   help="start each model from its folder in --out if there is one (a fresh optimizer and schedule)")
+    p.add_argument("--models", default="nino,nino_small,wnn",
+                   help="nino (--hidden/--layers/--decoder-hidden), nino_small (the packaged size: 16/2/32), wnn")
     args = p.parse_args(argv)
     t0 = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    device = torch.device(args.device)
+    cache = Path(args.trajectories) if args.trajectories else None
+    if cache is not None and cache.is_file():
+        runs = torch.load(cache, weights_only=True)
+        runs = [(json.loads(c), flat) for c, flat in runs]
+    else:
+        runs = generate(recipes(args.runs, args.steps, args.gpt_steps, args.seed), args.save_every, args.workers,
+                        args.gen_seconds)
+        if cache is not None:
+            tmp = cache.with_suffix(".tmp")
+            torch.save([(json.dumps(c), flat) for c, flat in runs], tmp)
+            tmp.replace(cache)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-
-    runs = generate(recipes(args.runs, args.steps, args.gpt_steps, args.seed), args.save_every, args.workers,
-                    args.gen_seconds)
     gen_s = time.monotonic() - t0
     fams: dict[str, int] = {}
     for c, _ in runs:
@@ -264,12 +308,22 @@ def main(argv: list[str] | None = None) -> int:
     lays = [*W.layouts.values(), *H.layouts.values()]
     e = sorted({int(t) for lay in lays for t in lay.space.layout.edge_type.unique()})
     n = sorted({int(t) for lay in lays for t in lay.space.layout.node_type.unique()})
-    models = {
-        "nino": NiNo(context=args.context, horizons=args.horizons, hidden=args.hidden, layers=args.layers,
-                     decoder_hidden=args.decoder_hidden, edge_types=[EDGE_TYPES[i] for i in e],
-                     node_types=[NODE_TYPES[i] for i in n]).to(device),
-        "wnn": WNN(context=args.context, horizons=args.horizons, hidden=64, layers=3).to(device),
+    types = dict(edge_types=[EDGE_TYPES[i] for i in e], node_types=[NODE_TYPES[i] for i in n])
+    make = {
+        "nino": lambda: NiNo(context=args.context, horizons=args.horizons, hidden=args.hidden, layers=args.layers,
+                             decoder_hidden=args.decoder_hidden, **types),
+        "nino_small": lambda: NiNo(context=args.context, horizons=args.horizons, hidden=16, layers=2,
+                                   decoder_hidden=32, **types),
+        "wnn": lambda: WNN(context=args.context, horizons=args.horizons, hidden=64, layers=3),
     }
+    models = {}
+    for k in args.models.split(","):
+        torch.manual_seed(args.seed)
+        models[k] = make[k]()
+        if args.resume and (out / k / "config.json").is_file():
+            models[k] = type(models[k]).from_pretrained(out / k)
+            print(f"resumed {k} from {out / k}", flush=True)
+        models[k] = models[k].to(device)
     opts = {k: torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=1e-4) for k, m in models.items()}
     g = torch.Generator().manual_seed(args.seed)
     history: list[dict[str, Any]] = []
@@ -300,36 +354,12 @@ def main(argv: list[str] | None = None) -> int:
             history.append(rec)
             run_loss, run_n = {k: 0.0 for k in models}, 0
             print(json.dumps(rec), flush=True)
-    train_s = time.monotonic() - t_train
-    for m in models.values():
-        m.eval()
-    result: dict[str, Any] = {
+            finish(models, eval_set, args, out, {"meta_steps": step, "history": history, "partial": True}, final=False)
+    finish(models, eval_set, args, out, {
         "trajectories": len(runs), "held_out_runs": len(held), "families": fams, "generation_seconds": gen_s,
-        "train_seconds": train_s, "meta_steps": step, "args": vars(args), "device": str(device),
-        "machine": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-        "heldout_l1": {
-            f"nino_k1-{args.horizons}": heldout_l1(models["nino"], eval_set),
-            f"wnn_k1-{args.horizons}": heldout_l1(models["wnn"], eval_set),
-            f"linefit_k1-{args.horizons}": heldout_l1(LineFit(args.context), eval_set),
-            f"zero_k1-{args.horizons}": heldout_l1(None, eval_set),
-            "nino_k1-16": heldout_l1(models["nino"], eval_set, 16),
-            "wnn_k1-16": heldout_l1(models["wnn"], eval_set, 16),
-            "linefit_k1-16": heldout_l1(LineFit(args.context), eval_set, 16),
-            "zero_k1-16": heldout_l1(None, eval_set, 16),
-        },
-    }
-    for name, cls in (("packaged_nino", NiNo), ("packaged_wnn", WNN)):
-        try:
-            old = cls.from_pretrained().to(device).eval()
-            result["heldout_l1"][f"{name}_k1-16"] = heldout_l1(old, eval_set, old.max_horizon)
-        except Exception as ex:  # a packaged model may refuse a parameter type it never saw
-            result["heldout_l1"][f"{name}_k1-16"] = repr(ex)
-    for k, m in models.items():
-        m.to("cpu").save_pretrained(out / k)
-    result["history"] = history
-    result["total_seconds"] = time.monotonic() - t0
-    atomic_write_text(out / "result.json", json.dumps(result, indent=1, default=str))
-    print(json.dumps(result["heldout_l1"], indent=1), flush=True)
+        "train_seconds": time.monotonic() - t_train, "meta_steps": step, "args": vars(args), "device": str(device),
+        "machine": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "history": history,
+        "total_seconds": time.monotonic() - t0}, final=True)
     return 0
 
 

@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--benchmarks", default=None,
                    help="markdown file for the results section (default: the checkout's BENCHMARKS.md)")
     b.add_argument("--methods", default=None,
-                   help="comma-separated methods: adam, nino, wnn, linefit, lawa, each optionally with -noguard, "
+                   help="comma-separated methods: adam, nino, wnn, linefit, lawa, each optionally with -noguard, -h<K>, "
                         "-reset, -now, -tol<x> (default: all of the benchmark's)")
     b.add_argument("--resume", action="store_true", help="keep the runs already in OUT/results.json")
     b.add_argument("--quick", action="store_true", help="shorter budgets (smoke test)")

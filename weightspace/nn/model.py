@@ -169,7 +169,8 @@ class GraphMetanetwork(nn.Module):
             pos = torch.where(pos >= 0, pos, local.clamp(max=self.config.max_positions - 1))
         return pos
 
-    def forward(self, data: Any) -> GraphEncoding:
+    def forward(self, data: Any, routes: Routes | None = None) -> GraphEncoding:
+        """Embed ``data``; ``routes`` may be passed in when the caller keeps them per architecture."""
         self.check(data)
         cfg = self.config
         edge_index = data.edge_index
@@ -182,7 +183,10 @@ class GraphMetanetwork(nn.Module):
         if cfg.positional != "none":
             pos = self.positions(data)
             h = h + self.pos_emb(pos + 1)
-        routes = Routes.build(edge_index, N, h.dtype) if cfg.conv == "pna" and cfg.routing == "segment" else None
+        if cfg.conv != "pna" or cfg.routing != "segment":
+            routes = None
+        elif routes is None:
+            routes = Routes.build(edge_index, N, h.dtype)
         for layer in self.layers:
             h, e = layer(h, e, edge_index, routes)
         node_batch = getattr(data, "batch", None)

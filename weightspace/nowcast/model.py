@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor
 
@@ -29,6 +30,7 @@ from ..graph.layout import EDGE_TYPES, NODE_TYPES
 from ..nn import GraphMetanetwork, IncompatibleGraph, MetanetConfig
 from ..nn.batch import collate
 from ..nn.layers import mlp
+from ..nn.routes import Routes
 from .core import NowcastError, ParamLayout
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -65,8 +67,9 @@ class _ValueNowcaster(nn.Module):
     def host_embeddings(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> list[Tensor] | None:
         return None
 
-    def forward(self, windows: Sequence[Any]) -> list[Tensor]:
-        """Scaled residual predictions ``[K, P]`` for each window (anything with ``context`` and ``layout``).
+    def forward(self, windows: Sequence[Any], horizon: int | None = None) -> list[Tensor]:
+        """Scaled residual predictions ``[K, P]`` for each window (anything with ``context`` and ``layout``);
+        with ``horizon`` k, only that one ``[1, P]`` (the decoder's last layer computes one output, not K).
 
         All windows go through the network together: one (batched) graph pass and one decoder pass.
         """
@@ -81,7 +84,12 @@ class _ValueNowcaster(nn.Module):
         inp = torch.cat([f.t() for f in feats])
         if hosts is not None:
             inp = torch.cat([inp, torch.cat(hosts)], 1)
-        out = self.decoder(inp).float()
+        if horizon is None:
+            out = self.decoder(inp).float()
+        else:
+            last = self.decoder[-1]
+            out = F.linear(self.decoder[:-1](inp), last.weight[horizon - 1:horizon],
+                           last.bias[horizon - 1:horizon]).float()
         return [o.t() * tau for o, tau in zip(out.split([f.shape[1] for f in feats]), taus)]
 
     @torch.no_grad()
@@ -100,9 +108,9 @@ class _ValueNowcaster(nn.Module):
 
             device = next(self.parameters()).device
             ctx = context.to(device=device, dtype=torch.float32)
-            pred = self.forward([SimpleNamespace(context=ctx, layout=layout)])[0]
+            pred = self.forward([SimpleNamespace(context=ctx, layout=layout)], horizon=int(k))[0]
             _, std = layout.stats(ctx)
-            return (ctx[-1] + pred[int(k) - 1] * std).to(context.device, context.dtype)
+            return (ctx[-1] + pred[0] * std).to(context.device, context.dtype)
         finally:
             self.train(was)
 
@@ -160,6 +168,7 @@ class NiNo(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
         self.decoder = mlp([context + 1 + hidden, decoder_hidden, decoder_hidden, horizons])
         self._hosts: dict[tuple[str, torch.device], Tensor] = {}
         self._checked: set[str] = set()
+        self._route_cache: dict[tuple[str, torch.device, torch.dtype], Routes] = {}
 
     def _host_index(self, layout: ParamLayout, device: torch.device) -> Tensor:
         """Per value: the row of its host in ``[edges; nodes; no host]`` (computed once per architecture and device)."""
@@ -174,6 +183,14 @@ class NiNo(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
                                            torch.where(inv < EF + NF, E + (inv - EF) // lay.node_features,
                                                        E + N)).to(device)
         return self._hosts[key]
+
+    def _routes(self, layout: ParamLayout, graph: Any) -> Routes:
+        """The metanetwork's message routes of one architecture's graph, built once per architecture and device."""
+        dtype = self.metanet.edge_in.weight.dtype
+        key = (layout.space.fingerprint, graph.edge_index.device, dtype)
+        if key not in self._route_cache:
+            self._route_cache[key] = Routes.build(graph.edge_index, int(graph.num_nodes), dtype)
+        return self._route_cache[key]
 
     def check_space(self, layout: ParamLayout) -> None:
         """Refuse architectures with parameter types meta-training never saw."""
@@ -207,8 +224,11 @@ class NiNo(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
             g.pos_id = g.pos_id.clamp(max=self.metanet.config.max_positions - 1)
             graphs.append(g)
         data = graphs[0] if len(graphs) == 1 else collate(graphs)
+        routes = None
+        if len(graphs) == 1 and not torch.is_autocast_enabled(data.edge_index.device.type):
+            routes = self._routes(layouts[0], data)
         try:
-            enc = self.metanet(data)
+            enc = self.metanet(data, routes)
         except IncompatibleGraph as e:
             names = sorted({lay.space.name for lay in layouts})
             raise NowcastError(f"{', '.join(names)} does not fit this NiNo: {e}") from e
