@@ -184,7 +184,7 @@ def trained_accuracy(steps: int, lr: float) -> tuple[float, float, list[dict]]:
 
 
 def test_a_short_training_beats_default_init_on_a_held_out_width():
-    acc, base, history = trained_accuracy(60, 5e-3)
+    acc, base, history = trained_accuracy(100, 1e-2)
     assert history[-1]["loss"] < history[0]["loss"]
     assert acc > base + 0.05, (acc, base)
 
@@ -218,3 +218,57 @@ def test_cli_trains_and_predicts_a_state_dict_with_its_weight_space(tmp_path, ca
     assert main(["hyper", "predict", "--model", str(out / "model"), "--arch", '{"widths": [4]}',
                  "--out", str(target)]) == 2
     assert "family" in capsys.readouterr().err
+
+
+def test_a_family_training_never_saw_is_refused_by_name_unless_asked():
+    from weightspace.hyper import UnseenArchitecture
+    from weightspace.tasks import build, example_input
+
+    h = tiny("ghn2")
+    h.record_seen(*h.types_of(WeightSpace.from_module(MLP(), torch.randn(2, 6))))
+    model, x = CNN(), torch.rand(3, 1, 8, 8)
+    with pytest.raises(UnseenArchitecture, match=r"CNN|conv") as err:
+        h.predict(model, x)
+    assert "allow_unseen" in str(err.value)
+    unseen = set(h.types_of(WeightSpace.from_module(model, x))[0]) - set(h.edge_types)
+    assert unseen and all(t in str(err.value) for t in unseen)
+    sd = h.predict(model, x, allow_unseen=True)
+    assert set(sd) == set(model.state_dict())
+    gpt = build("gpt", vocab_size=11, block_size=8, n_layer=1, n_head=2, d_model=8)
+    with pytest.raises(UnseenArchitecture, match="never trained on"):
+        h.predict(gpt, example_input(gpt))
+    h.predict(MLP(), torch.randn(2, 6))  # what it saw still works
+
+
+def test_training_records_the_distributions_layer_types(tmp_path):
+    from weightspace.hyper import UnseenArchitecture
+
+    torch.set_num_threads(1)
+    h, _ = train_hypernetwork(tmp_path / "r", tiny_config(steps=1, checkpoint_every=0), HyperTrainSpec(TINY_DIST, 8),
+                              tiny())
+    loaded = GraphHyperNetwork.from_pretrained(tmp_path / "r" / "model")
+    assert loaded.edge_types == h.edge_types and loaded.edge_types
+    with pytest.raises(UnseenArchitecture):
+        loaded.predict(CNN(), torch.rand(2, 1, 8, 8))
+
+
+def test_fan_in_scaling_divides_ghn2_weights_by_the_square_root_of_fan_in(trained_for_tests):
+    h = GraphHyperNetwork(**{**trained_for_tests._hub_mixin_config, "fan_in_scaling": False})
+    h.load_state_dict(trained_for_tests.state_dict())
+    model, x = MLP(sizes=(6, 8, 7, 3)), torch.randn(4, 6)
+    a, b = trained_for_tests.predict(model, x, seed=1), h.predict(model, x, seed=1)
+    for k, fan_in in (("net.0.weight", 6), ("net.2.weight", 8), ("net.4.weight", 7)):
+        torch.testing.assert_close(a[k] * fan_in ** 0.5, b[k], msg=k)
+
+
+def test_the_tile_decoder_repeats_channels_beyond_its_tile():
+    torch.manual_seed(0)
+    h = GraphHyperNetwork(hidden=8, layers=1, unit_features=2, parametrization="ghn2", decoder="tile", tile=4)
+    model, x = MLP(sizes=(6, 10, 3)), torch.randn(2, 6)
+    w = h.predict(model, x)["net.0.weight"]  # [10, 6]
+    torch.testing.assert_close(w[4:8], w[0:4])
+    torch.testing.assert_close(w[:, 4:6], w[:, 0:2])
+    assert not torch.allclose(w[0], w[1])
+    edge = GraphHyperNetwork(hidden=8, layers=1, unit_features=2, parametrization="ghn2")
+    we = edge.predict(model, x)["net.0.weight"]
+    assert not torch.allclose(we[4:8], we[0:4])

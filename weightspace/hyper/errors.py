@@ -10,3 +10,7 @@ class BadExampleInput(WeightSpaceError):
 
 class NonFinitePrediction(NonFiniteWeights):
     """The hypernetwork predicted NaN or Inf values (for instance after training diverged)."""
+
+
+class UnseenArchitecture(WeightSpaceError):
+    """The model has edge or node types (layer kinds) the hypernetwork was never trained on."""

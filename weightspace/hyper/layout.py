@@ -53,6 +53,8 @@ class HyperLayout:
     value_kind: Tensor
     value_fan_in: Tensor
     value_key: list[str]
+    node_site: Tensor
+    node_local: Tensor
 
     @classmethod
     def from_space(cls, space: WeightSpace) -> "HyperLayout":
@@ -63,9 +65,13 @@ class HyperLayout:
         dst = lay.edge_index[1]
         fan_in = torch.zeros(N, dtype=torch.long).index_add_(0, dst, slots)
         depth = torch.zeros(N)
+        site = torch.zeros(N, dtype=torch.long)
+        local = torch.arange(N)
         denom = max(1, len(space.sites) - 1)
         for i, s in enumerate(space.sites):
             depth[s.offset:s.offset + s.count] = i / denom
+            site[s.offset:s.offset + s.count] = i
+            local[s.offset:s.offset + s.count] -= s.offset
         inv = lay.inverse
         kind = torch.full((P,), KIND_AUX, dtype=torch.long)
         kind[inv < E * F] = KIND_EDGE
@@ -77,7 +83,7 @@ class HyperLayout:
         vfan[on_node] = fan_in[(inv[on_node] - E * F) // Fn]
         keys = [k for k, n in zip(lay.keys, lay.numels) for _ in range(n)]
         return cls(space, lay.edge_index, lay.edge_type, lay.node_type, lay.pos_id, fan_in, depth, slots, kind,
-                   vfan.clamp(min=1), keys)
+                   vfan.clamp(min=1), keys, site, local)
 
     @property
     def num_nodes(self) -> int:
@@ -86,6 +92,11 @@ class HyperLayout:
     @property
     def num_edges(self) -> int:
         return self.space.layout.num_edges
+
+    @property
+    def num_sites(self) -> int:
+        """Number of layer boundaries (node sites): the units of one layer output form a site."""
+        return len(self.space.sites)
 
     @property
     def num_values(self) -> int:

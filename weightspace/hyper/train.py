@@ -66,6 +66,18 @@ class ArchDistribution:
                 "batchnorm": rng.choice(self.cnn_batchnorm), "in_channels": 1, "num_classes": 10,
                 "activation": act}
 
+    def representatives(self) -> list[dict[str, Any]]:
+        """One architecture per (family, BatchNorm or not) the distribution draws: together they hold every
+        edge and node type it can produce."""
+        out: list[dict[str, Any]] = []
+        if "mlp" in self.families:
+            out.append({"family": "mlp", "in_features": 64, "widths": [self.mlp_widths[0]] * max(self.mlp_depths),
+                        "out_features": 10, "activation": self.activations[0]})
+        if "cnn" in self.families:
+            out += [{"family": "cnn", "channels": [self.cnn_channels[0]] * 3, "batchnorm": bn, "in_channels": 1,
+                     "num_classes": 10, "activation": self.activations[0]} for bn in sorted(set(self.cnn_batchnorm))]
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) for k, v in asdict(self).items()}
 
@@ -87,11 +99,13 @@ class Architecture:
 
 
 class ArchitectureCache:
-    """Builds and traces each architecture once (keyed by its constructor arguments)."""
+    """Builds each architecture once (keyed by its constructor arguments) and traces each weight space once:
+    architectures that differ only in their parameter-free activation share one traced layout."""
 
     def __init__(self, hyper: GraphHyperNetwork) -> None:
         self.hyper = hyper
         self._cache: dict[str, Architecture] = {}
+        self._layouts: dict[str, HyperLayout] = {}
 
     def get(self, arch: Mapping[str, Any]) -> Architecture:
         key = arch_key(arch)
@@ -99,8 +113,11 @@ class ArchitectureCache:
         if a is None:
             kwargs = {k: v for k, v in arch.items() if k != "family"}
             model = build(arch["family"], seed=0, **kwargs)
-            space = WeightSpace.from_module(model, example_input(model))
-            lay = self.hyper.layout(space)
+            shape_key = arch_key({k: v for k, v in arch.items() if k != "activation"})
+            lay = self._layouts.get(shape_key)
+            if lay is None:
+                lay = self.hyper.layout(WeightSpace.from_module(model, example_input(model)))
+                self._layouts[shape_key] = lay
             a = Architecture(key, dict(arch), model, lay, model_constants(lay, model.state_dict()),
                              arch["family"] == "mlp")
             self._cache[key] = a
@@ -214,12 +231,14 @@ class HyperTrainSpec:
 
 def train_hypernetwork(out: str | Path | None, config: TrainConfig, spec: HyperTrainSpec | None = None,
                        hyper: GraphHyperNetwork | None = None, *, stop_at: int | None = None,
-                       **model_kwargs: Any) -> tuple[GraphHyperNetwork, TrainResult]:
+                       cache: ArchitectureCache | None = None, **model_kwargs: Any) -> tuple[GraphHyperNetwork, TrainResult]:
     """Meta-train a :class:`GraphHyperNetwork` on digits (``config.batch_size`` architectures per step).
 
     ``out/model`` gets ``save_pretrained`` output and ``out/hyper_train.json`` the spec and final
     metrics; re-running on the same ``out`` resumes. ``hyper`` (else one built from ``model_kwargs``
-    after seeding with ``config.seed``) is trained in place.
+    after seeding with ``config.seed``) is trained in place; unless it already records them, it records the
+    edge and node types of ``spec.distribution`` as the ones it was trained on (:meth:`GraphHyperNetwork.check_seen`).
+    ``cache`` shares built architectures with the caller.
     """
     spec = spec or HyperTrainSpec()
     if hyper is None:
@@ -229,7 +248,10 @@ def train_hypernetwork(out: str | Path | None, config: TrainConfig, spec: HyperT
         raise ConfigError(f"pass either a hypernetwork or its options, not both ({sorted(model_kwargs)})")
     data = digits_split(0)
     tasks = ArchitectureTasks(spec.distribution, data, spec.data_batch, config.seed)
-    cache = ArchitectureCache(hyper)
+    cache = cache or ArchitectureCache(hyper)
+    if hyper.edge_types is None and hyper.node_types is None:
+        types = [hyper.types_of(cache.get(a).layout.space) for a in spec.distribution.representatives()]
+        hyper.record_seen(set().union(*(e for e, _ in types)), set().union(*(n for _, n in types)))
     eval_fn = (lambda m: evaluate_architectures(m, spec.held_out, data)) if spec.held_out else None  # noqa: E731
     trainer = Trainer(hyper, HyperLoss(cache), tasks, config, out, eval_fn=eval_fn)
     result = trainer.fit(stop_at=stop_at)
