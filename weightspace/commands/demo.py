@@ -217,26 +217,32 @@ def step_hyper(ctx: dict[str, Any]) -> dict[str, Any]:
 def step_generate(ctx: dict[str, Any]) -> dict[str, Any]:
     from ..generate import PDiff
     from ..memorization import report
-    from ..tasks.data import digits_split
-    from ..tasks.zoo import build_zoo
+    from ..tasks.zoo import RECIPES, build_zoo
     from ..training import TrainConfig
 
     out = ctx["out"] / "zoo-pdiff-mlp"
     _header(7, "Generate weights with p-diff latent diffusion, then measure what it memorized")
-    coll = build_zoo("pdiff-mlp", out, size="tiny", seed=0, progress=ctx["progress"])
+    coll = build_zoo("pdiff-mlp", out, size="small", seed=0, shard="0/12", progress=ctx["progress"])
+    recipe = RECIPES["pdiff-mlp"]
+    hp = recipe.config(0)
     space = coll.space(coll.architectures()[0])
-    training = [coll.load(r["run_id"], r["step"]) for r in coll.rows()]
+    first = coll.runs()[0]
+    training = [coll.load(r["run_id"], r["step"]) for r in coll.rows()
+                if r["run_id"] == first and r["finetuning"] == 1.0]
+    _say(f"p-diff's data: the {len(training)} checkpoints of one run's last phase, in which only "
+         f"the layers {hp['layers']!r} keep training")
 
     def cfg(steps: int) -> TrainConfig:
         return TrainConfig(steps=steps, batch_size=32, lr=1e-3, warmup=20, checkpoint_every=0, log_every=25,
                            progress=ctx["progress"], plot=False)
 
-    gen = PDiff.fit(training, space=space, autoencoder=cfg(300), diffusion=cfg(400))
+    gen = PDiff.fit(training, space=space, keys=hp["layers"], autoencoder=cfg(300), diffusion=cfg(400),
+                    latent=16, hidden=128, denoiser_hidden=128)
     samples = gen.sample(16, seed=0)
-    data = digits_split(0, flat=True)
-    rep = report(space, {"p-diff": samples}, training, data=data, progress=ctx["progress"])
+    rep = report(space, {"p-diff": samples}, training, data="digits-flat", model=recipe.model(hp), k=3,
+                 progress=ctx["progress"])
     path = rep.save(ctx["out"] / "memorization")
-    verdict = rep.verdicts()["p-diff"]
+    verdict = rep.verdicts["p-diff"]
     _say(rep.markdown())
     _say(f"verdict: p-diff {verdict}; report and plots: {path}")
     return {"training models": len(training), "samples": len(samples), "verdict": verdict}
