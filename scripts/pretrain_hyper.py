@@ -5,34 +5,40 @@
 
 Every variant trains in its own process with the same settings and budget; ``main`` is the package's
 model (MIP, edge decoder, fan-in scaling), the others are ``scripts/bench_hyper.py``'s ablations.
-With ``--seconds``, each process traces the grid's architectures, times a few steps of a throwaway copy
-and sizes ``--steps`` so the cosine schedule ends inside the budget. ``OUT/<variant>/model`` gets
+With ``--seconds`` (counted from the command's start), each process traces the grid's architectures, times
+a few steps of a throwaway copy and sizes ``--steps`` so the cosine schedule ends inside the budget. ``OUT/<variant>/model`` gets
 ``save_pretrained`` output and ``OUT/<variant>/hyper_train.json`` the spec, history and throughput.
 """
 from __future__ import annotations
 
-import argparse
+import time
+
+STARTED = time.time()
+
+import argparse  # noqa: E402
 import copy
 import json
 import os
-import subprocess
-import sys
-import time
-from pathlib import Path
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
-import torch
+import torch  # noqa: E402
 
-from weightspace.hyper import ArchDistribution, GraphHyperNetwork, HyperTrainSpec, train_hypernetwork
-from weightspace.hyper.train import ArchitectureCache
-from weightspace.training import TrainConfig
-from weightspace.utils import atomic_write_text
+from weightspace.hyper import ArchDistribution, GraphHyperNetwork, HyperTrainSpec, train_hypernetwork  # noqa: E402
+from weightspace.hyper.train import ArchitectureCache  # noqa: E402
+from weightspace.training import TrainConfig  # noqa: E402
+from weightspace.utils import atomic_write_text  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "main": {},
     "ghn2": {"parametrization": "ghn2"},
     "nofanin": {"fan_in_scaling": False},
     "tile": {"decoder": "tile"},
+    "gpt": {},
 }
+"""Model options of each variant; ``gpt`` is the main model meta-trained on tiny GPTs (stdlib text) instead."""
+FAMILIES = {"gpt": ("gpt",)}
 PROBE_STEPS = 8
 
 
@@ -44,6 +50,9 @@ def grid_architectures(dist: ArchDistribution) -> list[dict]:
         archs += [{"family": "cnn", "channels": [a, b, c], "batchnorm": bn, "in_channels": 1, "num_classes": 10,
                    "activation": dist.activations[0]} for a in dist.cnn_channels for b in dist.cnn_channels
                   for c in dist.cnn_channels for bn in dist.cnn_batchnorm]
+    if "gpt" in dist.families:
+        archs += [dist.gpt(w, d, h, a) for w in dist.gpt_widths for d in dist.gpt_depths for h in dist.gpt_heads
+                  for a in dist.gpt_attention]
     return archs if "mlp" in dist.families else [a for a in archs if a["family"] != "mlp"]
 
 
@@ -53,9 +62,8 @@ def model_options(args: argparse.Namespace, variant: str) -> dict:
 
 
 def train_variant(args: argparse.Namespace, variant: str) -> None:
-    start = time.perf_counter()
     out = Path(args.out) / variant
-    dist = ArchDistribution()
+    dist = ArchDistribution(families=FAMILIES.get(variant, ("mlp", "cnn")))
     spec = HyperTrainSpec(dist, args.data_batch)
     torch.manual_seed(args.seed)
     hyper = GraphHyperNetwork(**model_options(args, variant))
@@ -74,7 +82,7 @@ def train_variant(args: argparse.Namespace, variant: str) -> None:
         train_hypernetwork(None, TrainConfig(**{**base, "steps": PROBE_STEPS, "plot": False}), spec, probe,
                            cache=cache)
         per_step = (time.perf_counter() - t0) / PROBE_STEPS
-        left = args.seconds - (time.perf_counter() - start) - args.reserve
+        left = (args.started or STARTED) + args.seconds - time.time() - args.reserve
         steps = max(10, int(left / per_step))
         print(f"[{variant}] {per_step * 1000:.0f} ms/step after tracing -> {steps} steps", flush=True)
     config = TrainConfig(**{**base, "steps": steps, "warmup": min(args.warmup, steps // 5)})
@@ -109,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=0, help="torch threads per variant (0: cores / variants)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--started", type=float, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         train_variant(args, args.worker)
@@ -117,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     procs = []
     for v in args.variants:
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--worker", v]
+        cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--worker", v,
+               "--started", str(STARTED)]
         procs.append((v, subprocess.Popen(cmd, env=env)))
     failed = [v for v, proc in procs if proc.wait() != 0]
     if failed:

@@ -14,6 +14,9 @@ from weightspace.tasks import digits_split
 from weightspace.training import TrainConfig
 
 FAMILIES = families()
+PACKAGED_MIN_GAIN = 0.05
+"""Mean accuracy gain over default init the packaged model must give on a held-out digits MLP (two seeds; it
+measured +0.11 when packaged)."""
 
 
 def tiny(parametrization: str = "mip", seed: int = 0) -> GraphHyperNetwork:
@@ -272,3 +275,62 @@ def test_the_tile_decoder_repeats_channels_beyond_its_tile():
     edge = GraphHyperNetwork(hidden=8, layers=1, unit_features=2, parametrization="ghn2")
     we = edge.predict(model, x)["net.0.weight"]
     assert not torch.allclose(we[4:8], we[0:4])
+
+
+class FlatInputCNN(nn.Module):
+    """A CNN written to take flat 64-vectors, reshaping them inside its forward."""
+
+    def __init__(self, flat: bool = True):
+        super().__init__()
+        self.flat = flat
+        self.conv = nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(12, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 12, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(12, 10)
+
+    def forward(self, x):
+        return self.head(self.conv(x.view(-1, 1, 8, 8) if self.flat else x).mean((2, 3)))
+
+
+def test_the_packaged_model_serves_digits_models_written_any_way():
+    from weightspace.hyper import UnseenArchitecture
+    from weightspace.tasks import build, example_input
+
+    torch.set_num_threads(1)
+    hyper = GraphHyperNetwork.from_pretrained()
+    assert hyper.edge_types and "conv" in hyper.edge_types
+    data = digits_split(0)
+    gains = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = build("mlp", widths=[48])
+        default = float((model.eval()(data.x_val.flatten(1)).argmax(1) == data.y_val).float().mean())
+        hyper.init_(model, data.x_train[:256].flatten(1), seed=seed)
+        gains.append(float((model.eval()(data.x_val.flatten(1)).argmax(1) == data.y_val).float().mean()) - default)
+    assert sum(gains) / 2 > PACKAGED_MIN_GAIN, gains
+    flat = hyper.predict(FlatInputCNN(), data.x_train[:256].flatten(1), seed=3)
+    image = hyper.predict(FlatInputCNN(flat=False), data.x_train[:256], seed=3)
+    for k in image:
+        assert torch.equal(flat[k], image[k]), k
+    cnn = build("cnn", channels=[12, 12, 12], batchnorm=True)
+    hyper.init_(cnn, data.x_train[:256], seed=0)
+    assert bool(torch.isfinite(cnn.eval()(data.x_val)).all())
+    gpt = build("gpt", vocab_size=11, block_size=8, n_layer=1, n_head=2, d_model=8)
+    with pytest.raises(UnseenArchitecture, match="embedding"):
+        hyper.predict(gpt, example_input(gpt))
+
+
+def test_training_runs_on_tiny_gpts_with_the_language_modelling_loss():
+    import math
+
+    from weightspace.hyper import UnseenArchitecture
+
+    torch.set_num_threads(1)
+    dist = ArchDistribution(families=("gpt",), gpt_widths=(8,), gpt_depths=(1,), gpt_heads=(2,),
+                            gpt_attention=("separate", "fused"), gpt_block_size=8)
+    h, result = train_hypernetwork(None, tiny_config(steps=2, batch_size=2, checkpoint_every=0),
+                                   HyperTrainSpec(dist, 8), hidden=8, layers=1, unit_features=2)
+    first = result.history[0]["loss"]
+    assert abs(first - math.log(97)) < 0.5, first  # a near-uniform next-character distribution at MIP's start
+    assert {"embedding", "attn_qk"} <= set(h.edge_types)
+    with pytest.raises(UnseenArchitecture, match="input"):
+        h.predict(MLP(), torch.randn(2, 6))

@@ -32,7 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=train)
 
     p = hyp.add_parser("predict", help="predict a state_dict for one digits architecture")
-    p.add_argument("--model", required=True, help="folder from save_pretrained (e.g. OUT/model) or a Hub repo id")
+    p.add_argument("--model", default=None,
+                   help="folder from save_pretrained (e.g. OUT/model) or a Hub repo id (default: the packaged model)")
+    p.add_argument("--allow-unseen", action="store_true",
+                   help="predict even for layer kinds the hypernetwork was never trained on")
     p.add_argument("--arch", required=True,
                    help='architecture as JSON, e.g. \'{"family": "mlp", "widths": [64, 64]}\' (tasks.build arguments)')
     p.add_argument("--out", required=True, help="output .safetensors (weightspace.json is written beside it)")
@@ -88,7 +91,7 @@ def predict(args: argparse.Namespace) -> int:
     x = example_input(model)
     data = digits_split(0, flat=x.dim() == 2)
     calibration = data.x_train[:256] if tuple(data.x_train.shape[1:]) == tuple(x.shape[1:]) else x
-    sd = hyper.predict(model, x, seed=args.seed, calibration=calibration)
+    sd = hyper.predict(model, x, seed=args.seed, calibration=calibration, allow_unseen=args.allow_unseen)
     out = Path(args.out)
     space = WeightSpace.from_module(model, x)
     canon = {k: v.detach().cpu().contiguous() for k, v in sd.items() if k not in space.aliases}

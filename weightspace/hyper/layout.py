@@ -16,6 +16,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from ..space import WeightSpace
+from ..space.vocabulary import NODE_TYPES
 
 EDGE_INPUTS = 6
 """Layout features per edge: encodings of the output unit's fan-in, its depth, and the edge's kernel size."""
@@ -36,6 +37,18 @@ def encode(z: Tensor, constant_norm: bool) -> Tensor:
     if constant_norm:
         return torch.stack([torch.cos(math.pi * z / 2), torch.sin(math.pi * z / 2)], -1)
     return torch.stack([z, 1 - z], -1)
+
+
+def graph_node_types(space: WeightSpace) -> Tensor:
+    """Node types as the hypernetwork reads them: the graph's, except that a parameter-free ``hidden`` unit with no
+    incoming edge counts as an ``input``. Such a unit is the model's input seen through a reshape (a CNN that views
+    a flat 64-vector as a 1x8x8 image), so it plays the input's role in the graph."""
+    lay = space.layout
+    types = lay.node_type.clone()
+    fed = torch.zeros(lay.num_nodes, dtype=torch.bool)
+    fed[lay.edge_index[1]] = True
+    types[(types == NODE_TYPES.index("hidden")) & ~fed] = NODE_TYPES.index("input")
+    return types
 
 
 @dataclass
@@ -82,7 +95,7 @@ class HyperLayout:
         on_node = kind == KIND_NODE
         vfan[on_node] = fan_in[(inv[on_node] - E * F) // Fn]
         keys = [k for k, n in zip(lay.keys, lay.numels) for _ in range(n)]
-        return cls(space, lay.edge_index, lay.edge_type, lay.node_type, lay.pos_id, fan_in, depth, slots, kind,
+        return cls(space, lay.edge_index, lay.edge_type, graph_node_types(space), lay.pos_id, fan_in, depth, slots, kind,
                    vfan.clamp(min=1), keys, site, local)
 
     @property

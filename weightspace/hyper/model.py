@@ -19,7 +19,7 @@ from ..space import WeightSpace
 from ..space.vocabulary import EDGE_TYPES, NODE_TYPES
 from .calibrate import calibrate_statistics
 from .errors import BadExampleInput, NonFinitePrediction, UnseenArchitecture
-from .layout import EDGE_INPUTS, KIND_AUX, KIND_EDGE, NODE_INPUTS, HyperLayout, model_constants
+from .layout import EDGE_INPUTS, KIND_AUX, KIND_EDGE, NODE_INPUTS, HyperLayout, graph_node_types, model_constants
 
 PRETRAINED = Path(__file__).parent / "pretrained" / "digits"
 """The packaged hypernetwork (digits MLPs and CNNs; see its README.md model card)."""
@@ -174,10 +174,10 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
         return lay
 
     def types_of(self, space: WeightSpace) -> tuple[set[str], set[str]]:
-        """The edge and node types (names from :mod:`weightspace.space.vocabulary`) of ``space``'s graph."""
-        g = space.layout
-        return ({EDGE_TYPES[t] for t in g.edge_type.unique().tolist()},
-                {NODE_TYPES[t] for t in g.node_type.unique().tolist()})
+        """The edge and node types (names from :mod:`weightspace.space.vocabulary`) of ``space``'s graph, node types
+        as :func:`~weightspace.hyper.layout.graph_node_types` reads them."""
+        return ({EDGE_TYPES[t] for t in space.layout.edge_type.unique().tolist()},
+                {NODE_TYPES[t] for t in graph_node_types(space).unique().tolist()})
 
     def record_seen(self, edge_types: Sequence[str], node_types: Sequence[str]) -> None:
         """Record the edge and node types training covers (saved with the config)."""

@@ -22,9 +22,9 @@ from torch.func import functional_call
 
 from ..errors import ConfigError
 from ..space import WeightSpace
-from ..tasks.data import ClassificationData, digits_split
+from ..tasks.data import CHAR_VOCAB, CharCorpus, ClassificationData, char_batch, digits_split, stdlib_corpus
 from ..tasks.models import build, example_input
-from ..tasks.zoo import CNN_GRID, MLP_GRID
+from ..tasks.zoo import CNN_GRID, GPT_CORPUS_CHARS, MLP_GRID
 from ..training import TrainConfig, Trainer, TrainResult, is_main_process
 from ..utils import atomic_write_text
 from .layout import HyperLayout, model_constants
@@ -35,12 +35,17 @@ TASK_POOL = 100_000
 """Number of distinct (architecture, batch, seed) tasks a batch index can name; the Trainer shuffles them."""
 
 
+FAMILIES = ("mlp", "cnn", "gpt")
+
+
 @dataclass(frozen=True)
 class ArchDistribution:
-    """The digits MLP and CNN families of the zoo recipes (``tasks.zoo``'s grids), drawn per task.
+    """The digits MLP and CNN families of the zoo recipes (``tasks.zoo``'s grids) and tiny GPTs on stdlib text,
+    drawn per task.
 
     MLPs have ``depth`` hidden layers of one ``width``; CNNs have three conv layers whose channels are
-    drawn independently, with or without BatchNorm.
+    drawn independently, with or without BatchNorm; GPTs (character-level, tied embeddings, the
+    vocabulary of :func:`~weightspace.tasks.data.stdlib_corpus`) draw width, depth, heads and attention style.
     """
 
     families: tuple[str, ...] = ("mlp", "cnn")
@@ -49,15 +54,23 @@ class ArchDistribution:
     cnn_channels: tuple[int, ...] = tuple(CNN_GRID["channels"])
     cnn_batchnorm: tuple[bool, ...] = tuple(CNN_GRID["batchnorm"])
     activations: tuple[str, ...] = ("relu", "gelu", "tanh")
+    gpt_widths: tuple[int, ...] = (32, 48)
+    gpt_depths: tuple[int, ...] = (1, 2)
+    gpt_heads: tuple[int, ...] = (2, 4)
+    gpt_attention: tuple[str, ...] = ("separate", "fused", "mha")
+    gpt_block_size: int = 16
 
     def __post_init__(self) -> None:
-        bad = [f for f in self.families if f not in ("mlp", "cnn")]
+        bad = [f for f in self.families if f not in FAMILIES]
         if bad or not self.families:
-            raise ConfigError(f"families must be drawn from ('mlp', 'cnn'), got {self.families}")
+            raise ConfigError(f"families must be drawn from {FAMILIES}, got {self.families}")
 
     def sample(self, rng: random.Random) -> dict[str, Any]:
         """Constructor arguments of one architecture, ``{"family": ..., **kwargs}`` for :func:`tasks.build`."""
         fam = rng.choice(self.families)
+        if fam == "gpt":
+            return self.gpt(rng.choice(self.gpt_widths), rng.choice(self.gpt_depths), rng.choice(self.gpt_heads),
+                            rng.choice(self.gpt_attention))
         act = rng.choice(self.activations)
         if fam == "mlp":
             return {"family": "mlp", "in_features": 64, "widths": [rng.choice(self.mlp_widths)] *
@@ -65,6 +78,11 @@ class ArchDistribution:
         return {"family": "cnn", "channels": [rng.choice(self.cnn_channels) for _ in range(3)],
                 "batchnorm": rng.choice(self.cnn_batchnorm), "in_channels": 1, "num_classes": 10,
                 "activation": act}
+
+    def gpt(self, width: int, depth: int, heads: int, attention: str) -> dict[str, Any]:
+        """Constructor arguments of a tiny GPT of this distribution's vocabulary and block size."""
+        return {"family": "gpt", "vocab_size": len(CHAR_VOCAB), "block_size": self.gpt_block_size, "n_layer": depth,
+                "n_head": heads, "d_model": width, "attention": attention, "tie_embeddings": True, "mlp_ratio": 4}
 
     def representatives(self) -> list[dict[str, Any]]:
         """One architecture per (family, BatchNorm or not) the distribution draws: together they hold every
@@ -76,10 +94,12 @@ class ArchDistribution:
         if "cnn" in self.families:
             out += [{"family": "cnn", "channels": [self.cnn_channels[0]] * 3, "batchnorm": bn, "in_channels": 1,
                      "num_classes": 10, "activation": self.activations[0]} for bn in sorted(set(self.cnn_batchnorm))]
+        if "gpt" in self.families:
+            out += [self.gpt(self.gpt_widths[0], 1, self.gpt_heads[0], a) for a in self.gpt_attention]
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) for k, v in asdict(self).items()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 def arch_key(arch: Mapping[str, Any]) -> str:
@@ -137,12 +157,15 @@ class Task:
 
 class ArchitectureTasks:
     """A batch source for :class:`~weightspace.training.Trainer`: index ``i`` is one task, a fixed function of
-    ``(seed, i)``: an architecture from ``distribution``, a batch of ``data_batch`` training examples and
-    the seed of the unit features."""
+    ``(seed, i)``: an architecture from ``distribution``, a batch of ``data_batch`` training examples (digits
+    images, or windows of ``corpus`` for GPTs) and the seed of the unit features."""
 
     def __init__(self, distribution: ArchDistribution, data: ClassificationData, data_batch: int = 64,
-                 seed: int = 0) -> None:
+                 seed: int = 0, corpus: CharCorpus | None = None) -> None:
+        if "gpt" in distribution.families and corpus is None:
+            raise ConfigError("a distribution with GPTs needs a text corpus")
         self.distribution, self.data, self.data_batch, self.seed = distribution, data, data_batch, seed
+        self.corpus = corpus
         self.images = data.x_train.reshape(-1, 1, 8, 8)
 
     def __len__(self) -> int:
@@ -152,6 +175,9 @@ class ArchitectureTasks:
         rng = random.Random(f"hyper/{self.seed}/{index}")
         arch = self.distribution.sample(rng)
         g = torch.Generator().manual_seed(rng.randrange(2**62))
+        if arch["family"] == "gpt":
+            x, y = char_batch(self.corpus.train_ids, arch["block_size"], max(1, self.data_batch // 4), g)
+            return Task(arch, x.to(device), y.to(device), rng.randrange(2**31))
         rows = torch.randint(len(self.data.y_train), (self.data_batch,), generator=g)
         x = self.images[rows]
         x = x.flatten(1) if arch["family"] == "mlp" else x
@@ -192,7 +218,7 @@ class HyperLoss:
         for a, flat, t in zip(archs, flats, tasks):
             a.model.to(t.x.device).train()
             logits = functional_call(a.model, state_from_flat(a, flat), (t.x,))
-            losses.append(F.cross_entropy(logits.float(), t.y))
+            losses.append(F.cross_entropy(logits.flatten(0, -2).float(), t.y.flatten()))
         return torch.stack(losses).mean()
 
 
@@ -232,7 +258,8 @@ class HyperTrainSpec:
 def train_hypernetwork(out: str | Path | None, config: TrainConfig, spec: HyperTrainSpec | None = None,
                        hyper: GraphHyperNetwork | None = None, *, stop_at: int | None = None,
                        cache: ArchitectureCache | None = None, **model_kwargs: Any) -> tuple[GraphHyperNetwork, TrainResult]:
-    """Meta-train a :class:`GraphHyperNetwork` on digits (``config.batch_size`` architectures per step).
+    """Meta-train a :class:`GraphHyperNetwork` on digits, and on stdlib text for GPTs (``config.batch_size``
+    architectures per step; a GPT task has ``data_batch // 4`` windows of its block size).
 
     ``out/model`` gets ``save_pretrained`` output and ``out/hyper_train.json`` the spec and final
     metrics; re-running on the same ``out`` resumes. ``hyper`` (else one built from ``model_kwargs``
@@ -247,7 +274,8 @@ def train_hypernetwork(out: str | Path | None, config: TrainConfig, spec: HyperT
     elif model_kwargs:
         raise ConfigError(f"pass either a hypernetwork or its options, not both ({sorted(model_kwargs)})")
     data = digits_split(0)
-    tasks = ArchitectureTasks(spec.distribution, data, spec.data_batch, config.seed)
+    corpus = stdlib_corpus(max_chars=GPT_CORPUS_CHARS) if "gpt" in spec.distribution.families else None
+    tasks = ArchitectureTasks(spec.distribution, data, spec.data_batch, config.seed, corpus)
     cache = cache or ArchitectureCache(hyper)
     if hyper.edge_types is None and hyper.node_types is None:
         types = [hyper.types_of(cache.get(a).layout.space) for a in spec.distribution.representatives()]
