@@ -349,7 +349,8 @@ def check_ddp(ctx: Context) -> dict[str, Any]:
         k = max(1, len(losses) // 4)
         falls = sum(losses[-k:]) / k < 0.9 * sum(losses[:k]) / k
         fallback = backend != s.ddp_backend
-        note = (f"NCCL failed on {devices} ({errors[0]}); fell back to gloo on the same devices"
+        reason = [ln for ln in errors[0].splitlines() if ln.strip()][-1][:200] if errors else ""
+        note = (f"NCCL failed on {devices} ({reason}); fell back to gloo on the same devices"
                 if fallback else "")
         log(f"ddp over {backend} on {devices}: {s.ddp_steps} steps in {time.perf_counter() - t:.1f} s (with start-up), "
             f"replicas identical: {same}, loss {losses[0]:.4g} -> {losses[-1]:.4g}" + (f"; {note}" if note else ""))

@@ -83,6 +83,14 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, zoo):
     assert_same(params(resumed_model), params(full))
     assert (tmp_path / "cut" / "loss.png").exists()
 
+    latest = json.loads((tmp_path / "cut" / "latest.json").read_text())
+    state_file = tmp_path / "cut" / latest["checkpoint"] / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    del state["config"]["precision"]  # a checkpoint written before the field existed resumes as its default
+    state_file.write_text(json.dumps(state))
+    assert Trainer(new_model(), mse_loss, store, config(), tmp_path / "cut").step == latest["step"]
+    with pytest.raises(CheckpointMismatch, match="precision: checkpoint 'bf16' vs now 'fp32'"):
+        Trainer(new_model(), mse_loss, store, config(precision="fp32"), tmp_path / "cut")
     with pytest.raises(CheckpointMismatch, match="lr: checkpoint 0.01 vs now 0.02"):
         Trainer(new_model(), mse_loss, store, config(lr=2e-2), tmp_path / "cut")
     with pytest.raises(CheckpointMismatch, match="model.hidden"):
@@ -172,6 +180,8 @@ def test_train_config_from_dict_refuses_unknown_keys():
     assert TrainConfig.from_dict({"steps": 3, "lr": 0.1}) == TrainConfig(steps=3, lr=0.1)
     with pytest.raises(ConfigError, match="'bacth_size'.*did you mean 'batch_size'"):
         TrainConfig.from_dict({"bacth_size": 8})
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        TrainConfig(precision="fp16")
 
 
 def test_training_commands_share_options_generated_from_train_config():

@@ -85,7 +85,9 @@ def fit(args: argparse.Namespace) -> int:
     else:
         cls.fit(coll, config=cfg, out=out, progress=cfg.progress, **options)
         model_dir = out / "generator"
-    print(f"wrote {model_dir}")
+    from ..training import is_main_process
+    if is_main_process():
+        print(f"wrote {model_dir}")
     return 0
 
 

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..hyper import ArchDistribution, GraphHyperNetwork, HyperTrainSpec, train_hypernetwork
 from ..space import WeightSpace
-from ..training import TrainConfig
+from ..training import TrainConfig, is_main_process
 from .base import load_models
 from .errors import GeneratorError
 
@@ -127,6 +127,6 @@ class HyperGenerator(nn.Module, PyTorchModelHubMixin, library_name="weightspace"
         gen.history = {"hyper": result.history}
         gen.excluded = dict(models.excluded)
         gen.to("cpu").eval()
-        if out is not None:
+        if out is not None and is_main_process():
             gen.save_pretrained(Path(out) / "generator")
         return gen

@@ -33,6 +33,11 @@ class BatchSource(Protocol):
     def batch(self, indices: Tensor, device: torch.device | str = "cpu") -> tuple[Any, Tensor]: ...
 
 
+PRECISIONS = ("bf16", "fp32")
+"""``TrainConfig.precision``: bf16 autocast saves memory on CUDA, but on small metanetwork graphs its casts
+cost more than they save (BENCHMARKS.md, gpu_check: MLP graphs train 1.4x faster in fp32 on an H200)."""
+
+
 def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
@@ -53,12 +58,17 @@ class TrainConfig:
     min_lr_ratio: float = _opt(0.05, "final learning rate as a fraction of --lr")
     grad_clip: float | None = _opt(1.0, "gradient-norm clipping (0: none)")
     seed: int = _opt(0, "seed of the initialisation and of the batch order")
-    device: str = _opt("auto", "auto (CUDA with bf16 autocast when present), cpu, cuda:0")
+    device: str = _opt("auto", "auto (CUDA when present), cpu, cuda:0")
+    precision: str = _opt("bf16", "on CUDA: bf16 (autocast) or fp32; the CPU always trains in fp32")
     checkpoint_every: int = _opt(200, "steps between resumable checkpoints (0: none)")
     log_every: int = _opt(10, "steps between log records")
     eval_every: int = _opt(100, "steps between held-out evaluations (0: none)")
     progress: bool = _opt(True, "show a progress bar")
     plot: bool = _opt(True, "write loss.png at the end")
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -202,7 +212,7 @@ def plot_history(history: list[dict[str, float]], path: Path, title: str = "trai
 class Trainer:
     """Trains ``model`` on a :class:`BatchSource` with AdamW, a warm-up + cosine schedule and gradient clipping.
 
-    - ``device="auto"`` uses CUDA with bf16 autocast when present, else the CPU.
+    - ``device="auto"`` uses CUDA when present (with bf16 autocast unless ``precision="fp32"``), else the CPU.
     - Under torchrun (``WORLD_SIZE`` > 1) it wraps the model in DDP; each process takes an equal
       slice of every global batch, so N processes follow the same trajectory as one.
     - Every ``checkpoint_every`` steps it writes ``out_dir/ckpt-<step>/`` (model safetensors +
@@ -276,7 +286,9 @@ class Trainer:
         except (OSError, json.JSONDecodeError) as e:
             raise CheckpointMismatch(f"cannot read training checkpoint {d}: {e}") from e
         mine, theirs = asdict(self.config), state["config"]
-        diff = {k: (theirs.get(k), v) for k, v in mine.items() if k not in RESUME_IGNORED and theirs.get(k) != v}
+        defaults = asdict(TrainConfig())  # a field added since the checkpoint was written reads as its default
+        diff = {k: (theirs.get(k, defaults[k]), v) for k, v in mine.items()
+                if k not in RESUME_IGNORED and theirs.get(k, defaults[k]) != v}
         if self.early_stopping is not None:
             es = state.get("early_stopping") or {}
             for k, v in asdict(self.early_stopping).items():
@@ -307,7 +319,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
+                              enabled=self.device.type == "cuda" and self.config.precision == "bf16")
 
     def fit(self, stop_at: int | None = None) -> TrainResult:
         """Train until ``config.steps`` (or ``stop_at``, to simulate an interruption) and return the history."""
