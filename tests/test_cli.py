@@ -1,7 +1,9 @@
 """The `weightspace` command: graph inspection of spaces, checkpoints and collections."""
+import json
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -44,12 +46,35 @@ def test_entry_point_runs():
     assert r.returncode == 0 and "graph" in r.stdout and "zoo" in r.stdout
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+@pytest.mark.slow
+def test_demo_runs_the_whole_mission(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert list(summary) == ["zoo", "graphs", "predict", "nowcast", "align", "hyper", "generate"]
+    assert summary["generate"]["verdict"] in ("copies", "interpolates", "novel")
+    assert summary["nowcast"]["AdamW final acc"] > 0.5
+    for png in ("predict.png", "nowcast.png", "align.png"):
+        assert (tmp_path / "demo" / png).stat().st_size > 1000
+    assert "Summary (" in capsys.readouterr().out
+
+
+def test_demo_core_steps_report_real_figures(tmp_path, capsys):
+    """Zoo, graphs, alignment and the packaged hypernetwork: the figures the demo prints are measured."""
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--steps", "1,2,5,6", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "round trip bit-exact: True" in out and "only relabels the graph's nodes: True" in out
-    assert "from the weights alone: True" in out
-    assert (tmp_path / "demo" / "curves.png").stat().st_size > 1000
+    assert "round trip bit-exact: True" in out and "only relabels nodes: True" in out
+    s = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert s["zoo"]["runs"] >= 2 and s["graphs"]["graphs"] == s["zoo"]["checkpoints"]
+    assert s["align"]["barrier aligned"] < 0.5 * s["align"]["barrier naive"]
+    assert s["align"]["merged acc"] > 0.8
+    assert s["hyper"]["predicted acc"] > s["hyper"]["default-init acc"]
+
+
+def test_demo_refuses_unknown_steps(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "d"), "--steps", "1,9"]) != 0
+    assert "no step [9]" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "d"), "--steps", "3"]) != 0
+    assert "add 1 to --steps" in capsys.readouterr().err
 
 
 def test_zoo_build_command_builds_and_resumes(tmp_path, capsys):
