@@ -89,6 +89,27 @@ class WeightGenerator(nn.Module):
         """Number of generated values per model."""
         return int(self.value_index.numel())
 
+    def key_slices(self) -> list[slice]:
+        """Where each generated tensor (``keys``, in order) lies in a generated vector."""
+        out, off = [], 0
+        for k in self.keys:
+            n = torch.Size(self.space.params[k].shape).numel()
+            out.append(slice(off, off + n))
+            off += n
+        return out
+
+    def _set_normaliser(self, mean: Tensor, scale: Tensor) -> None:
+        """Store the ``mean`` and ``scale`` buffers (registered by the subclass) that :meth:`normalise` uses."""
+        with torch.no_grad():
+            self.mean.copy_(mean)
+            self.scale.copy_(scale.clamp(min=1e-8))
+
+    def normalise(self, values: Tensor) -> Tensor:
+        return (values.to(self.mean.device) - self.mean) / self.scale
+
+    def denormalise(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.mean
+
     def _set_base(self, base: StateDict) -> None:
         with torch.no_grad():
             self.base_values.copy_(torch.cat([base[k].reshape(-1).float() for k in float_keys(self.space)]))

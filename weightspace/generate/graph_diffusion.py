@@ -124,24 +124,16 @@ class GraphDiffusion(WeightGenerator, PyTorchModelHubMixin, library_name="weight
     def _fit_normaliser(self, values: Tensor) -> None:
         """One mean and one spread per tensor, over its values and the training models (permutation invariant)."""
         mean, scale = torch.empty(self.dim), torch.empty(self.dim)
-        off = 0
-        for k in self.keys:
-            n = torch.Size(self.space.params[k].shape).numel()
-            block = values[:, off:off + n].double()
-            mean[off:off + n] = float(block.mean())
-            scale[off:off + n] = max(float(block.std()) if block.numel() > 1 else 0.0, 1e-8)
-            off += n
-        with torch.no_grad():
-            self.mean.copy_(mean)
-            self.scale.copy_(scale)
-
-    def normalise(self, values: Tensor) -> Tensor:
-        return (values.to(self.mean.device) - self.mean) / self.scale
+        for sl in self.key_slices():
+            block = values[:, sl].double()
+            mean[sl] = float(block.mean())
+            scale[sl] = float(block.std()) if block.numel() > 1 else 0.0
+        self._set_normaliser(mean, scale)
 
     def sample_values(self, n: int, seed: int = 0) -> Tensor:
         g = torch.Generator().manual_seed(int(seed))
         x = self.schedule.sample(self.denoiser, (n, self.dim), g, device=self.mean.device)
-        values = x * self.scale + self.mean
+        values = self.denormalise(x)
         placed = self.denoiser.placed
         values[:, ~placed] = self.base_values[self.value_index][~placed]
         return values.float().cpu()

@@ -117,21 +117,9 @@ class PDiff(WeightGenerator, PyTorchModelHubMixin, library_name="weightspace",
         mean = values.mean(0)
         dev = values - mean
         scale = torch.empty(self.dim)
-        off = 0
-        for k in self.keys:
-            n = torch.Size(self.space.params[k].shape).numel()
-            s = float(dev[:, off:off + n].square().mean().sqrt())
-            scale[off:off + n] = max(s, 1e-8)
-            off += n
-        with torch.no_grad():
-            self.mean.copy_(mean)
-            self.scale.copy_(scale)
-
-    def normalise(self, values: Tensor) -> Tensor:
-        return (values.to(self.mean.device) - self.mean) / self.scale
-
-    def denormalise(self, x: Tensor) -> Tensor:
-        return x * self.scale + self.mean
+        for sl in self.key_slices():
+            scale[sl] = float(dev[:, sl].square().mean().sqrt())
+        self._set_normaliser(mean, scale)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
