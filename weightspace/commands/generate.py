@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..training.flags import add_train_arguments
+from .config_file import add_config_option
 
 SPACE_FILE = "weightspace.json"
 
@@ -36,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--hidden", type=int, default=None, help="width of the generator's networks")
     f.add_argument("--diffusion-steps", type=int, default=None, help="DDPM length (pdiff, graph-diffusion)")
     add_train_arguments(f, steps=2000, batch_size=None)
-    f.set_defaults(func=fit)
+    add_config_option(f, fit)
 
     s = gsub.add_parser("sample", help="draw models from a fitted generator")
     s.add_argument("--model", required=True, help="folder from fit (OUT/model) or a Hub repo id")

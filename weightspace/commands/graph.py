@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import WeightSpaceError
+from ..errors import ConfigError, CorruptCheckpoint, NonFiniteWeights, WeightSpaceError
 from ..graph import EDGE_TYPES
 from ..space import WeightSpace
 
@@ -14,6 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = graph.add_parser("inspect", help="print groups, parameter axes, node and edge counts")
     p.add_argument("target", help="a collection folder or hf:// URI, a WeightSpace JSON, or a checkpoint "
                                   "(.safetensors) inside a collection")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="accept a checkpoint holding NaN/Inf values (a checkpoint target's values are checked)")
     p.set_defaults(func=inspect)
 
 
@@ -32,8 +34,29 @@ def describe(space: WeightSpace) -> str:
     ])
 
 
-def _spaces_for(target: str) -> list[tuple[str, WeightSpace]]:
+def _check_finite(path: Path) -> None:
+    """Raise NonFiniteWeights naming the first tensor of checkpoint ``path`` that holds NaN/Inf."""
+    import torch
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for k in f.keys():
+                t = f.get_tensor(k)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise NonFiniteWeights(f"'{k}' of {path} holds {int((~torch.isfinite(t)).sum())} NaN/Inf values "
+                                           "(pass --allow-nonfinite to accept them)")
+    except NonFiniteWeights:
+        raise
+    except Exception as e:
+        raise CorruptCheckpoint(f"cannot read {path} (truncated, corrupt or not safetensors): {e}") from e
+
+
+def _spaces_for(target: str, allow_nonfinite: bool = False) -> list[tuple[str, WeightSpace]]:
     path = Path(target)
+    if allow_nonfinite and path.suffix != ".safetensors":
+        raise ConfigError(f"--allow-nonfinite applies to a checkpoint (.safetensors) target; {target} holds no "
+                          "weights that inspect reads")
     if target.startswith("hf://") or (path.is_dir() and (path / "architectures").is_dir()):
         from ..collections import CheckpointCollection
         coll = CheckpointCollection.open(target)
@@ -52,6 +75,8 @@ def _spaces_for(target: str) -> list[tuple[str, WeightSpace]]:
         for parent in path.parents:
             spec = parent / "architectures" / f"{arch}.json"
             if arch and spec.exists():
+                if not allow_nonfinite:
+                    _check_finite(path)
                 return [(arch, WeightSpace.load(spec))]
         raise WeightSpaceError(f"{path} names no architecture of an enclosing collection (arch_id={arch!r}); "
                                "a bare checkpoint needs its model to be traced: WeightSpace.from_module(model, x)")
@@ -59,7 +84,7 @@ def _spaces_for(target: str) -> list[tuple[str, WeightSpace]]:
 
 
 def inspect(args: argparse.Namespace) -> int:
-    for name, space in _spaces_for(args.target):
+    for name, space in _spaces_for(args.target, args.allow_nonfinite):
         print(f"== architecture {name}")
         print(describe(space))
     return 0

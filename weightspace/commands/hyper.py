@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from ..training.flags import add_train_arguments
+from .config_file import add_config_option
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--held-out", default=None,
                    help="JSON list of architectures (as for predict --arch) evaluated every --eval-every steps")
     add_train_arguments(t, steps=2000, batch_size=4)
-    t.set_defaults(func=train)
+    add_config_option(t, train)
 
     p = hyp.add_parser("predict", help="predict a state_dict for one digits architecture")
     p.add_argument("--model", default=None,

@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--exclude-same-run", action="store_true",
                    help="the training spread ignores checkpoints of the same run")
     r.add_argument("--steps", choices=("last", "all"), default="last", help="training checkpoints per run")
+    r.add_argument("--allow-nonfinite", action="store_true",
+                   help="accept training checkpoints holding NaN/Inf values (they are left out of the distances); "
+                        "generated models with NaN/Inf are always reported, not refused")
     r.add_argument("--device", default="auto", help="device of the distance search (auto, cpu, cuda)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -120,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
         if bad is not None:
             raise StateDictMismatch(f"generated model {f} does not match the training architecture "
                                     f"{space.name or space.fingerprint}: {bad}")
-    training = load_training(coll, space, steps=args.steps, progress=not args.quiet)
+    training = load_training(coll, space, steps=args.steps, progress=not args.quiet,
+                             allow_nonfinite=args.allow_nonfinite)
     baselines = tuple(b for b in args.baselines.split(",") if b.strip())
     generated = {gdir.name or "generated": []}
     for f, (sd, _) in zip(files, loaded):

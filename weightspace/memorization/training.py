@@ -24,12 +24,13 @@ class TrainingSet:
 
 
 def load_training(training, space: WeightSpace | None = None, *, groups: Sequence[Hashable] | None = None,
-                  steps: str = "last", progress: bool = False) -> TrainingSet:
+                  steps: str = "last", progress: bool = False, allow_nonfinite: bool = True) -> TrainingSet:
     """Flatten a training set given as state_dicts, a :class:`TrainingSet`, or a ``CheckpointCollection``.
 
     From a collection it takes, of every run of the architecture of ``space`` (or of the collection's
     only architecture when ``space`` is None), the last checkpoint (``steps="last"``) or every checkpoint
-    (``steps="all"``); the run ids become the groups.
+    (``steps="all"``); the run ids become the groups. A checkpoint holding NaN/Inf is kept as an excluded
+    row (see :class:`ModelSet`), or, with ``allow_nonfinite=False``, raises NonFiniteWeights naming its run and step.
     """
     from ..collections import CheckpointCollection
 
@@ -57,7 +58,7 @@ def load_training(training, space: WeightSpace | None = None, *, groups: Sequenc
                 if r["run_id"] not in last or r["step"] > last[r["run_id"]]["step"]:
                     last[r["run_id"]] = r
             rows = list(last.values())
-        sds = (training.load(r["run_id"], r["step"])
+        sds = (training.load(r["run_id"], r["step"], allow_nonfinite=allow_nonfinite)
                for r in progress_bar(rows, desc="load training", unit="ckpt", disable=not progress))
         models = ModelSet.build(space, sds, "training model")
         run_ids = [r["run_id"] for r in rows]
