@@ -175,7 +175,8 @@ def run_setting(name: str, store: PropertyGraphs, args: argparse.Namespace, out:
     cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       warmup=min(100, steps // 10), checkpoint_every=0, progress=args.progress,
                       log_every=25, device=args.device)
-    models = [(METANETS[m][0], {"hidden": args.hidden, "layers": args.layers, **METANETS[m][1]})
+    models = [(METANETS[m][0], {"hidden": args.hidden, "layers": args.layers, "edge_hidden": args.edge_hidden,
+                                **METANETS[m][1]})
               for m in filter(None, args.metanets.split(","))]
     for label, mc in models:
         main_net = mc.get("conv") == "pna"
@@ -225,6 +226,9 @@ def main() -> None:
     p.add_argument("--rank-weight", type=float, default=1.0, help="pairwise ranking loss weight (0: MSE only)")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--edge-hidden", type=lambda v: None if v == "none" else int(v), default=16,
+                   help="width of edge states (PropertyPredictor's default 16; 'none': as wide as nodes, the "
+                        "pre-session-17 model)")
     p.add_argument("--metanets", default="deepsets,pna,transformer",
                    help="learned models to train: deepsets (baseline), pna (the main metanetwork), transformer")
     p.add_argument("--baselines", default="statnn,flat", help="non-graph baselines to fit (empty: none)")
@@ -309,7 +313,8 @@ def main() -> None:
         "",
         markdown_table(header, rows),
         "",
-        f"Metanetwork: {args.layers} edge-updating PNA/FiLM layers, hidden {args.hidden} (the graph-transformer "
+        f"Metanetwork: {args.layers} edge-updating PNA/FiLM layers, hidden {args.hidden}, edge states "
+        f"{args.edge_hidden or args.hidden} wide (the graph-transformer "
         "variant swaps FiLM/PNA messages for 4-head attention over neighbours with edge features); AdamW, "
         f"batch {args.batch_size}, steps {args.steps} (CNN) / {args.steps_mlp or args.steps} (MLP) / "
         f"{args.steps_mixed or args.steps} (mixed) / {args.steps_synth or args.steps} (synth-mlp) for it and the DeepSets-style model, lr {args.lr}, loss MSE + "
