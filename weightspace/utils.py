@@ -1,10 +1,10 @@
-"""Small shared helpers: atomic writes, device selection and progress bars."""
+"""Small shared helpers: atomic writes, device selection, progress bars and did-you-mean hints."""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -123,3 +123,17 @@ def progress_bar(iterable: Any = None, **kwargs: Any) -> Any:
         kwargs.setdefault("ascii", True)
         kwargs.setdefault("dynamic_ncols", False)
     return tqdm(iterable, **kwargs)
+
+
+def closest(name: str, valid: Sequence[str]) -> str | None:
+    """The valid name closest to a misspelled ``name`` (``difflib``), or ``None``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(valid), n=1)
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, valid: Sequence[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest valid name, or ``""``: the hint of our unknown-option errors."""
+    c = closest(name, valid)
+    return f" (did you mean {c!r}?)" if c else ""

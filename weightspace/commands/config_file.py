@@ -7,11 +7,11 @@ option's default. Unknown keys and wrongly typed values raise :class:`~weightspa
 from __future__ import annotations
 
 import argparse
-import difflib
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError
+from ..utils import closest
 
 HELP = ("YAML file whose keys are this command's options, underscored (data_batch: 32, progress: false); "
         "an option given on the command line overrides the file's value")
@@ -91,8 +91,8 @@ def load_config_file(path: str | Path, options: dict[str, argparse.Action]) -> d
     out = {}
     for key, value in data.items():
         if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+            c = closest(key, valid)
+            hint = f"; did you mean {c!r}?" if c else f"; valid keys: {', '.join(valid)}"
             raise ConfigError(f"config {path}: unknown key {key!r}{hint}")
         out[key] = _checked(path, key, value, options[key])
     return out

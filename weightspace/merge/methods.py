@@ -14,7 +14,6 @@ their types); a trailing underscore is dropped from the public name (``lambda_``
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import inspect
 import math
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..errors import MergeError
+from ..utils import did_you_mean
 
 
 MergeFn = Callable[..., Tensor]
@@ -73,14 +73,9 @@ def register(name: str, *, needs_base: bool = False, min_models: int = 1, max_mo
     return deco
 
 
-def _suggest(name: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def get_method(name: str) -> MergeMethod:
     if name not in METHODS:
-        raise MergeError(f"unknown merge method {name!r}{_suggest(str(name), sorted(METHODS))}; choose one of "
+        raise MergeError(f"unknown merge method {name!r}{did_you_mean(str(name), sorted(METHODS))}; choose one of "
                          f"{', '.join(sorted(METHODS))}")
     return METHODS[name]
 
@@ -117,7 +112,7 @@ def check_parameters(method: MergeMethod, parameters: Mapping[str, Any],
     valid = {"weight": 1.0, **method.parameters}
     for name, value in parameters.items():
         if name not in valid:
-            raise MergeError(f"merge method {method.name} has no parameter {name!r}{_suggest(name, list(valid))}; "
+            raise MergeError(f"merge method {method.name} has no parameter {name!r}{did_you_mean(name, list(valid))}; "
                              f"its parameters are {', '.join(sorted(valid))}")
         _check_value(f"parameters.{name}", value, valid[name])
     for i, mp in enumerate(model_parameters):
@@ -126,7 +121,7 @@ def check_parameters(method: MergeMethod, parameters: Mapping[str, Any],
         for name, value in mp.items():
             if name not in method.per_model:
                 raise MergeError(f"models[{i}].parameters: merge method {method.name} has no per-model parameter "
-                                 f"{name!r}{_suggest(name, method.per_model)}; its per-model parameters are "
+                                 f"{name!r}{did_you_mean(name, method.per_model)}; its per-model parameters are "
                                  f"{', '.join(method.per_model)}")
             _check_value(f"models[{i}].parameters.{name}", value, valid[name])
 

@@ -1,7 +1,6 @@
 """Running merges: inputs of any kind, alignment into one basin, streaming over safetensors, YAML configs."""
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -17,7 +16,7 @@ from torch import Tensor
 
 from ..errors import CorruptCheckpoint, MergeError, NonFiniteWeights, StateDictMismatch
 from ..space import WeightSpace
-from ..utils import atomic_write, fsync_dir, umask_mode
+from ..utils import atomic_write, closest, did_you_mean, fsync_dir, umask_mode
 from .methods import MergeMethod, check_parameters, get_method
 
 ModelLike = Union[Mapping[str, Tensor], nn.Module, str, Path]
@@ -151,9 +150,8 @@ def _dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
         d = getattr(torch, dtype.removeprefix("torch."), None)
         if isinstance(d, torch.dtype) and d.is_floating_point and d in _ST_DTYPES:
             return d
-        close = difflib.get_close_matches(dtype, names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise MergeError(f"dtype: unknown output dtype {dtype!r}{hint}; choose one of {', '.join(names)}")
+        raise MergeError(f"dtype: unknown output dtype {dtype!r}{did_you_mean(dtype, names)}; choose one of "
+                         f"{', '.join(names)}")
     raise MergeError(f"dtype: {dtype!r} is not a floating safetensors dtype; choose one of {', '.join(names)}")
 
 
@@ -476,8 +474,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
     valid = ["models", "merge_method", "base_model", "parameters", "align", "space", "dtype", "out_shard_size"]
     unknown = set(cfg) - set(valid)
     if unknown:
-        hints = "".join(f"; {u!r}: did you mean {c[0]!r}?" for u in sorted(unknown)
-                        for c in [difflib.get_close_matches(str(u), valid, n=1)] if c)
+        hints = "".join(f"; {u!r}: did you mean {c!r}?" for u in sorted(unknown) if (c := closest(u, valid)))
         raise MergeError(f"merge config {path}: unknown fields {sorted(unknown)}{hints}")
     root = path.parent
 

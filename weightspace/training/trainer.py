@@ -1,7 +1,6 @@
 """A small trainer shared by every metanetwork: devices, DDP, resumable safetensors checkpoints, logs and plots."""
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import shutil
@@ -15,7 +14,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..errors import ConfigError, WeightSpaceError
-from ..utils import atomic_write, atomic_write_text, resolve_device
+from ..utils import atomic_write, atomic_write_text, did_you_mean, resolve_device
 from .distributed import init_distributed
 
 LATEST = "latest.json"
@@ -76,9 +75,8 @@ class TrainConfig:
         names = [f.name for f in fields(cls)]
         for k in d:
             if k not in names:
-                close = difflib.get_close_matches(str(k), names, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(f"TrainConfig has no field {k!r}{hint}; its fields are {', '.join(names)}")
+                raise ConfigError(f"TrainConfig has no field {k!r}{did_you_mean(k, names)}; its fields are "
+                                  f"{', '.join(names)}")
         return cls(**d)
 
 
