@@ -122,6 +122,7 @@ def _digits_task(seed: int) -> tuple[Any, Callable[[torch.nn.Module], float], Ca
 
 def _train_curve(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int,
                  every: int = 10) -> list[tuple[int, float]]:
+    """Validation accuracy every ``every`` steps of ``opt`` (any optimizer, a NowcastOptimizer included)."""
     _, accuracy, loss = _digits_task(seed)
     curve = [(0, accuracy(model))]
     for step in range(1, steps + 1):
@@ -164,13 +165,14 @@ def step_align(ctx: dict[str, Any]) -> dict[str, Any]:
     from ..merge import merge
     from ..space import WeightSpace
     from ..tasks.models import build, example_input
+    from ..tasks.train import train_classifier
 
     _header(5, "Two digits MLPs trained from different seeds: align them (Git Re-Basin), then merge")
     data, accuracy, _ = _digits_task(0)
     sds = []
     for seed in (1, 2):
         model = build("mlp", seed=seed, **MLP)
-        _train_curve(model, torch.optim.AdamW(model.parameters(), lr=1e-3), 400, seed=seed, every=400)
+        train_classifier(model, data, steps=400, lr=1e-3, batch_size=128, seed=seed)
         sds.append({k: v.detach().clone() for k, v in model.state_dict().items()})
     space = WeightSpace.from_module(model, example_input(model))
     perm = weight_matching(space, sds[0], sds[1])
