@@ -23,6 +23,7 @@ import torch
 
 from benchlib import markdown_table, write_section
 from weightspace.collections import CheckpointCollection
+from weightspace.predict.plots import plot_predictions
 from weightspace.predict import (FlatMLP, PropertyGraphs, NotApplicable, StatNN, predict_store, regression_metrics,
                                  train_predictor)
 from weightspace.tasks import digits_split
@@ -57,22 +58,6 @@ def open_zoo(recipe: str, path: Path | None, size: str, build: bool) -> Checkpoi
     from weightspace.tasks.zoo import build_zoo
 
     return build_zoo(recipe, path, size=size, seed=0)
-
-
-def scatter(pred: np.ndarray, true: np.ndarray, title: str, path: Path) -> Path:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4, 4))
-    ax = fig.add_subplot()
-    ax.scatter(true, pred, s=6, alpha=0.5)
-    lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-    ax.set_xlabel("true test accuracy")
-    ax.set_ylabel("predicted test accuracy")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    return path
 
 
 def noise_ceiling(store: PropertyGraphs, n_test: int, n_train: int, seed: int = 0, draws: int = 20) -> dict[str, float]:
@@ -192,9 +177,11 @@ def run_setting(name: str, store: PropertyGraphs, args: argparse.Namespace, out:
               f"{run.result.seconds:.0f}s)", flush=True)
         if main_net:
             pred = predict_store(run.model, test)
-            fig = scatter(pred[:, 0], true[:, 0], f"{name}: metanetwork, held-out runs\n"
-                          f"tau {run.metrics['test_acc']['tau']:.3f}, R2 {run.metrics['test_acc']['r2']:.3f}",
-                          (out if args.no_write else ROOT / "figures") / f"predict_{name}.png")
+            fig = plot_predictions(pred[:, 0], true[:, 0],
+                                   (out if args.no_write else ROOT / "figures") / f"predict_{name}.png",
+                                   title=f"{name}: metanetwork, held-out runs\n"
+                                         f"tau {run.metrics['test_acc']['tau']:.3f}, "
+                                         f"R2 {run.metrics['test_acc']['r2']:.3f}")
             extra = {"graphs_per_second": run.result.graphs_per_second, "seconds": run.result.seconds,
                      "threads": torch.get_num_threads(), "aux": ",".join(args.aux_targets),
                      "figure": fig, "train": len(train), "test": len(test),

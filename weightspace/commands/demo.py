@@ -85,6 +85,7 @@ def step_graphs(ctx: dict[str, Any]) -> dict[str, Any]:
 
 def step_predict(ctx: dict[str, Any]) -> dict[str, Any]:
     from ..predict import PropertyGraphs, predict_store, train_predictor
+    from ..predict.plots import plot_predictions
     from ..training import TrainConfig
 
     _header(3, "A property predictor: test accuracy from weights, on a run it never saw")
@@ -99,7 +100,7 @@ def step_predict(ctx: dict[str, Any]) -> dict[str, Any]:
     tau, r2 = run.metrics["test_acc"]["tau"], run.metrics["test_acc"]["r2"]
     _say(f"trained on {len(train)} checkpoints of {len(set(train.run_ids))} runs; on {len(test)} held-out "
          f"checkpoints: Kendall tau {tau:.3f}, R^2 {r2:.3f}")
-    _say(f"scatter: {_scatter(pred, true, ctx['out'] / 'predict.png')}")
+    _say(f"scatter: {plot_predictions(pred, true, ctx['out'] / 'predict.png', 'held-out run')}")
     return {"held-out tau": tau, "held-out R2": r2}
 
 
@@ -252,20 +253,6 @@ def step_generate(ctx: dict[str, Any]) -> dict[str, Any]:
 
 STEPS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: step_zoo, 2: step_graphs, 3: step_predict, 4: step_nowcast, 5: step_align, 6: step_hyper, 7: step_generate}
-
-
-def _scatter(pred, true, path: Path) -> Path:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4, 4))
-    ax = fig.add_subplot()
-    ax.scatter(true, pred, s=10)
-    lo, hi = float(min(true.min(), pred.min())), float(max(true.max(), pred.max()))
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-    ax.set(xlabel="true test accuracy", ylabel="predicted", title="held-out run")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
 
 
 def _curves(curves: dict[str, list[tuple[int, float]]], path: Path, ylabel: str) -> Path:

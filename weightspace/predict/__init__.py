@@ -4,8 +4,9 @@ from .api import (FEW_RUNS, PredictionLoss, PredictorRun, auto_train_config, che
 from .baselines import FlatMLP, NotApplicable, StatNN, statnn_features
 from .data import DERIVED_TARGETS, FewRunsWarning, MissingMetric, PropertyGraphs, TooFewRuns, available_metrics
 from .model import PropertyPredictor
+from .plots import plot_predictions
 
-__all__ = ["PropertyPredictor", "PropertyGraphs", "train_predictor", "evaluate_predictor", "predict_store",
+__all__ = ["PropertyPredictor", "PropertyGraphs", "plot_predictions", "train_predictor", "evaluate_predictor", "predict_store",
            "regression_metrics", "check_compatible", "PredictionLoss", "ranking_loss", "PredictorRun", "StatNN",
            "FlatMLP", "statnn_features", "NotApplicable", "MissingMetric", "available_metrics", "DERIVED_TARGETS",
            "TooFewRuns", "FewRunsWarning", "FEW_RUNS", "auto_train_config", "describe_schedule"]
