@@ -120,3 +120,20 @@ def test_align_options_that_need_data_are_refused_without_it(tmp_path):
                   "--model-args", '{"widths": [8]}', *extra])
     with pytest.raises(WeightSpaceError, match="no architecture is stored"):
         _run([str(pa), str(pa), "--out", str(tmp_path / "out")])
+
+
+def test_align_refuses_nan_weights_naming_the_file(tmp_path):
+    """NaN weights cannot be aligned, so align refuses them (no --allow-nonfinite) before writing anything."""
+    from weightspace.errors import NonFiniteWeights
+
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 2))
+    space = WeightSpace.from_module(model, torch.randn(2, 5))
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd["0.weight"][0, 0] = float("nan")
+    coll = CheckpointCollection.create(tmp_path / "zoo")
+    coll.append("a", 0, model.state_dict(), space=space)
+    coll.append("b", 0, sd, space=space, allow_nonfinite=True)
+    argv = [str(coll.weights_path("a", 0)), str(coll.weights_path("b", 0)), "--out", str(tmp_path / "out")]
+    with pytest.raises(NonFiniteWeights, match=r"'0.weight' in .*b.*holds 1 NaN"):
+        _run(argv)
+    assert not (tmp_path / "out").exists()
