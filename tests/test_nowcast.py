@@ -53,6 +53,26 @@ def zoo(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- windows and scaling
+def test_windows_refuse_nan_trajectories_naming_run_and_step_unless_allowed(tmp_path):
+    from weightspace.collections import CheckpointCollection
+    from weightspace.errors import NonFiniteWeights
+    from weightspace.space import WeightSpace
+
+    m = MLP(in_features=5, widths=[4], out_features=2)
+    space = WeightSpace.from_module(m, torch.randn(2, 5))
+    coll = CheckpointCollection.create(tmp_path / "c")
+    for step in range(6):
+        sd = {k: v + 0.01 * step for k, v in m.state_dict().items()}
+        if step == 3:
+            sd["net.0.weight"][0, 0] = float("nan")
+        coll.append("run-0", step, sd, space=space, allow_nonfinite=True)
+    coll.finish("run-0")
+    with pytest.raises(NonFiniteWeights, match=r"run 'run-0' step 3"):
+        TrajectoryWindows([coll], context=3, horizons=2).window(0)
+    w = TrajectoryWindows([coll], context=3, horizons=2, allow_nonfinite=True).window(0)
+    assert w.context.shape[0] == 3
+
+
 
 def test_windows_shapes_mask_and_lazy(zoo):
     W = TrajectoryWindows([zoo], context=3, horizons=4)

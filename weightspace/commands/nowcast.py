@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--context", type=int, default=5)
     t.add_argument("--horizons", type=int, default=16, help="K: future states predicted, in context spacings")
     t.add_argument("--stride", type=int, default=1, help="saved checkpoints between context states")
+    t.add_argument("--allow-nonfinite", action="store_true",
+                   help="accept trajectories holding NaN/Inf weights (refused by default, naming run and step)")
     t.add_argument("--hidden", type=int, default=32)
     t.add_argument("--layers", type=int, default=3)
     t.add_argument("--decoder-hidden", type=int, default=64)
@@ -60,7 +62,7 @@ def train(args: argparse.Namespace) -> int:
     colls = [CheckpointCollection.open(p) for p in args.collection]
     spec = NowcastTrainSpec(model=args.model, context=args.context, horizons=args.horizons, stride=args.stride,
                             hidden=args.hidden, layers=args.layers, decoder_hidden=args.decoder_hidden,
-                            weighting=args.weighting)
+                            weighting=args.weighting, allow_nonfinite=args.allow_nonfinite)
     cfg = train_config_from_args(args)
     torch.manual_seed(args.seed)
     _, result = train_nowcaster(colls, args.out, spec, cfg)

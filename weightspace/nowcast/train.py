@@ -60,6 +60,7 @@ class NowcastTrainSpec:
     weighting: str = "collection"
     held_out: float = 0.1
     eval_windows: int = 32
+    allow_nonfinite: bool = False
 
 
 def build_nowcaster(spec: NowcastTrainSpec, windows: TrajectoryWindows | None = None) -> nn.Module:
@@ -89,11 +90,11 @@ def train_nowcaster(collections: Sequence[Any], out: str | Path, spec: NowcastTr
     out = Path(out)
     train_runs, test_runs = split_runs(collections, spec.held_out, seed=config.seed)
     windows = TrajectoryWindows(collections, spec.context, spec.horizons, spec.stride, spec.weighting,
-                                runs=train_runs)
+                                runs=train_runs, allow_nonfinite=spec.allow_nonfinite)
     eval_fn = None
     if any(test_runs):
         held = TrajectoryWindows(collections, spec.context, spec.horizons, spec.stride, spec.weighting,
-                                 runs=test_runs)
+                                 runs=test_runs, allow_nonfinite=spec.allow_nonfinite)
         eval_set = [held.sample(10_000_019 + i) for i in range(spec.eval_windows)]
         eval_fn = lambda m: heldout_metrics(m, [w.to(next(m.parameters()).device) for w in eval_set])  # noqa: E731
     torch.manual_seed(config.seed)

@@ -69,7 +69,7 @@ class TrajectoryWindows:
 
     def __init__(self, collections: Sequence["CheckpointCollection"], context: int = 5, horizons: int = 16,
                  stride: int = 1, weighting: str = "collection", runs: Sequence[Sequence[str]] | None = None,
-                 cache_runs: int = 48) -> None:
+                 cache_runs: int = 48, allow_nonfinite: bool = False) -> None:
         if context < 2:
             raise NowcastError(f"context must be >= 2 states, got {context}")
         if horizons < 1 or stride < 1:
@@ -78,6 +78,7 @@ class TrajectoryWindows:
             raise NowcastError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         self.collections = list(collections)
         self.context, self.horizons, self.stride, self.weighting = context, horizons, stride, weighting
+        self.allow_nonfinite = allow_nonfinite
         self._layouts: dict[str, ParamLayout] = {}
         self._cache: OrderedDict[tuple[int, str], Tensor] = OrderedDict()
         self.cache_runs = cache_runs
@@ -128,7 +129,7 @@ class TrajectoryWindows:
             return flat
         coll = self.collections[run.coll]
         space = coll.space(run.arch_id)
-        sds = [coll.load(run.run_id, s) for s in run.steps]
+        sds = [coll.load(run.run_id, s, allow_nonfinite=self.allow_nonfinite) for s in run.steps]
         flat = space.layout.flatten(sds)[:, :space.layout.num_values].float()
         self._cache[key] = flat
         if len(self._cache) > self.cache_runs:
