@@ -41,7 +41,7 @@ def run(argv: list[str]) -> int:
 def test_graph_inspect_refuses_a_nan_checkpoint_unless_allowed(coll, capsys) -> None:
     c, _ = coll
     path = str(c.root / c.row("nan", 0)["file"])
-    with pytest.raises(NonFiniteWeights, match=r"'2.weight' of .* holds 1 NaN/Inf .*--allow-nonfinite"):
+    with pytest.raises(NonFiniteWeights, match=r"'2.weight' in .* holds 1 NaN/Inf .*--allow-nonfinite"):
         run(["graph", "inspect", path])
     assert main(["graph", "inspect", path]) == 2
     assert main(["graph", "inspect", path, "--allow-nonfinite"]) == 0

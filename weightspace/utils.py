@@ -137,3 +137,21 @@ def did_you_mean(name: str, valid: Sequence[str]) -> str:
     """``" (did you mean 'x'?)"`` for the closest valid name, or ``""``: the hint of our unknown-option errors."""
     c = closest(name, valid)
     return f" (did you mean {c!r}?)" if c else ""
+
+
+def read_safetensors(path: str | Path, what: str = "checkpoint", *, tensors: bool = True
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors (unless ``tensors=False``) and metadata of safetensors file ``path``.
+
+    A truncated, corrupt or non-safetensors file raises :class:`~weightspace.errors.CorruptCheckpoint`
+    naming ``what`` and the file, instead of safetensors' own error.
+    """
+    from safetensors import safe_open
+
+    from .errors import CorruptCheckpoint
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return ({k: f.get_tensor(k) for k in f.keys()} if tensors else {}), (f.metadata() or {})
+    except Exception as e:
+        raise CorruptCheckpoint(f"cannot read {what} {path} (truncated, corrupt or not safetensors): {e}") from e

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import CorruptCheckpoint, StateDictMismatch, WeightSpaceError
+from ..errors import StateDictMismatch, WeightSpaceError
+from ..utils import read_safetensors
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -61,23 +62,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------------------- checkpoints and architecture
-def _metadata(path: Path) -> dict[str, str]:
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except Exception as e:
-        raise CorruptCheckpoint(f"cannot read checkpoint {path}: {e}") from e
-
-
-def _load(path: Path) -> dict[str, "Tensor"]:
-    from safetensors.torch import load_file
-    try:
-        return load_file(str(path))
-    except Exception as e:
-        raise CorruptCheckpoint(f"cannot read checkpoint {path} (truncated, corrupt or not safetensors): {e}") from e
-
-
 def _collection_root(path: Path, arch: str | None) -> Path | None:
     for parent in path.resolve().parents:
         if arch and (parent / "architectures" / f"{arch}.json").exists():
@@ -210,8 +194,8 @@ def run(args: argparse.Namespace) -> int:
                 raise WeightSpaceError(f"{flag} needs evaluation data: pass --data ({', '.join(DATA_SETS)})")
     if args.fallback and args.method != "activation":
         raise WeightSpaceError("--fallback applies to --method activation only")
-    meta = _metadata(pa)
-    _metadata(pb)
+    meta = read_safetensors(pa, tensors=False)[1]
+    read_safetensors(pb, tensors=False)
     space, space_from = _stored_space(pa, meta, args.space)
     built = _family_model(args, meta) or (_recipe_model(pa, meta) if args.data else None)
     model, model_from = built if built is not None else (None, "")
@@ -220,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
             raise WeightSpaceError(f"no architecture is stored beside {pa} (no {SPACE_FILE}, no collection): pass "
                                    f"--space JSON, or --family and --model-args to trace a model of weightspace.tasks")
         space, space_from = WeightSpace.from_module(model, example_input(model)), f"traced {model_from}"
-    sd_a, sd_b = _load(pa), _load(pb)
+    sd_a, sd_b = read_safetensors(pa)[0], read_safetensors(pb)[0]
     space.check(sd_a, source=str(pa))
     try:
         space.check(sd_b, source=str(pb))

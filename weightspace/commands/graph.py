@@ -4,9 +4,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import ConfigError, CorruptCheckpoint, NonFiniteWeights, WeightSpaceError
+from ..errors import ConfigError, NonFiniteWeights, WeightSpaceError
 from ..graph import EDGE_TYPES
 from ..space import WeightSpace
+from ..utils import read_safetensors
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,24 +35,6 @@ def describe(space: WeightSpace) -> str:
     ])
 
 
-def _check_finite(path: Path) -> None:
-    """Raise NonFiniteWeights naming the first tensor of checkpoint ``path`` that holds NaN/Inf."""
-    import torch
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            for k in f.keys():
-                t = f.get_tensor(k)
-                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    raise NonFiniteWeights(f"'{k}' of {path} holds {int((~torch.isfinite(t)).sum())} NaN/Inf values "
-                                           "(pass --allow-nonfinite to accept them)")
-    except NonFiniteWeights:
-        raise
-    except Exception as e:
-        raise CorruptCheckpoint(f"cannot read {path} (truncated, corrupt or not safetensors): {e}") from e
-
-
 def _spaces_for(target: str, allow_nonfinite: bool = False) -> list[tuple[str, WeightSpace]]:
     path = Path(target)
     if allow_nonfinite and path.suffix != ".safetensors":
@@ -65,19 +48,16 @@ def _spaces_for(target: str, allow_nonfinite: bool = False) -> list[tuple[str, W
     if path.suffix == ".json":
         return [(path.name, WeightSpace.load(path))]
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-        except Exception as e:
-            raise WeightSpaceError(f"cannot read {path}: {e}") from e
-        arch = meta.get("weightspace.arch_id")
+        arch = read_safetensors(path, tensors=False)[1].get("weightspace.arch_id")
         for parent in path.parents:
             spec = parent / "architectures" / f"{arch}.json"
             if arch and spec.exists():
-                if not allow_nonfinite:
-                    _check_finite(path)
-                return [(arch, WeightSpace.load(spec))]
+                space = WeightSpace.load(spec)
+                try:
+                    space.check(read_safetensors(path)[0], allow_nonfinite=allow_nonfinite, source=str(path))
+                except NonFiniteWeights as e:
+                    raise NonFiniteWeights(f"{e}; on the command line: --allow-nonfinite") from None
+                return [(arch, space)]
         raise WeightSpaceError(f"{path} names no architecture of an enclosing collection (arch_id={arch!r}); "
                                "a bare checkpoint needs its model to be traced: WeightSpace.from_module(model, x)")
     raise WeightSpaceError(f"{target}: expected a collection folder, hf:// URI, WeightSpace .json or .safetensors")

@@ -15,7 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import CorruptCheckpoint, WeightSpaceError
+from ..errors import WeightSpaceError
+from ..utils import read_safetensors
 
 SPACE_FILE = "weightspace.json"
 
@@ -49,16 +50,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.set_defaults(func=run)
-
-
-def _load(path: Path):
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})
-    except Exception as e:
-        raise CorruptCheckpoint(f"cannot read generated model {path} (truncated, corrupt or not safetensors): "
-                                f"{e}") from e
 
 
 def _model(args: argparse.Namespace, coll, space):
@@ -99,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         raise WeightSpaceError(f"no .safetensors files in {gdir}")
     coll = CheckpointCollection.open(args.train)
-    loaded = [_load(f) for f in files]
+    loaded = [read_safetensors(f, "generated model") for f in files]
     if (gdir / SPACE_FILE).exists():
         space = WeightSpace.load(gdir / SPACE_FILE)
     else:

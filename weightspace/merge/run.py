@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..errors import CorruptCheckpoint, MergeError, NonFiniteWeights, StateDictMismatch
 from ..space import WeightSpace
-from ..utils import atomic_write, closest, did_you_mean, fsync_dir, umask_mode
+from ..utils import atomic_write, closest, did_you_mean, fsync_dir, read_safetensors, umask_mode
 from .methods import MergeMethod, check_parameters, get_method
 
 ModelLike = Union[Mapping[str, Tensor], nn.Module, str, Path]
@@ -50,13 +50,9 @@ def load_state_dict(model: ModelLike) -> dict[str, Tensor]:
         return {k: v.detach() for k, v in model.state_dict().items()}
     if isinstance(model, Mapping):
         return dict(model)
-    from safetensors.torch import load_file
     out: dict[str, Tensor] = {}
     for f in _files(Path(model)):
-        try:
-            out.update(load_file(str(f)))
-        except Exception as e:
-            raise CorruptCheckpoint(f"cannot read {f}: {e}") from e
+        out.update(read_safetensors(f)[0])
     return out
 
 
