@@ -178,7 +178,7 @@ def run_setting(name: str, store: PropertyGraphs, args: argparse.Namespace, out:
         if main_net:
             pred = predict_store(run.model, test)
             fig = plot_predictions(pred[:, 0], true[:, 0],
-                                   (out if args.no_write else ROOT / "figures") / f"predict_{name}.png",
+                                   (out if args.no_write else ROOT / "figures") / f"{args.section}_{name}.png",
                                    title=f"{name}: metanetwork, held-out runs\n"
                                          f"tau {run.metrics['test_acc']['tau']:.3f}, "
                                          f"R2 {run.metrics['test_acc']['r2']:.3f}")
@@ -237,6 +237,9 @@ def main() -> None:
     p.add_argument("--merge", type=Path, nargs="+", default=None,
                    help="work folders of earlier runs (e.g. one per setting, run side by side with --no-write): "
                         "merge their results into --work and write the section from them (implies --reuse)")
+    p.add_argument("--section", default="predict",
+                   help="BENCHMARKS.md section (and figure prefix) to write; another name keeps the 'predict' "
+                        "section, e.g. for a run of other settings or zoos")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     settings = args.settings.split(",")
@@ -333,15 +336,16 @@ def main() -> None:
         "bottleneck.",
         "",
         "Predicted vs true test accuracy (metanetwork, held-out runs): "
-        + ", ".join(f"[{n}](scripts/figures/{e['figure'].name})" for n, e in extras.items()),
+        + ", ".join(f"[{n}](scripts/figures/{args.section}_{n}.png)" for n in extras),
     ]
     body = "\n".join(lines)
     print(body)
     if not args.no_write:
-        for e in extras.values():
-            if e["figure"].parent != ROOT / "figures":
-                shutil.copyfile(e["figure"], ROOT / "figures" / e["figure"].name)
-        write_section("predict", "## Property prediction from weights (`scripts/bench_predict.py`)\n\n" + body)
+        for n, e in extras.items():
+            if e["figure"] != ROOT / "figures" / f"{args.section}_{n}.png":
+                shutil.copyfile(e["figure"], ROOT / "figures" / f"{args.section}_{n}.png")
+        command = "scripts/bench_predict.py" + ("" if args.section == "predict" else f" --section {args.section}")
+        write_section(args.section, f"## Property prediction from weights (`{command}`)\n\n" + body)
 
 
 if __name__ == "__main__":
