@@ -12,6 +12,7 @@ from test_predict import make_collection
 from weightspace.collections import CheckpointCollection
 from weightspace.predict import PropertyGraphs, PropertyPredictor
 from weightspace.predict.api import PredictionLoss, mse_loss
+from weightspace.errors import ConfigError
 from weightspace.training import (CheckpointMismatch, TrainConfig, Trainer, gather_batch, load_optimizer,
                                   save_optimizer)
 from weightspace.training.distributed import _free_port
@@ -204,3 +205,48 @@ def test_training_commands_share_options_generated_from_train_config():
                          "0.5", "--no-plot", "--grad-clip", "0", "--log-every", "3"])
     cfg = train_config_from_args(args)
     assert (cfg.warmup, cfg.min_lr_ratio, cfg.plot, cfg.grad_clip, cfg.log_every) == (7, 0.5, False, None, 3)
+
+
+def test_ema_ends_with_the_warmed_up_exponential_average_of_the_weights(zoo):
+    torch.set_num_threads(1)
+    store = load_store(zoo)
+    seen: list[dict[str, torch.Tensor]] = []
+    evaluated: list[dict[str, torch.Tensor]] = []
+
+    class Recording(Trainer):
+        def fit(self, stop_at=None):
+            step = self.opt.step
+
+            def record(*a, **k):
+                out = step(*a, **k)
+                seen.append(params(self.model))
+                return out
+            self.opt.step = record
+            return super().fit(stop_at)
+
+    decay = 0.5
+    m = new_model()
+    Recording(m, mse_loss, store, config(checkpoint_every=0, ema=decay, eval_every=3),
+              eval_fn=lambda model: evaluated.append(params(model)) or {}).fit()
+    expected = dict(seen[0])
+    for n, w in enumerate(seen[1:], start=1):
+        d = min(decay, (1 + n) / (10 + n))
+        expected = {k: v * d + w[k] * (1 - d) if v.is_floating_point() else w[k] for k, v in expected.items()}
+    assert_same(params(m), expected, atol=1e-6)
+    assert any(not torch.equal(v, seen[-1][k]) for k, v in expected.items())
+    assert_same(evaluated[-1], expected, atol=1e-6)
+
+
+def test_ema_resumes_exactly_and_is_validated(tmp_path, zoo):
+    torch.set_num_threads(1)
+    store = load_store(zoo)
+    full = new_model()
+    Trainer(full, mse_loss, store, config(ema=0.9), tmp_path / "full").fit()
+    Trainer(new_model(), mse_loss, store, config(ema=0.9), tmp_path / "cut").fit(stop_at=3)
+    resumed = new_model(seed=5)
+    Trainer(resumed, mse_loss, store, config(ema=0.9), tmp_path / "cut").fit()
+    assert_same(params(resumed), params(full))
+    with pytest.raises(CheckpointMismatch, match="ema: checkpoint 0.9 vs now 0.0"):
+        Trainer(new_model(), mse_loss, store, config(), tmp_path / "cut")
+    with pytest.raises(ConfigError, match="ema must be in"):
+        config(ema=1.0)

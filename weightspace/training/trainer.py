@@ -19,6 +19,7 @@ from .distributed import init_distributed
 
 LATEST = "latest.json"
 BEST_WEIGHTS = "best_model.safetensors"
+EMA_WEIGHTS = "ema.safetensors"
 RESUME_IGNORED = ("progress", "checkpoint_every", "log_every", "eval_every", "device", "plot")
 
 
@@ -64,8 +65,12 @@ class TrainConfig:
     eval_every: int = _opt(100, "steps between held-out evaluations (0: none)")
     progress: bool = _opt(True, "show a progress bar")
     plot: bool = _opt(True, "write loss.png at the end")
+    ema: float = _opt(0.0, "decay of an exponential moving average of the weights, which evaluations read and the "
+                           "model ends with (0: none)")
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"TrainConfig.ema must be in [0, 1), got {self.ema}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
 
@@ -207,6 +212,23 @@ def plot_history(history: list[dict[str, float]], path: Path, title: str = "trai
     return path
 
 
+def ema_model(model: nn.Module, decay: float) -> "torch.optim.swa_utils.AveragedModel":
+    """An exponential moving average of ``model``'s parameters and buffers (``torch.optim.swa_utils``).
+
+    The decay is warmed up as ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates, so the average
+    does not carry the first, untrained weights for long.
+    """
+    from torch.optim.swa_utils import AveragedModel
+
+    def average(avg: Tensor, new: Tensor, n: Tensor) -> Tensor:
+        if not avg.is_floating_point():
+            return new
+        d = torch.clamp((1 + n) / (10 + n), max=decay).to(avg.dtype)
+        return avg * d + new * (1 - d)
+
+    return AveragedModel(model, avg_fn=average, use_buffers=True)
+
+
 class Trainer:
     """Trains ``model`` on a :class:`BatchSource` with AdamW, a warm-up + cosine schedule and gradient clipping.
 
@@ -238,6 +260,7 @@ class Trainer:
         self.loss_fn, self.data, self.eval_fn = loss_fn, data, eval_fn
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.averaged = ema_model(self.model, config.ema) if config.ema else None
         self.step = 0
         self.history: list[dict[str, float]] = []
         if resume and self.out_dir is not None and (self.out_dir / LATEST).exists():
@@ -264,6 +287,11 @@ class Trainer:
             shutil.rmtree(d)
         save_model(self.model, d)
         save_optimizer(self.opt, d / "optimizer.safetensors")
+        if self.averaged is not None:
+            from safetensors.torch import save_file
+
+            atomic_write(d / EMA_WEIGHTS, lambda tmp: save_file(
+                {k: v.detach().clone() for k, v in self.averaged.state_dict().items()}, str(tmp)))
         if self._best_weights is not None:
             from safetensors.torch import save_file
 
@@ -307,6 +335,12 @@ class Trainer:
         load_optimizer(self.opt, d / "optimizer.safetensors", self.device)
         self.step = int(state["step"])
         self.history = list(state["history"])
+        if self.averaged is not None:
+            from safetensors.torch import load_file
+
+            if not (d / EMA_WEIGHTS).exists():
+                raise CheckpointMismatch(f"checkpoint {d} holds no {EMA_WEIGHTS} to resume the weight average from")
+            self.averaged.load_state_dict(load_file(str(d / EMA_WEIGHTS), device=str(self.device)))
         if self.early_stopping is not None:
             es = state["early_stopping"]
             self.best = {k: es[k] for k in self.best}
@@ -316,6 +350,11 @@ class Trainer:
                 self._best_weights = load_file(str(d / BEST_WEIGHTS))
 
     # ------------------------------------------------------------------ loop
+    @property
+    def evaluated_model(self) -> nn.Module:
+        """The model that evaluations read: the weight average when ``config.ema`` is set, else the model."""
+        return self.averaged.module if self.averaged is not None else self.model
+
     def _autocast(self):
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
                               enabled=self.device.type == "cuda" and self.config.precision == "bf16")
@@ -344,6 +383,8 @@ class Trainer:
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.opt.step()
+            if self.averaged is not None:
+                self.averaged.update_parameters(self.model)
             self.step += 1
             n_graphs += len(idx)
             running.append(float(loss.detach()))
@@ -353,8 +394,9 @@ class Trainer:
                 running = []
                 if self.eval_fn is not None and cfg.eval_every and (self.step % cfg.eval_every == 0
                                                                      or self.step == cfg.steps):
-                    self.model.eval()
-                    rec.update(self.eval_fn(self.model))
+                    evaluated = self.evaluated_model
+                    evaluated.eval()
+                    rec.update(self.eval_fn(evaluated))
                     self.model.train()
                     self._track_best(rec)
                 self.history.append(rec)
@@ -363,6 +405,8 @@ class Trainer:
                                          or self.best["stopped"]):
                 self.save_checkpoint()
         bar.close()
+        if self.averaged is not None:
+            self.model.load_state_dict(self.averaged.module.state_dict())
         if self._best_weights is not None:
             self.model.load_state_dict({k: v.to(self.device) for k, v in self._best_weights.items()})
         self.model.eval()
@@ -391,7 +435,7 @@ class Trainer:
             value = float(shared)
         if value < self.best["value"] - es.min_delta:
             self.best.update(value=value, step=self.step, bad=0)
-            self._best_weights = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            self._best_weights = {k: v.detach().cpu().clone() for k, v in self.evaluated_model.state_dict().items()}
         else:
             self.best["bad"] += 1
             if self.best["bad"] >= es.patience:
