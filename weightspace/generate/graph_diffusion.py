@@ -49,8 +49,8 @@ class GraphDenoiser(nn.Module):
     """
 
     def __init__(self, space: WeightSpace, hidden: int, layers: int, edge_hidden: int | None, time_dim: int,
-                 steps: int, aggregators: Sequence[str] = AGGREGATORS, scalers: Sequence[str] = DEFAULT_SCALERS
-                 ) -> None:
+                 steps: int, aggregators: Sequence[str] = AGGREGATORS, scalers: Sequence[str] = DEFAULT_SCALERS,
+                 pair_rank: int = 0, pos_std: float = 0.1) -> None:
         super().__init__()
         self.space, self.time_dim, self.steps = space, time_dim, steps
         lay = space.layout
@@ -60,7 +60,14 @@ class GraphDenoiser(nn.Module):
                                                       aggregators=aggregators, scalers=scalers,
                                                       max_positions=max(128, int(lay.pos_id.max()) + 1
                                                                         if lay.num_nodes else 128)))
+        nn.init.normal_(self.metanet.pos_emb.weight, std=pos_std)
         self.edge_head = EdgeHead(edge_hidden or hidden, 1, self.F)
+        self.pair_rank = pair_rank
+        if pair_rank:
+            self.pair_src = nn.Linear(hidden, pair_rank * self.F)
+            self.pair_dst = nn.Linear(hidden, pair_rank * self.F)
+            self.pair_edge = nn.Linear(edge_hidden or hidden, pair_rank * self.F)
+            self.pair_out = nn.Parameter(torch.randn(self.F, pair_rank) / pair_rank ** 0.5)
         self.node_head = NodeHead(hidden, self.Fn)
         keys = float_keys(space)
         pos = torch.cat([lay.offset[k] + torch.arange(torch.Size(space.params[k].shape).numel()) for k in keys])
@@ -94,7 +101,12 @@ class GraphDenoiser(nn.Module):
         idx = self._batch(B, x.device)
         data = Data(edge_attr=ea.reshape(B * E, 1, -1), x=nx.reshape(B * N, 1, -1), num_nodes=B * N, **idx)
         enc = self.metanet(data)
-        edge_out = rearrange(self.edge_head(enc)[:, 0].float(), "(b e) f -> e b f", b=B)
+        edge_out = self.edge_head(enc)[:, 0]
+        if self.pair_rank:
+            src, dst = idx["edge_index"]
+            pair = (self.pair_src(enc.node)[src] * self.pair_dst(enc.node)[dst] * (1 + self.pair_edge(enc.edge)))
+            edge_out = edge_out + torch.einsum("efr,fr->ef", pair.view(-1, self.F, self.pair_rank), self.pair_out)
+        edge_out = rearrange(edge_out.float(), "(b e) f -> e b f", b=B)
         node_out = rearrange(self.node_head(enc).float(), "(b n) f -> n b f", b=B)
         aux = edge_out.new_zeros(1, B, len(lay.aux_gather))
         flat = lay.flat_from_graph(Data(edge_attr=edge_out, x=node_out, aux=aux))
@@ -112,12 +124,13 @@ class GraphDiffusion(WeightGenerator, PyTorchModelHubMixin, library_name="weight
 
     def __init__(self, space: dict[str, Any], hidden: int = 64, layers: int = 3, edge_hidden: int | None = None,
                  time_dim: int = 16, diffusion_steps: int = 200, aggregators: list[str] | None = None,
-                 scalers: list[str] | None = None) -> None:
+                 scalers: list[str] | None = None, pair_rank: int = 0, pos_std: float = 0.1, scaled: bool = False,
+                 prediction: str = "eps", schedule: str = "linear") -> None:
         super().__init__()
         self._init_space(space, float_keys(WeightSpace.from_json(space)))
-        self.schedule = Schedule(diffusion_steps)
+        self.schedule = Schedule(diffusion_steps, scaled=scaled, prediction=prediction, kind=schedule)
         self.denoiser = GraphDenoiser(self.space, hidden, layers, edge_hidden, time_dim, diffusion_steps,
-                                      aggregators or AGGREGATORS, scalers or DEFAULT_SCALERS)
+                                      aggregators or AGGREGATORS, scalers or DEFAULT_SCALERS, pair_rank, pos_std)
         self.register_buffer("mean", torch.zeros(self.dim))
         self.register_buffer("scale", torch.ones(self.dim))
 
