@@ -50,17 +50,26 @@ class GraphDenoiser(nn.Module):
 
     def __init__(self, space: WeightSpace, hidden: int, layers: int, edge_hidden: int | None, time_dim: int,
                  steps: int, aggregators: Sequence[str] = AGGREGATORS, scalers: Sequence[str] = DEFAULT_SCALERS,
-                 pair_rank: int = 0, pos_std: float = 0.1) -> None:
+                 pair_rank: int = 0, pos_std: float = 0.1, views: int = 0) -> None:
         super().__init__()
         self.space, self.time_dim, self.steps = space, time_dim, steps
         lay = space.layout
         self.F, self.Fn = lay.edge_features, lay.node_features
+        max_pos = max(128, int(lay.pos_id.max()) + 1 if lay.num_nodes else 128)
         self.metanet = GraphMetanetwork(MetanetConfig(hidden=hidden, layers=layers, edge_features=self.F + time_dim,
-                                                      node_features=self.Fn + time_dim, edge_hidden=edge_hidden,
-                                                      aggregators=aggregators, scalers=scalers,
-                                                      max_positions=max(128, int(lay.pos_id.max()) + 1
-                                                                        if lay.num_nodes else 128)))
+                                                      node_features=self.Fn + time_dim + 2 * views,
+                                                      edge_hidden=edge_hidden, aggregators=aggregators,
+                                                      scalers=scalers, max_positions=max_pos))
         nn.init.normal_(self.metanet.pos_emb.weight, std=pos_std)
+        self.views = views
+        if views:
+            self.view_pos = nn.Embedding(max_pos + 1, views)
+            self.view_in = nn.Linear(self.F * views, views)
+            self.view_out = nn.Linear(self.F * views, views)
+            deg_in = torch.bincount(lay.edge_index[1], minlength=lay.num_nodes).clamp(min=1).float().rsqrt()
+            deg_out = torch.bincount(lay.edge_index[0], minlength=lay.num_nodes).clamp(min=1).float().rsqrt()
+            self.register_buffer("deg_in", deg_in, persistent=False)
+            self.register_buffer("deg_out", deg_out, persistent=False)
         self.edge_head = EdgeHead(edge_hidden or hidden, 1, self.F)
         self.pair_rank = pair_rank
         if pair_rank:
@@ -89,6 +98,20 @@ class GraphDenoiser(nn.Module):
                 "batch": torch.arange(B).repeat_interleave(N).to(device)}
         return self._batches[key]
 
+    def _views(self, values: Tensor, idx: dict[str, Tensor]) -> Tensor:
+        """Each unit's linear views of its incoming and outgoing values, ``sum_i x_ij (x) emb(i) / sqrt(degree)``."""
+        lay = self.space.layout
+        E, B = values.shape[0], values.shape[1]
+        N = lay.num_nodes
+        emb = self.view_pos(lay.pos_id.to(values.device) + 1).to(values.dtype)
+        src, dst = lay.edge_index.to(values.device)
+        out = []
+        for this, other, lin, deg in ((dst, src, self.view_in, self.deg_in), (src, dst, self.view_out, self.deg_out)):
+            msg = (values.unsqueeze(-1) * emb[other][:, None, None, :]).flatten(2)
+            agg = values.new_zeros(N, B, msg.shape[-1]).index_add_(0, this, msg) * deg.to(values.dtype)[:, None, None]
+            out.append(lin(agg))
+        return rearrange(torch.cat(out, -1), "n b f -> b n f")
+
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         lay = self.space.layout
         B, N, E = x.shape[0], lay.num_nodes, lay.num_edges
@@ -99,6 +122,8 @@ class GraphDenoiser(nn.Module):
         ea = torch.cat([rearrange(g.edge_attr, "e b f -> b e f"), temb[:, None].expand(B, E, -1)], -1)
         nx = torch.cat([rearrange(g.x, "n b f -> b n f"), temb[:, None].expand(B, N, -1)], -1)
         idx = self._batch(B, x.device)
+        if self.views:
+            nx = torch.cat([nx, self._views(g.edge_attr, idx)], -1)
         data = Data(edge_attr=ea.reshape(B * E, 1, -1), x=nx.reshape(B * N, 1, -1), num_nodes=B * N, **idx)
         enc = self.metanet(data)
         edge_out = self.edge_head(enc)[:, 0]
@@ -125,12 +150,12 @@ class GraphDiffusion(WeightGenerator, PyTorchModelHubMixin, library_name="weight
     def __init__(self, space: dict[str, Any], hidden: int = 64, layers: int = 3, edge_hidden: int | None = None,
                  time_dim: int = 16, diffusion_steps: int = 200, aggregators: list[str] | None = None,
                  scalers: list[str] | None = None, pair_rank: int = 0, pos_std: float = 0.1, scaled: bool = False,
-                 prediction: str = "eps", schedule: str = "linear") -> None:
+                 prediction: str = "eps", schedule: str = "linear", views: int = 0) -> None:
         super().__init__()
         self._init_space(space, float_keys(WeightSpace.from_json(space)))
         self.schedule = Schedule(diffusion_steps, scaled=scaled, prediction=prediction, kind=schedule)
         self.denoiser = GraphDenoiser(self.space, hidden, layers, edge_hidden, time_dim, diffusion_steps,
-                                      aggregators or AGGREGATORS, scalers or DEFAULT_SCALERS, pair_rank, pos_std)
+                                      aggregators or AGGREGATORS, scalers or DEFAULT_SCALERS, pair_rank, pos_std, views)
         self.register_buffer("mean", torch.zeros(self.dim))
         self.register_buffer("scale", torch.ones(self.dim))
 
