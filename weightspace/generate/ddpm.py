@@ -1,17 +1,19 @@
 """Denoising diffusion (DDPM) over vectors: noise schedule, training loss and ancestral sampling.
 
-Ho et al. 2020, "Denoising Diffusion Probabilistic Models": a linear schedule of ``beta_t`` over
-``steps`` steps, a denoiser trained to predict the noise ``eps`` added to ``x_0`` at a random
-step (``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``), and ancestral sampling from pure noise
-with variance ``beta_t``. Two options matter for short schedules and hard denoisers:
-``scaled=True`` stretches the betas by ``1000 / steps`` (Nichol & Dhariwal 2021, "Improved
-DDPM"), so that ``x_T`` is pure noise for any length (the unscaled 100-step schedule keeps
-``sqrt(abar_T) = 0.6`` of the signal, while sampling starts from pure noise); and
-``prediction="v"`` trains the denoiser on ``v = sqrt(abar) eps - sqrt(1 - abar) x_0``
-(Salimans & Ho 2022, "Progressive Distillation"), a target of unit variance at every step whose
-error weighs the ``x_0`` error by ``1 / (1 - abar)`` instead of eps's ``abar / (1 - abar)``, so the
-noisy steps where samples take their shape are not left untrained. p-diff runs it in an autoencoder's latent space, the graph diffusion
-directly on normalised weights; the denoiser is any callable ``denoiser(x_t, t) -> eps``.
+Ho et al. 2020, "Denoising Diffusion Probabilistic Models": a schedule of ``beta_t`` over
+``steps`` steps, a denoiser trained at a random step on ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps``,
+and ancestral sampling from pure noise with variance ``beta_t``. p-diff runs it in an
+autoencoder's latent space, the graph diffusion directly on normalised weights; the denoiser is
+any callable ``denoiser(x_t, t)``. Options that matter for short schedules and hard denoisers:
+
+- ``kind="cosine"`` (Nichol & Dhariwal 2021, "Improved DDPM") lowers ``abar`` evenly over the steps
+  instead of leaving most of them at almost pure noise; ``scaled=True`` stretches the linear
+  betas by ``1000 / steps`` (as they do) so that ``x_T`` is pure noise for any length (the unscaled
+  100-step schedule keeps ``sqrt(abar_T) = 0.6`` of the signal, while sampling starts from noise);
+- ``prediction="v"`` (Salimans & Ho 2022, "Progressive Distillation") trains the denoiser on
+  ``v = sqrt(abar) eps - sqrt(1 - abar) x_0``, a target of unit variance at every step whose
+  error weighs the ``x_0`` error by ``1 / (1 - abar)`` where the noise's weighs it by
+  ``abar / (1 - abar)``, so the noisy steps where a sample takes its shape are trained too.
 """
 from __future__ import annotations
 
@@ -21,21 +23,24 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .errors import GeneratorError
+
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 PREDICTIONS = ("eps", "v")
 KINDS = ("linear", "cosine")
 
 
 class Schedule:
-    """The linear DDPM noise schedule of ``steps`` steps, from ``beta_start`` to ``beta_end`` (times ``1000 / steps``
-    with ``scaled``), for a denoiser that predicts ``prediction``: ``"eps"`` (the noise) or ``"v"``."""
+    """A DDPM noise schedule of ``steps`` steps for a denoiser that predicts ``prediction``: ``"eps"`` (the noise)
+    or ``"v"``. ``kind="linear"`` runs from ``beta_start`` to ``beta_end`` (times ``1000 / steps`` with
+    ``scaled``); ``kind="cosine"`` is Nichol & Dhariwal's ``abar_t = cos^2((t/T + s)/(1 + s) pi/2)``."""
 
     def __init__(self, steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2, scaled: bool = False,
                  prediction: str = "eps", kind: str = "linear") -> None:
         if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+            raise GeneratorError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+            raise GeneratorError(f"schedule kind must be one of {KINDS}, got {kind!r}")
         self.steps, self.prediction = steps, prediction
         if kind == "cosine":
             s = 0.008

@@ -12,6 +12,12 @@ al. 2025 find current weight generators lack. Each value is standardised by its 
 and spread over the training models (one pair of numbers per tensor, so standardisation
 commutes with permutations). Values the graph does not place (none for MLPs and CNNs) are taken
 from the base checkpoint.
+
+By default the DDPM uses the cosine schedule and v-prediction (:mod:`.ddpm`): with the short
+linear schedule and noise prediction it had before, the last step kept most of the signal while
+sampling started from pure noise, and the noisy steps that shape a sample were barely trained;
+with :class:`GraphDenoiser`'s unit views and pair readout it learns a collection of five tiny
+digits MLPs in 200 steps, where before its samples stayed at chance.
 """
 from __future__ import annotations
 
@@ -34,23 +40,38 @@ from ..space import WeightSpace
 from ..training import TrainConfig, Trainer, is_main_process
 from ..utils import atomic_write_text
 from .base import RowSource, WeightGenerator, load_models, make_evaluator, sample_accuracy
-from .ddpm import Schedule, timestep_features
+from .ddpm import KINDS, PREDICTIONS, Schedule, timestep_features
+from .errors import GeneratorError
 
 MODEL_DIR = "model"
 
 
 class GraphDenoiser(nn.Module):
-    """Noise predictor over a fixed architecture's neural graph: flat noisy values ``[B, P]`` and steps ``[B]`` in,
-    predicted noise ``[B, P]`` out (``P`` = the space's floating-point values).
+    """Denoiser over a fixed architecture's neural graph: flat noisy values ``[B, P]`` and steps ``[B]`` in, one
+    prediction per value ``[B, P]`` out (``P`` = the space's floating-point values; noise or ``v``, as the
+    schedule's ``prediction`` says).
 
     Each edge reads its noisy values plus the step's sinusoidal features, each node likewise; the
     encoding's edge and node heads write one value per edge slot and node column, read back with
-    the layout's inverse gather.
+    the layout's inverse gather. Three additions let it learn a tiny collection in a few hundred
+    steps (the plain metanetwork stayed at the per-tensor Gaussian's error, and its samples at chance):
+
+    - *unit views* (``views`` wide, 0: none): each node also reads ``sum_i x_ij emb(i) / sqrt(degree)``
+      over its incoming edges and likewise over its outgoing ones, where ``emb`` is a learned vector per
+      fixed unit (input pixel, output class) and one shared vector for permutable units. A hidden unit
+      thus sees linear projections of its whole receptive field from the start, which the best linear
+      per-unit denoiser consists of and which message passing learns only slowly; it is a sum over
+      neighbours, so it stays equivariant (as the hypernetwork's incoming view, :mod:`weightspace.hyper`);
+    - a *pair readout* (rank ``pair_rank``, 0: none): each edge's output adds
+      ``sum_r a_r(h_src) b_r(h_dst) (1 + c_r(e))``, the product of its two endpoints' embeddings that a
+      weight's value depends on and that an additive edge update approximates poorly;
+    - position embeddings of fixed units start at scale 1 (the metanetwork's 0.1 leaves the 64 input
+      pixels nearly indistinguishable at first).
     """
 
     def __init__(self, space: WeightSpace, hidden: int, layers: int, edge_hidden: int | None, time_dim: int,
                  steps: int, aggregators: Sequence[str] = AGGREGATORS, scalers: Sequence[str] = DEFAULT_SCALERS,
-                 pair_rank: int = 0, pos_std: float = 0.1, views: int = 0) -> None:
+                 views: int = 32, pair_rank: int = 32) -> None:
         super().__init__()
         self.space, self.time_dim, self.steps = space, time_dim, steps
         lay = space.layout
@@ -60,18 +81,16 @@ class GraphDenoiser(nn.Module):
                                                       node_features=self.Fn + time_dim + 2 * views,
                                                       edge_hidden=edge_hidden, aggregators=aggregators,
                                                       scalers=scalers, max_positions=max_pos))
-        nn.init.normal_(self.metanet.pos_emb.weight, std=pos_std)
-        self.views = views
+        nn.init.normal_(self.metanet.pos_emb.weight, std=1.0)
+        self.views, self.pair_rank = views, pair_rank
         if views:
             self.view_pos = nn.Embedding(max_pos + 1, views)
             self.view_in = nn.Linear(self.F * views, views)
             self.view_out = nn.Linear(self.F * views, views)
-            deg_in = torch.bincount(lay.edge_index[1], minlength=lay.num_nodes).clamp(min=1).float().rsqrt()
-            deg_out = torch.bincount(lay.edge_index[0], minlength=lay.num_nodes).clamp(min=1).float().rsqrt()
-            self.register_buffer("deg_in", deg_in, persistent=False)
-            self.register_buffer("deg_out", deg_out, persistent=False)
+            for name, side in (("deg_in", 1), ("deg_out", 0)):
+                deg = torch.bincount(lay.edge_index[side], minlength=lay.num_nodes).clamp(min=1).float().rsqrt()
+                self.register_buffer(name, deg, persistent=False)
         self.edge_head = EdgeHead(edge_hidden or hidden, 1, self.F)
-        self.pair_rank = pair_rank
         if pair_rank:
             self.pair_src = nn.Linear(hidden, pair_rank * self.F)
             self.pair_dst = nn.Linear(hidden, pair_rank * self.F)
@@ -98,18 +117,16 @@ class GraphDenoiser(nn.Module):
                 "batch": torch.arange(B).repeat_interleave(N).to(device)}
         return self._batches[key]
 
-    def _views(self, values: Tensor, idx: dict[str, Tensor]) -> Tensor:
-        """Each unit's linear views of its incoming and outgoing values, ``sum_i x_ij (x) emb(i) / sqrt(degree)``."""
+    def _views(self, values: Tensor) -> Tensor:
+        """Each unit's views ``[B, N, 2 * views]`` of its incoming and outgoing edge values ``[E, B, F]``."""
         lay = self.space.layout
-        E, B = values.shape[0], values.shape[1]
-        N = lay.num_nodes
         emb = self.view_pos(lay.pos_id.to(values.device) + 1).to(values.dtype)
         src, dst = lay.edge_index.to(values.device)
         out = []
         for this, other, lin, deg in ((dst, src, self.view_in, self.deg_in), (src, dst, self.view_out, self.deg_out)):
             msg = (values.unsqueeze(-1) * emb[other][:, None, None, :]).flatten(2)
-            agg = values.new_zeros(N, B, msg.shape[-1]).index_add_(0, this, msg) * deg.to(values.dtype)[:, None, None]
-            out.append(lin(agg))
+            agg = values.new_zeros(lay.num_nodes, values.shape[1], msg.shape[-1]).index_add_(0, this, msg)
+            out.append(lin(agg * deg.to(values.dtype)[:, None, None]))
         return rearrange(torch.cat(out, -1), "n b f -> b n f")
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
@@ -123,13 +140,13 @@ class GraphDenoiser(nn.Module):
         nx = torch.cat([rearrange(g.x, "n b f -> b n f"), temb[:, None].expand(B, N, -1)], -1)
         idx = self._batch(B, x.device)
         if self.views:
-            nx = torch.cat([nx, self._views(g.edge_attr, idx)], -1)
+            nx = torch.cat([nx, self._views(g.edge_attr)], -1)
         data = Data(edge_attr=ea.reshape(B * E, 1, -1), x=nx.reshape(B * N, 1, -1), num_nodes=B * N, **idx)
         enc = self.metanet(data)
         edge_out = self.edge_head(enc)[:, 0]
         if self.pair_rank:
             src, dst = idx["edge_index"]
-            pair = (self.pair_src(enc.node)[src] * self.pair_dst(enc.node)[dst] * (1 + self.pair_edge(enc.edge)))
+            pair = self.pair_src(enc.node)[src] * self.pair_dst(enc.node)[dst] * (1 + self.pair_edge(enc.edge))
             edge_out = edge_out + torch.einsum("efr,fr->ef", pair.view(-1, self.F, self.pair_rank), self.pair_out)
         edge_out = rearrange(edge_out.float(), "(b e) f -> e b f", b=B)
         node_out = rearrange(self.node_head(enc).float(), "(b n) f -> n b f", b=B)
@@ -144,18 +161,26 @@ class GraphDiffusion(WeightGenerator, PyTorchModelHubMixin, library_name="weight
 
     Build it with :meth:`fit`; :meth:`sample` gives complete state_dicts. ``space`` is the traced
     :class:`WeightSpace` as JSON; every floating-point tensor is generated. ``aggregators``/``scalers`` are the
-    metanetwork's PNA choices (fewer are cheaper; edges outnumber everything else).
+    metanetwork's PNA choices (fewer are cheaper; edges outnumber everything else); ``views`` and
+    ``pair_rank`` size the denoiser's unit views and pair readout (:class:`GraphDenoiser`, 0: off).
+    ``schedule`` is ``"cosine"`` (Nichol & Dhariwal 2021) or ``"linear"`` (betas stretched by
+    ``1000 / diffusion_steps``, so that the last step is pure noise), ``prediction`` ``"v"`` or ``"eps"``
+    (:class:`~.ddpm.Schedule`); the defaults are what lets a tiny collection be learnt at all.
     """
 
     def __init__(self, space: dict[str, Any], hidden: int = 64, layers: int = 3, edge_hidden: int | None = None,
                  time_dim: int = 16, diffusion_steps: int = 200, aggregators: list[str] | None = None,
-                 scalers: list[str] | None = None, pair_rank: int = 0, pos_std: float = 0.1, scaled: bool = False,
-                 prediction: str = "eps", schedule: str = "linear", views: int = 0) -> None:
+                 scalers: list[str] | None = None, views: int = 32, pair_rank: int = 32, schedule: str = "cosine",
+                 prediction: str = "v") -> None:
         super().__init__()
         self._init_space(space, float_keys(WeightSpace.from_json(space)))
-        self.schedule = Schedule(diffusion_steps, scaled=scaled, prediction=prediction, kind=schedule)
+        if schedule not in KINDS:
+            raise GeneratorError(f"schedule must be one of {KINDS}, got {schedule!r}")
+        if prediction not in PREDICTIONS:
+            raise GeneratorError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.schedule = Schedule(diffusion_steps, scaled=True, prediction=prediction, kind=schedule)
         self.denoiser = GraphDenoiser(self.space, hidden, layers, edge_hidden, time_dim, diffusion_steps,
-                                      aggregators or AGGREGATORS, scalers or DEFAULT_SCALERS, pair_rank, pos_std, views)
+                                      aggregators or AGGREGATORS, scalers or DEFAULT_SCALERS, views, pair_rank)
         self.register_buffer("mean", torch.zeros(self.dim))
         self.register_buffer("scale", torch.ones(self.dim))
 
