@@ -106,6 +106,23 @@ def test_generators_round_trip_through_save_pretrained(trained, pdiff, tmp_path)
         assert back.space == space
 
 
+def test_ddpm_schedules_end_in_noise_and_v_prediction_gives_back_the_noise():
+    from weightspace.generate.ddpm import Schedule
+    for sch in (Schedule(50, kind="cosine"), Schedule(50, scaled=True)):
+        assert float(sch.alpha_bar[-1]) < 1e-3 and float(sch.alpha_bar[0]) > 0.99
+    assert float(Schedule(50).alpha_bar[-1]) > 0.5
+    sch = Schedule(20, kind="cosine", prediction="v")
+    g = torch.Generator().manual_seed(0)
+    x0, noise, t = torch.randn(4, 7, generator=g), torch.randn(4, 7, generator=g), torch.tensor([0, 5, 12, 19])
+    xt = sch.q_sample(x0, t, noise)
+    torch.testing.assert_close(sch.eps(sch.target(x0, t, noise), xt, t), noise)
+    with pytest.raises(GeneratorError, match="prediction must be one of"):
+        Schedule(10, prediction="x0")
+    with pytest.raises(GeneratorError, match="schedule must be one of"):
+        GraphDiffusion(WeightSpace.from_module(build("mlp", seed=0, in_features=4, widths=[3], out_features=2),
+                                               torch.zeros(1, 4)).to_json(), schedule="quadratic")
+
+
 def test_graph_denoiser_is_permutation_equivariant():
     cnn = build("cnn", seed=0, channels=(4, 5, 3), batchnorm=True)
     space = WeightSpace.from_module(cnn, example_input(cnn))
