@@ -146,8 +146,8 @@ def test_graph_denoiser_is_permutation_equivariant():
 
 def test_graph_diffusion_samples_beat_chance(trained):
     """Fitted to five models (~15 s on one thread), the equivariant graph diffusion's samples work: mean accuracy
-    > 0.3 where chance is 0.1 (before its fixes: cosine schedule, v-prediction, unit views and the pair readout,
-    its samples were at chance)."""
+    > 0.22 where chance is 0.1 (0.30-0.42 over training seeds 0-3; before its fixes, cosine schedule, v-prediction,
+    unit views and the pair readout, its samples were at chance, and without any one of the first three <= 0.16)."""
     space, sds, ev = trained
     cfg = TrainConfig(steps=200, batch_size=16, lr=6e-3, warmup=20, checkpoint_every=0, progress=False, plot=False)
     gen = GraphDiffusion.fit(sds, space=space, config=cfg, hidden=64, edge_hidden=16, layers=2, diffusion_steps=50,
@@ -155,7 +155,7 @@ def test_graph_diffusion_samples_beat_chance(trained):
     samples = gen.sample(8, seed=0)
     check_complete(space, samples)
     accs = torch.tensor([accuracy(ev, sd) for sd in samples])
-    assert accs.mean() > 0.3, accs
+    assert accs.mean() > 0.22, accs
     assert not torch.equal(samples[0]["net.0.weight"], samples[1]["net.0.weight"])
 
 
