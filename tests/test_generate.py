@@ -123,6 +123,22 @@ def test_ddpm_schedules_end_in_noise_and_v_prediction_gives_back_the_noise():
                                                torch.zeros(1, 4)).to_json(), schedule="quadratic")
 
 
+def test_graph_diffusion_keeps_positive_tensors_positive(trained):
+    """A tensor positive in every training model (a BatchNorm running variance) is modelled by its log: any sample
+    keeps it positive, and normalising then denormalising the training values gives them back."""
+    space, sds, _ = trained
+    sds = [{**sd, "net.2.bias": sd["net.2.bias"].abs() + 0.01} for sd in sds]
+    gen = GraphDiffusion(space.to_json(), hidden=4, layers=1, diffusion_steps=2)
+    values = torch.stack([torch.cat([sd[k].reshape(-1) for k in gen.keys]) for sd in sds])
+    gen._fit_normaliser(values)
+    torch.testing.assert_close(gen.denormalise(gen.normalise(values)), values)
+    bias = gen.key_slices()[gen.keys.index("net.2.bias")]
+    assert bool(gen.positive[bias].all()) and int(gen.positive.sum()) == 10
+    out = gen.denormalise(3 * torch.randn(64, gen.dim, generator=torch.Generator().manual_seed(0)))
+    assert bool((out[:, bias] > 0).all())
+    assert bool((out < 0).any())
+
+
 def test_graph_denoiser_is_permutation_equivariant():
     cnn = build("cnn", seed=0, channels=(4, 5, 3), batchnorm=True)
     space = WeightSpace.from_module(cnn, example_input(cnn))

@@ -183,15 +183,32 @@ class GraphDiffusion(WeightGenerator, PyTorchModelHubMixin, library_name="weight
                                       aggregators or AGGREGATORS, scalers or DEFAULT_SCALERS, views, pair_rank)
         self.register_buffer("mean", torch.zeros(self.dim))
         self.register_buffer("scale", torch.ones(self.dim))
+        self.register_buffer("positive", torch.zeros(self.dim, dtype=torch.bool))
 
     def _fit_normaliser(self, values: Tensor) -> None:
-        """One mean and one spread per tensor, over its values and the training models (permutation invariant)."""
+        """One mean and one spread per tensor, over its values and the training models (permutation invariant).
+
+        A tensor that is positive in every training model (BatchNorm's running variances) is modelled by
+        its logarithm, so that its samples stay positive: a negative variance makes the model's outputs NaN."""
         mean, scale = torch.empty(self.dim), torch.empty(self.dim)
+        positive = torch.zeros(self.dim, dtype=torch.bool)
         for sl in self.key_slices():
             block = values[:, sl].double()
+            if bool((block > 0).all()):
+                positive[sl] = True
+                block = block.log()
             mean[sl] = float(block.mean())
             scale[sl] = float(block.std()) if block.numel() > 1 else 0.0
+        self.positive.copy_(positive)
         self._set_normaliser(mean, scale)
+
+    def normalise(self, values: Tensor) -> Tensor:
+        values = values.to(self.mean.device)
+        return super().normalise(torch.where(self.positive, values.clamp(min=1e-30).log(), values))
+
+    def denormalise(self, x: Tensor) -> Tensor:
+        values = super().denormalise(x)
+        return torch.where(self.positive, values.clamp(max=80.0).exp(), values)
 
     def sample_values(self, n: int, seed: int = 0) -> Tensor:
         g = torch.Generator().manual_seed(int(seed))
