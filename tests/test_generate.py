@@ -106,6 +106,39 @@ def test_generators_round_trip_through_save_pretrained(trained, pdiff, tmp_path)
         assert back.space == space
 
 
+def test_ddpm_schedules_end_in_noise_and_v_prediction_gives_back_the_noise():
+    from weightspace.generate.ddpm import Schedule
+    for sch in (Schedule(50, kind="cosine"), Schedule(50, scaled=True)):
+        assert float(sch.alpha_bar[-1]) < 1e-3 and float(sch.alpha_bar[0]) > 0.99
+    assert float(Schedule(50).alpha_bar[-1]) > 0.5
+    sch = Schedule(20, kind="cosine", prediction="v")
+    g = torch.Generator().manual_seed(0)
+    x0, noise, t = torch.randn(4, 7, generator=g), torch.randn(4, 7, generator=g), torch.tensor([0, 5, 12, 19])
+    xt = sch.q_sample(x0, t, noise)
+    torch.testing.assert_close(sch.eps(sch.target(x0, t, noise), xt, t), noise)
+    with pytest.raises(GeneratorError, match="prediction must be one of"):
+        Schedule(10, prediction="x0")
+    with pytest.raises(GeneratorError, match="schedule must be one of"):
+        GraphDiffusion(WeightSpace.from_module(build("mlp", seed=0, in_features=4, widths=[3], out_features=2),
+                                               torch.zeros(1, 4)).to_json(), schedule="quadratic")
+
+
+def test_graph_diffusion_keeps_positive_tensors_positive(trained):
+    """A tensor positive in every training model (a BatchNorm running variance) is modelled by its log: any sample
+    keeps it positive, and normalising then denormalising the training values gives them back."""
+    space, sds, _ = trained
+    sds = [{**sd, "net.2.bias": sd["net.2.bias"].abs() + 0.01} for sd in sds]
+    gen = GraphDiffusion(space.to_json(), hidden=4, layers=1, diffusion_steps=2)
+    values = torch.stack([torch.cat([sd[k].reshape(-1) for k in gen.keys]) for sd in sds])
+    gen._fit_normaliser(values)
+    torch.testing.assert_close(gen.denormalise(gen.normalise(values)), values)
+    bias = gen.key_slices()[gen.keys.index("net.2.bias")]
+    assert bool(gen.positive[bias].all()) and int(gen.positive.sum()) == 10
+    out = gen.denormalise(3 * torch.randn(64, gen.dim, generator=torch.Generator().manual_seed(0)))
+    assert bool((out[:, bias] > 0).all())
+    assert bool((out < 0).any())
+
+
 def test_graph_denoiser_is_permutation_equivariant():
     cnn = build("cnn", seed=0, channels=(4, 5, 3), batchnorm=True)
     space = WeightSpace.from_module(cnn, example_input(cnn))
@@ -125,6 +158,21 @@ def test_graph_denoiser_is_permutation_equivariant():
     assert not torch.allclose(permute(x), x)
     assert out.abs().mean() > 0.05
     torch.testing.assert_close(out_p, permute(out), atol=1e-5, rtol=1e-4)
+
+
+def test_graph_diffusion_samples_beat_chance(trained):
+    """Fitted to five models (~15 s on one thread), the equivariant graph diffusion's samples work: mean accuracy
+    > 0.22 where chance is 0.1 (0.30-0.42 over training seeds 0-3; before its fixes, cosine schedule, v-prediction,
+    unit views and the pair readout, its samples were at chance, and without any one of the first three <= 0.16)."""
+    space, sds, ev = trained
+    cfg = TrainConfig(steps=200, batch_size=16, lr=6e-3, warmup=20, checkpoint_every=0, progress=False, plot=False)
+    gen = GraphDiffusion.fit(sds, space=space, config=cfg, hidden=64, edge_hidden=16, layers=2, diffusion_steps=50,
+                             aggregators=["mean", "max"], scalers=["identity"])
+    samples = gen.sample(8, seed=0)
+    check_complete(space, samples)
+    accs = torch.tensor([accuracy(ev, sd) for sd in samples])
+    assert accs.mean() > 0.22, accs
+    assert not torch.equal(samples[0]["net.0.weight"], samples[1]["net.0.weight"])
 
 
 def test_graph_diffusion_samples_are_complete_and_finite(trained):
