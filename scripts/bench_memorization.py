@@ -33,8 +33,9 @@ from weightspace.tasks.zoo import RECIPES, build_zoo
 from weightspace.training import TrainConfig
 
 FAMILIES = {"mlp": ("pdiff-mlp", "digits-flat"), "cnn": ("pdiff-cnn", "digits")}
-GRAPH_STEPS = {"mlp": 400, "cnn": 800}
-"""Graph-diffusion training steps: the MLP graph has 6x the CNN's edges (64 inputs x 16 units)."""
+GRAPH = {"mlp": {"steps": 800, "hidden": 64, "lr": 6e-3}, "cnn": {"steps": 800, "hidden": 32, "lr": 3e-3}}
+"""Graph-diffusion settings per family (on the MLP, width 64 and lr 6e-3 gave samples of 0.37 accuracy against 0.20
+at width 32 and lr 3e-3)."""
 
 
 def cfg(steps: int, batch: int, lr: float = 1e-3) -> TrainConfig:
@@ -165,8 +166,9 @@ def run_family(fam: str, work: Path, size: str, quick: bool, n: int, log) -> dic
         samples[name] = g.sample(n, seed=0)
         log(f"{fam}: {name} fitted in {fits[name]:.0f}s")
     name = "graph diffusion (equivariant)"
-    g, fits[name] = timed(lambda: GraphDiffusion.fit(ends, space=space, config=cfg(int(GRAPH_STEPS[fam] * s), 16, 3e-3),
-                                                     hidden=32, edge_hidden=16, layers=3, diffusion_steps=100,
+    gs = GRAPH[fam]
+    g, fits[name] = timed(lambda: GraphDiffusion.fit(ends, space=space, config=cfg(int(gs["steps"] * s), 16, gs["lr"]),
+                                                     hidden=gs["hidden"], edge_hidden=16, layers=3, diffusion_steps=100,
                                                      aggregators=["mean", "max"], scalers=["identity"]))
     (samples[name], secs) = timed(lambda: g.sample(n, seed=0))
     log(f"{fam}: {name} fitted in {fits[name]:.0f}s, sampled {n} in {secs:.0f}s; loss "
