@@ -5,6 +5,7 @@ import torch
 from weightspace.cli import main
 from weightspace.collections import CheckpointCollection
 from weightspace.generate import GeneratorError, HyperGenerator
+from weightspace.memorization import MemorizationError, load_training
 from weightspace.tasks.zoo import RECIPES, build_zoo
 from weightspace.training import TrainConfig
 
@@ -31,6 +32,16 @@ def test_pdiff_recipe_trains_only_the_chosen_layers_and_saves_every_step(zoo):
         base = sd
 
 
+def test_tail_checkpoints_are_the_recipes_last_phase(zoo):
+    size = RECIPES["pdiff-cnn"].sizes["tiny"]
+    tail = load_training(zoo, steps="tail")
+    assert len(tail.models) == len(zoo.runs()) * size.tail
+    assert all(r["finetuning"] == 1.0 and r["step"] > size.steps for r in tail.rows)
+    assert len(load_training(zoo, steps="last").models) == len(zoo.runs())
+    with pytest.raises(MemorizationError, match="'last', 'all', 'tail', got 'tial'"):
+        load_training(zoo, steps="tial")
+
+
 def test_hypernetwork_generator_samples_complete_models_and_round_trips(zoo, tmp_path):
     gen = HyperGenerator.fit(zoo, config=TrainConfig(steps=3, batch_size=1, checkpoint_every=0, eval_every=0,
                                                      progress=False, plot=False, warmup=1), hidden=8, layers=1)
@@ -52,7 +63,7 @@ def test_hypernetwork_generator_samples_complete_models_and_round_trips(zoo, tmp
 def test_cli_fits_samples_and_reports(zoo, tmp_path, capsys):
     out = tmp_path / "gen"
     assert main(["generate", "fit", "--method", "pdiff", "--train", str(zoo.root), "--out", str(out),
-                 "--checkpoints", "all", "--keys", "norm", "--steps", "20", "--batch-size", "8", "--hidden", "16",
+                 "--checkpoints", "tail", "--keys", "norm", "--steps", "20", "--batch-size", "8", "--hidden", "16",
                  "--diffusion-steps", "10", "--no-progress", "--checkpoint-every", "10"]) == 0
     assert (out / "model" / "config.json").exists() and (out / "diffusion" / "loss.png").exists()
     samples = tmp_path / "samples"

@@ -3,7 +3,7 @@
 ``fit`` trains ``--method`` (``pdiff``: latent diffusion over the chosen tensors, Wang et al. 2024;
 ``graph-diffusion``: equivariant diffusion on the neural graph; ``hyper``: the stochastic graph
 hypernetwork, meta-trained on digits) on the last checkpoint of every run of ``--train``
-(``--checkpoints all``: every checkpoint) and writes ``OUT/model``. ``sample`` writes ``N``
+(``--checkpoints all``: every checkpoint; ``tail``: the last phase of the ``pdiff-*`` recipes) and writes ``OUT/model``. ``sample`` writes ``N``
 ``.safetensors`` models and their ``weightspace.json``, ready for ``weightspace memorization report
 --generated``.
 """
@@ -28,8 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--method", required=True, choices=["pdiff", "graph-diffusion", "hyper"])
     f.add_argument("--train", required=True, help="training CheckpointCollection (folder or hf://datasets/...)")
     f.add_argument("--out", required=True, help="output folder (re-running resumes)")
-    f.add_argument("--checkpoints", choices=("last", "all"), default="last",
-                   help="training checkpoints per run: the last one, or all")
+    f.add_argument("--checkpoints", choices=("last", "all", "tail"), default="last",
+                   help="training checkpoints per run: the last one, all, or the last phase (tail: p-diff's data, "
+                        "from the pdiff-* recipes)")
     f.add_argument("--keys", default="all",
                    help="pdiff: generated tensors: all, last:K, norm, or comma-separated key patterns")
     f.add_argument("--align", action="store_true", help="pdiff: weight-match the training models to the first one")

@@ -23,13 +23,18 @@ class TrainingSet:
         return self.models.space
 
 
+STEPS = ("last", "all", "tail")
+"""Which checkpoints of each run :func:`load_training` takes from a collection."""
+
+
 def load_training(training, space: WeightSpace | None = None, *, groups: Sequence[Hashable] | None = None,
                   steps: str = "last", progress: bool = False, allow_nonfinite: bool = True) -> TrainingSet:
     """Flatten a training set given as state_dicts, a :class:`TrainingSet`, or a ``CheckpointCollection``.
 
     From a collection it takes, of every run of the architecture of ``space`` (or of the collection's
-    only architecture when ``space`` is None), the last checkpoint (``steps="last"``) or every checkpoint
-    (``steps="all"``); the run ids become the groups. A checkpoint holding NaN/Inf is kept as an excluded
+    only architecture when ``space`` is None), the last checkpoint (``steps="last"``), every checkpoint
+    (``steps="all"``) or the checkpoints of the run's last phase (``steps="tail"``: the metric
+    ``finetuning == 1`` that the ``pdiff-*`` recipes write, p-diff's training data); the run ids become the groups. A checkpoint holding NaN/Inf is kept as an excluded
     row (see :class:`ModelSet`), or, with ``allow_nonfinite=False``, raises NonFiniteWeights naming its run and step.
     """
     from ..collections import CheckpointCollection
@@ -39,8 +44,8 @@ def load_training(training, space: WeightSpace | None = None, *, groups: Sequenc
             training = TrainingSet(training.models, list(groups), training.rows, training.source)
         return training
     if isinstance(training, CheckpointCollection):
-        if steps not in ("last", "all"):
-            raise MemorizationError(f"steps must be 'last' or 'all', got {steps!r}")
+        if steps not in STEPS:
+            raise MemorizationError(f"steps must be one of {', '.join(map(repr, STEPS))}, got {steps!r}")
         rows = training.rows()
         archs = sorted({r["arch_id"] for r in rows})
         if space is None:
@@ -52,6 +57,12 @@ def load_training(training, space: WeightSpace | None = None, *, groups: Sequenc
         if not rows:
             raise MemorizationError(f"collection {training.source} holds no checkpoint of architecture "
                                     f"{space.fingerprint} ({space.name}); it has {archs[:6]}")
+        if steps == "tail":
+            rows = [r for r in rows if r.get("finetuning") == 1.0]
+            if not rows:
+                raise MemorizationError(f"collection {training.source} has no last-phase checkpoints (metric "
+                                        "finetuning = 1, written by the pdiff-mlp and pdiff-cnn recipes); use "
+                                        "steps='last' or 'all'")
         if steps == "last":
             last: dict[str, dict[str, Any]] = {}
             for r in rows:
