@@ -53,9 +53,33 @@ def test_permuted_copy_is_found_at_aligned_distance_zero_and_flagged_as_copy(zoo
     raw = nearest(space, copies, train, aligned=False)
     sp = spread(space, train).median()
     assert raw.distances.min() > 0.5 * sp
-    rep = report(space, {"copies": copies}, train, baselines=())
-    assert rep.verdicts == {"copies": "copies"}
+    rep = report(space, {"copies": copies, "one copy": [copies[0], *zoo["held_out"]]}, train, baselines=())
+    assert rep.verdicts["copies"] == "copies"
     assert rep.group("copies").raw.median() > 0.5 * rep.spread_aligned
+    # the median verdict misses one copy among three models; the count does not
+    assert rep.verdicts["one copy"] != "copies"
+    summary = rep.to_json()["groups"]
+    assert {g["summary"]["name"]: g["summary"]["copies"] for g in summary if g["summary"]["kind"] == "generated"} \
+        == {"copies": 2, "one copy": 1}
+    assert "| NaN excluded | copies |" in rep.markdown()
+
+
+def test_report_excludes_same_run_models_from_spread_and_similarity(zoo):
+    """With exclude_same_run, a training model's nearest model and most similar model are never of its own run."""
+    space, train = zoo["space"], zoo["train"]
+    models = train + [_permuted(space, sd, 7) for sd in train]
+    runs = ["a", "b", "c", "d"] * 2
+    kw = dict(data=zoo["data"], model=zoo["model"], baselines=())
+    plain = report(space, {"g": zoo["held_out"]}, ModelSet.build(space, models, "training model"), **kw)
+    assert plain.spread_aligned < 1e-4
+    from weightspace.memorization import load_training
+    rep = report(space, {"g": zoo["held_out"]}, load_training(models, space, groups=runs), exclude_same_run=True,
+                 **kw)
+    t = rep.groups[0]
+    assert rep.spread_aligned > 1e-3
+    for i, run in enumerate(runs):
+        assert runs[int(t.aligned.indices[i])] != run
+        assert runs[int(t.behaviour["max_similarity_index"][i])] != run
 
 
 def test_independently_trained_models_are_not_flagged(zoo):

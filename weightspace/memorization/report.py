@@ -69,8 +69,11 @@ class GroupResult:
     behaviour: dict[str, Tensor] = field(default_factory=dict)
     verdict: str = ""
 
-    def summary(self, spread: float) -> dict[str, Any]:
+    def summary(self, spread: float, copy_fraction: float) -> dict[str, Any]:
+        """Medians, the verdict, and ``copies``: how many models lie within ``copy_fraction`` x ``spread`` of a
+        training model (aligned), which the median-based verdict alone would hide."""
         s = {"name": self.name, "kind": self.kind, "n": self.n, "excluded": len(self.excluded),
+             "copies": int((self.aligned.distances < copy_fraction * spread).sum()),
              "median_aligned": _num(self.aligned.median()), "median_raw": _num(self.raw.median()),
              "relative_aligned": _num(self.aligned.median() / spread) if spread > 0 else None}
         for key in ("accuracy", "max_similarity", "agreement"):
@@ -78,8 +81,8 @@ class GroupResult:
         s["verdict"] = self.verdict
         return s
 
-    def to_json(self, spread: float) -> dict[str, Any]:
-        out = {"summary": self.summary(spread), "params": self.params,
+    def to_json(self, spread: float, copy_fraction: float) -> dict[str, Any]:
+        out = {"summary": self.summary(spread, copy_fraction), "params": self.params,
                "excluded": {str(k): v for k, v in self.excluded.items()},
                "aligned": {"distances": _list(self.aligned.distances), "indices": self.aligned.indices.tolist(),
                            "seconds": self.aligned.seconds},
@@ -114,12 +117,12 @@ class MemorizationReport:
     def to_json(self) -> dict[str, Any]:
         return {"rule": self.config["rule"], "config": self.config, "verdicts": self.verdicts,
                 "spread": {"median_aligned": _num(self.spread_aligned), "median_raw": _num(self.spread_raw)},
-                "seconds": self.seconds, "groups": [g.to_json(self.spread_aligned) for g in self.groups]}
+                "seconds": self.seconds, "groups": [g.to_json(self.spread_aligned, self.config["copy_fraction"]) for g in self.groups]}
 
     def markdown(self) -> str:
-        cols = ["name", "kind", "n", "excluded", "median_aligned", "median_raw", "relative_aligned",
+        cols = ["name", "kind", "n", "excluded", "copies", "median_aligned", "median_raw", "relative_aligned",
                 "median_accuracy", "median_max_similarity", "median_agreement", "verdict"]
-        head = ["model set", "kind", "n", "NaN excluded", "nearest aligned", "nearest raw", "aligned / spread",
+        head = ["model set", "kind", "n", "NaN excluded", "copies", "nearest aligned", "nearest raw", "aligned / spread",
                 "accuracy", "max similarity", "agreement", "verdict"]
 
         def fmt(v: Any) -> str:
@@ -131,7 +134,7 @@ class MemorizationReport:
                  f"{self.spread_raw:.4g} raw.", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for g in self.groups:
-            s = g.summary(self.spread_aligned)
+            s = g.summary(self.spread_aligned, self.config["copy_fraction"])
             lines.append("| " + " | ".join(fmt(s[c]) for c in cols) + " |")
         lines += ["", f"**Rule.** {self.config['rule']}", ""]
         for name, v in self.verdicts.items():
