@@ -77,7 +77,6 @@ def test_cli_fits_samples_and_reports(zoo, tmp_path, capsys):
     assert "only apply to --method pdiff" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_hypernetwork_generator_beats_chance_after_meta_training(zoo):
     """300 meta-training steps on the CNN of the zoo: its samples beat chance (0.1) on digits (measured 0.31)."""
     from weightspace.memorization import Evaluator
