@@ -42,6 +42,14 @@ def test_tail_checkpoints_are_the_recipes_last_phase(zoo):
         load_training(zoo, steps="tial")
 
 
+def test_report_on_a_recipe_collection_builds_the_recipes_model_for_data(zoo):
+    from weightspace.memorization import report
+    run = zoo.runs()[0]
+    rep = report(None, [zoo.load(run, zoo.steps(run)[-1])], zoo, data="digits", baselines=())
+    acc = rep.group("generated").behaviour["accuracy"]
+    assert acc.shape == (1,) and float(acc[0]) == float(rep.groups[0].behaviour["accuracy"][0])
+
+
 def test_hypernetwork_generator_samples_complete_models_and_round_trips(zoo, tmp_path):
     gen = HyperGenerator.fit(zoo, config=TrainConfig(steps=3, batch_size=1, checkpoint_every=0, eval_every=0,
                                                      progress=False, plot=False, warmup=1), hidden=8, layers=1)

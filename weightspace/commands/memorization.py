@@ -53,9 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _model(args: argparse.Namespace, coll, space):
-    from ..collections.card import HP_PREFIX
+    from ..memorization.training import recipe_model
     from ..tasks import build
-    from ..tasks.zoo import RECIPES
     if args.family:
         try:
             kwargs = json.loads(args.model_args) if args.model_args else {}
@@ -67,13 +66,9 @@ def _model(args: argparse.Namespace, coll, space):
             raise WeightSpaceError(f"cannot build {args.family} with {kwargs}: {e}") from e
     if args.model_args:
         raise WeightSpaceError("--model-args needs --family")
-    for row in coll.rows():
-        if row["arch_id"] == space.fingerprint:
-            config = {k[len(HP_PREFIX):]: v for k, v in row.items() if k.startswith(HP_PREFIX)}
-            recipe = RECIPES.get(config.get("recipe"))
-            if recipe is not None:
-                return recipe.model(config)
-            break
+    model = recipe_model(coll, space)
+    if model is not None:
+        return model
     raise WeightSpaceError(f"--data {args.data} needs a model to run: the collection records no zoo recipe for "
                            f"architecture {space.fingerprint}; pass --family and --model-args")
 
@@ -116,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                                     f"{space.name or space.fingerprint}: {bad}")
     training = load_training(coll, space, steps=args.steps, progress=not args.quiet,
                              allow_nonfinite=args.allow_nonfinite)
-    baselines = tuple(b for b in args.baselines.split(",") if b.strip())
+    baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
     generated = {gdir.name or "generated": []}
     for f, (sd, _) in zip(files, loaded):
         generated[gdir.name or "generated"].append(sd)

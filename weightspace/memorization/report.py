@@ -23,7 +23,7 @@ from .baselines import BASELINES, Pool, make_baseline
 from .behaviour import Evaluator, accuracy, agreement, behaviour, max_similarity
 from .flat import MemorizationError, ModelSet
 from .nearest import NearestIndex, NearestResult
-from .training import load_training
+from .training import load_training, recipe_model
 
 DEFAULT_SWEEPS: dict[str, list[dict[str, Any]]] = {
     "noise": [{"scale": s} for s in (0.01, 0.05, 0.2, 0.5, 1.0)],
@@ -210,8 +210,9 @@ def report(space: WeightSpace | None, generated, training, *, data=None, model: 
     aligned (weight matching) and raw; the training set's spread is each training model's distance to
     its nearest other one (not of its run with ``exclude_same_run``). With ``data`` (a name of
     :data:`~weightspace.memorization.behaviour.DATA_SETS`, ``(x, y)`` or a callable, see
-    :class:`~weightspace.memorization.behaviour.Evaluator`) and ``model``/``model_fn``, accuracy,
-    maximum similarity and agreement with the nearest training model are measured too.
+    :class:`~weightspace.memorization.behaviour.Evaluator`) and ``model``/``model_fn`` (for a collection
+    built by a zoo recipe, the recipe's model by default), accuracy, maximum similarity and agreement
+    with the nearest training model are measured too.
     ``baselines`` names baselines (default variants in :data:`DEFAULT_SWEEPS`) or maps names to lists of
     parameter dicts; each variant draws ``samples`` models (default: the largest generator's count).
     Every verdict follows :data:`RULE` with ``copy_fraction``.
@@ -223,6 +224,9 @@ def report(space: WeightSpace | None, generated, training, *, data=None, model: 
     variants = _variants(baselines)
     if exclude_same_run and train.groups is None:
         raise MemorizationError("exclude_same_run needs run ids: a collection, or groups= one label per training model")
+    if data is not None and not callable(data) and model is None and model_fn is None \
+            and not isinstance(training, (list, tuple, ModelSet)) and hasattr(training, "rows"):
+        model = recipe_model(training, space)
     evaluator = Evaluator(space, data, model=model, model_fn=model_fn) if data is not None else None
     if data is None and (model is not None or model_fn is not None):
         raise MemorizationError("model/model_fn given without data: pass data= to evaluate the models")

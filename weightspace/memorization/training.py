@@ -23,6 +23,23 @@ class TrainingSet:
         return self.models.space
 
 
+def recipe_model(collection, space: WeightSpace):
+    """A model of architecture ``space`` built by the zoo recipe that ``collection`` records for it, or None.
+
+    Collections built by ``weightspace zoo build`` keep each run's recipe and its hyperparameters, so
+    the model that their checkpoints load into can be rebuilt without the caller naming it.
+    """
+    from ..collections.card import HP_PREFIX
+    from ..tasks.zoo import RECIPES
+
+    for row in collection.rows():
+        if row["arch_id"] == space.fingerprint:
+            config = {k[len(HP_PREFIX):]: v for k, v in row.items() if k.startswith(HP_PREFIX)}
+            recipe = RECIPES.get(config.get("recipe"))
+            return recipe.model(config) if recipe is not None else None
+    return None
+
+
 STEPS = ("last", "all", "tail")
 """Which checkpoints of each run :func:`load_training` takes from a collection."""
 
