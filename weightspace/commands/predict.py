@@ -170,18 +170,19 @@ def _checkpoint_store(args: argparse.Namespace, targets: list[str]):
     from ..predict import PropertyGraphs
     from ..predict.data import target_value
     from ..space import WeightSpace
-    from .align import SPACE_FILE, _collection_root, _load, _metadata
+    from ..utils import read_safetensors
+    from .align import SPACE_FILE, _collection_root
 
     path = Path(args.path)
     if path.is_file():
         if args.run is not None or args.step is not None:
             raise WeightSpaceError("--run and --step select a checkpoint of a collection; "
                                    f"{path} is already one checkpoint")
-        meta = _metadata(path)
+        meta = read_safetensors(path, tensors=False)[1]
         root = _collection_root(path, meta.get("weightspace.arch_id"))
         if (path.parent / SPACE_FILE).exists():
             space = WeightSpace.load(path.parent / SPACE_FILE)
-            return PropertyGraphs.from_state_dicts(space, [_load(path)], targets, [str(path)]), {}
+            return PropertyGraphs.from_state_dicts(space, [read_safetensors(path)[0]], targets, [str(path)]), {}
         if root is None or "weightspace.run_id" not in meta:
             raise WeightSpaceError(f"no architecture is stored for checkpoint {path}: put its {SPACE_FILE} beside it "
                                    "(WeightSpace.save), or read it from its collection")
