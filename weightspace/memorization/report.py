@@ -224,8 +224,10 @@ def report(space: WeightSpace | None, generated, training, *, data=None, model: 
     variants = _variants(baselines)
     if exclude_same_run and train.groups is None:
         raise MemorizationError("exclude_same_run needs run ids: a collection, or groups= one label per training model")
+    from ..collections import CheckpointCollection
+
     if data is not None and not callable(data) and model is None and model_fn is None \
-            and not isinstance(training, (list, tuple, ModelSet)) and hasattr(training, "rows"):
+            and isinstance(training, CheckpointCollection):
         model = recipe_model(training, space)
     evaluator = Evaluator(space, data, model=model, model_fn=model_fn) if data is not None else None
     if data is None and (model is not None or model_fn is not None):
