@@ -40,7 +40,7 @@ class Schedule:
         if prediction not in PREDICTIONS:
             raise GeneratorError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if kind not in KINDS:
-            raise GeneratorError(f"schedule kind must be one of {KINDS}, got {kind!r}")
+            raise GeneratorError(f"schedule must be one of {KINDS}, got {kind!r}")
         self.steps, self.prediction = steps, prediction
         if kind == "cosine":
             s = 0.008

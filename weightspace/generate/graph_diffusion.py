@@ -40,8 +40,7 @@ from ..space import WeightSpace
 from ..training import TrainConfig, Trainer, is_main_process
 from ..utils import atomic_write_text
 from .base import RowSource, WeightGenerator, load_models, make_evaluator, sample_accuracy
-from .ddpm import KINDS, PREDICTIONS, Schedule, timestep_features
-from .errors import GeneratorError
+from .ddpm import Schedule, timestep_features
 
 MODEL_DIR = "model"
 
@@ -174,10 +173,6 @@ class GraphDiffusion(WeightGenerator, PyTorchModelHubMixin, library_name="weight
                  prediction: str = "v") -> None:
         super().__init__()
         self._init_space(space, float_keys(WeightSpace.from_json(space)))
-        if schedule not in KINDS:
-            raise GeneratorError(f"schedule must be one of {KINDS}, got {schedule!r}")
-        if prediction not in PREDICTIONS:
-            raise GeneratorError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.schedule = Schedule(diffusion_steps, scaled=True, prediction=prediction, kind=schedule)
         self.denoiser = GraphDenoiser(self.space, hidden, layers, edge_hidden, time_dim, diffusion_steps,
                                       aggregators or AGGREGATORS, scalers or DEFAULT_SCALERS, views, pair_rank)
