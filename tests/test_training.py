@@ -16,6 +16,7 @@ from weightspace.errors import ConfigError
 from weightspace.training import (CheckpointMismatch, TrainConfig, Trainer, gather_batch, load_optimizer,
                                   save_optimizer)
 from weightspace.training.distributed import _free_port
+from weightspace.training.trainer import step_seed
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +206,31 @@ def test_training_commands_share_options_generated_from_train_config():
                          "0.5", "--no-plot", "--grad-clip", "0", "--log-every", "3"])
     cfg = train_config_from_args(args)
     assert (cfg.warmup, cfg.min_lr_ratio, cfg.plot, cfg.grad_clip, cfg.log_every) == (7, 0.5, False, None, 3)
+
+
+def test_each_step_draws_its_own_noise_and_a_resumed_run_draws_the_same(tmp_path, zoo):
+    """The loss's random draws are fresh at every step and for every seed and process rank, the same after a
+    resume, and the caller's global RNG is left where it was."""
+    torch.set_num_threads(1)
+    store = load_store(zoo)
+
+    def run(out=None, stop_at=None, **kw):
+        draws = []
+
+        def noisy_loss(model, batch, y):
+            draws.append(float(torch.randn(())))
+            return mse_loss(model, batch, y)
+        trainer = Trainer(new_model(), noisy_loss, store, config(**kw), out)
+        before = torch.get_rng_state()
+        trainer.fit(stop_at)
+        assert torch.equal(torch.get_rng_state(), before)
+        return draws
+
+    full = run()
+    assert len(set(full)) == len(full) == 6
+    assert run(tmp_path / "cut", stop_at=3)[:2] + run(tmp_path / "cut") == full[:2] + full[2:]
+    assert set(run(seed=1)).isdisjoint(full)
+    assert step_seed(0, 2, 1) not in {step_seed(0, s, 0) for s in range(100)} | {step_seed(1, 2, 1)}
 
 
 def test_ema_ends_with_the_warmed_up_exponential_average_of_the_weights(zoo):

@@ -1,13 +1,14 @@
 """A small trainer shared by every metanetwork: devices, DDP, resumable safetensors checkpoints, logs and plots."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 import torch.nn as nn
@@ -129,6 +130,20 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> Tensor:
     return perm[pos * batch_size:(pos + 1) * batch_size]
 
 
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of the random draws (noise, dropout) of step ``step`` on process ``rank``."""
+    return ((seed * 1_000_003 + step) * 65_537 + rank) % (2 ** 63)
+
+
+@contextlib.contextmanager
+def step_rng(seed: int, step: int, rank: int, device: torch.device) -> Iterator[None]:
+    """Run the block on the global RNGs seeded by :func:`step_seed`, then give back their former state, so that
+    a step's randomness is a function of (seed, step, rank) and a resumed run draws what an uninterrupted one did."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [], device_type=device.type):
+        torch.manual_seed(step_seed(seed, step, rank))
+        yield
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -238,8 +253,9 @@ class Trainer:
     - Every ``checkpoint_every`` steps it writes ``out_dir/ckpt-<step>/`` (model safetensors +
       config, optimizer safetensors, trainer state JSON) and points ``latest.json`` at it; a new
       Trainer on the same ``out_dir`` resumes there, refusing a checkpoint of another configuration.
-    - The batch of each step is a function of the seed and step only, so a fixed seed gives the
-      same run and a resumed run equals an uninterrupted one.
+    - The batch of each step and its random draws (diffusion noise, dropout: :func:`step_rng`) are a
+      function of the seed, step and process only, so a fixed seed gives the same run and a resumed
+      run equals an uninterrupted one.
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any, Tensor], Tensor], data: BatchSource,
@@ -263,6 +279,7 @@ class Trainer:
         self.averaged = ema_model(self.model, config.ema) if config.ema else None
         self.step = 0
         self.history: list[dict[str, float]] = []
+        self._running: list[float] = []
         if resume and self.out_dir is not None and (self.out_dir / LATEST).exists():
             self._resume()
         self.ddp: nn.Module = self.model
@@ -273,7 +290,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict[str, Any]:
         state = {"step": self.step, "config": asdict(self.config), "model_config": _model_config(self.model),
-                 "model_class": type(self.model).__name__, "history": self.history}
+                 "model_class": type(self.model).__name__, "history": self.history, "running": self._running}
         if self.early_stopping is not None:
             state["early_stopping"] = {**asdict(self.early_stopping), **self.best}
         return state
@@ -335,6 +352,7 @@ class Trainer:
         load_optimizer(self.opt, d / "optimizer.safetensors", self.device)
         self.step = int(state["step"])
         self.history = list(state["history"])
+        self._running = list(state.get("running", []))
         if self.averaged is not None:
             from safetensors.torch import load_file
 
@@ -369,17 +387,18 @@ class Trainer:
                    disable=not cfg.progress or self.rank != 0)
         n_graphs, t0 = 0, time.perf_counter()
         self.model.train()
-        running: list[float] = []
+        running = self._running
         while self.step < end and not self.best["stopped"]:
             idx = batch_indices(self.step, len(self.data), cfg.batch_size, cfg.seed)
             local = idx[self.rank::self.world]
             batch, y = self.data.batch(local, self.device)
             for g in self.opt.param_groups:
                 g["lr"] = lr_at(self.step, cfg)
-            with self._autocast():
-                loss = self.loss_fn(self.ddp, batch, y)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            with step_rng(cfg.seed, self.step, self.rank, self.device):
+                with self._autocast():
+                    loss = self.loss_fn(self.ddp, batch, y)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
             self.opt.step()
@@ -391,7 +410,7 @@ class Trainer:
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == end:
                 rec = {"step": self.step, "loss": sum(running) / len(running), "lr": lr_at(self.step - 1, cfg)}
-                running = []
+                running.clear()
                 if self.eval_fn is not None and cfg.eval_every and (self.step % cfg.eval_every == 0
                                                                      or self.step == cfg.steps):
                     evaluated = self.evaluated_model
