@@ -1,13 +1,18 @@
 """Weight generators: complete finite samples that beat chance, exact save/load round trips, equivariance, bad input."""
 
+import os
+
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from weightspace import StateDictMismatch, WeightSpace
 from weightspace.generate import GeneratorError, GraphDiffusion, PDiff, select_keys
 from weightspace.memorization import Evaluator, MemorizationError, ModelSet, unflatten
 from weightspace.tasks import build, digits_split, example_input, train_classifier
 from weightspace.training import TrainConfig, Trainer
+from weightspace.training.distributed import _free_port
 
 
 def quick(steps, batch=8):
@@ -218,6 +223,40 @@ def test_an_interrupted_fit_resumes_to_the_uninterrupted_generator(trained, tmp_
         assert torch.equal(v, resumed.state_dict()[k]), k
     assert [h["loss"] for h in resumed.history["diffusion"]] == [h["loss"] for h in full.history["diffusion"]]
     assert torch.equal(full.sample_values(2, seed=3), resumed.sample_values(2, seed=3))
+
+
+def _ddp_fit_worker(rank: int, world: int, port: int, sds_path: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        sds = torch.load(sds_path, weights_only=True)
+        m = build("mlp", seed=0, in_features=64, widths=[12], out_features=10)
+        space = WeightSpace.from_module(m, example_input(m))
+        cfg = TrainConfig(steps=6, batch_size=4, lr=3e-3, warmup=2, checkpoint_every=3, progress=False, plot=False,
+                          device="cpu")
+        pd = PDiff.fit(sds, space=space, autoencoder=cfg, diffusion=cfg, out=f"{out}/pdiff", latent=4, hidden=16,
+                       denoiser_hidden=16, diffusion_steps=10)
+        gd = GraphDiffusion.fit(sds, space=space, config=cfg, out=f"{out}/graph", hidden=8, layers=1,
+                                diffusion_steps=10)
+        torch.save({"pdiff": pd.state_dict(), "graph": gd.state_dict()}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_generators_train_under_two_process_ddp(trained, tmp_path):
+    """Two gloo processes each take half of every batch (~35 s): DDP keeps their generators identical through both
+    p-diff stages and graph diffusion, and what rank 0 saves is that generator."""
+    space, sds, _ = trained
+    torch.save(sds, tmp_path / "sds.pt")
+    mp.spawn(_ddp_fit_worker, args=(2, _free_port(), str(tmp_path / "sds.pt"), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for name, cls in (("pdiff", PDiff), ("graph", GraphDiffusion)):
+        for k, v in r0[name].items():
+            assert torch.equal(v, r1[name][k]), (name, k)
+        saved = cls.from_pretrained(tmp_path / name / "model").state_dict()
+        for k, v in r0[name].items():
+            assert torch.equal(v, saved[k]), (name, k)
 
 
 def test_fit_refuses_bad_training_sets_by_name(trained):

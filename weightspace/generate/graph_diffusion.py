@@ -238,6 +238,7 @@ class GraphDiffusion(WeightGenerator, PyTorchModelHubMixin, library_name="weight
         gen._fit_normaliser(values)
         x = gen.normalise(values)
         placed = gen.denoiser.placed
+        out = Path(out) if out is not None else None
         eval_fn = None
         if evaluator is not None:
             def eval_fn(m: nn.Module) -> dict[str, float]:
@@ -249,7 +250,6 @@ class GraphDiffusion(WeightGenerator, PyTorchModelHubMixin, library_name="weight
         gen.to("cpu").eval()
         gen.excluded = dict(models.excluded)
         if out is not None and is_main_process():
-            out = Path(out)
             gen.save_pretrained(out / MODEL_DIR)
             atomic_write_text(out / "fit.json", json.dumps(
                 {"training_models": int(models.rows.shape[0]) + len(models.excluded),
