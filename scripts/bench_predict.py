@@ -135,6 +135,12 @@ def over_splits(rows: list[list], seed: int, other_splits: list) -> tuple[list[l
     return out, {n: sorted(v) for n, v in seeds.items()}
 
 
+def setting_steps(name: str, args: argparse.Namespace) -> int:
+    """Training steps of the learned models in setting ``name`` (its own flag, else ``--steps``)."""
+    return {"digits-mlp": args.steps_mlp, "mixed": args.steps_mixed, "synth-mlp": args.steps_synth}.get(name) \
+        or args.steps
+
+
 def run_setting(name: str, store: PropertyGraphs, args: argparse.Namespace, out: Path,
                 previous: tuple[dict, dict, list] = ({}, {}, [])) -> tuple[list[list], dict]:
     train, test = store.split_by_run(args.test_fraction, args.seed)
@@ -155,8 +161,7 @@ def run_setting(name: str, store: PropertyGraphs, args: argparse.Namespace, out:
             print(f"  {label}: n/a ({e})")
             results[label] = None
         print(f"  {label}: {results[label]} ({time.perf_counter() - t0:.1f}s)", flush=True)
-    steps = {"digits-mlp": args.steps_mlp, "mixed": args.steps_mixed, "synth-mlp": args.steps_synth}.get(name) \
-        or args.steps
+    steps = setting_steps(name, args)
     cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       warmup=min(100, steps // 10), checkpoint_every=0, progress=args.progress,
                       log_every=25, device=args.device)
@@ -306,8 +311,8 @@ def main() -> None:
         f"Metanetwork: {args.layers} edge-updating PNA/FiLM layers, hidden {args.hidden}, edge states "
         f"{args.edge_hidden or args.hidden} wide (the graph-transformer "
         "variant swaps FiLM/PNA messages for 4-head attention over neighbours with edge features); AdamW, "
-        f"batch {args.batch_size}, steps {args.steps} (CNN) / {args.steps_mlp or args.steps} (MLP) / "
-        f"{args.steps_mixed or args.steps} (mixed) / {args.steps_synth or args.steps} (synth-mlp) for it and the DeepSets-style model, lr {args.lr}, loss MSE + "
+        f"batch {args.batch_size}, steps {' / '.join(f'{setting_steps(n, args)} ({n})' for n in settings)} for it "
+        f"and the DeepSets-style model, lr {args.lr}, loss MSE + "
         f"{args.rank_weight} x pairwise ranking loss, seed {args.seed}"
         + "".join(f"; {n}: mean ± standard deviation over {len(s)} run-level splits (split and training seeds "
                   f"{', '.join(map(str, s))})" for n, s in several.items())
