@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="'copies' below this fraction of the training spread")
     r.add_argument("--exclude-same-run", action="store_true",
                    help="the training spread ignores checkpoints of the same run")
-    r.add_argument("--steps", choices=("last", "all"), default="last", help="training checkpoints per run")
+    r.add_argument("--steps", choices=("last", "all", "tail"), default="last",
+                   help="training checkpoints per run: the last one, all, or the last phase (tail: the pdiff-* recipes)")
     r.add_argument("--allow-nonfinite", action="store_true",
                    help="accept training checkpoints holding NaN/Inf values (they are left out of the distances); "
                         "generated models with NaN/Inf are always reported, not refused")
