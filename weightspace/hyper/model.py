@@ -227,10 +227,10 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
         enc = self.backbone(batch)
         units = torch.cat([d.units.to(dev, enc.node.dtype) for d in draws])
         z = torch.cat([incoming, units, direct], -1).to(enc.node.dtype)
-        src, dst = batch.edge_index
         if self.tile_decoder is None:
-            pair = (self.src_factor(z)[src] * self.dst_factor(z)[dst]).view(-1, self.max_kernel, self.rank)
-            edge_out = (self.edge_head(enc)[:, 0] + torch.einsum("ekr,kr->ek", pair, self.pair_readout)).float()
+            edge_out = self.edge_head(enc)[:, 0].float()
+            src_code = (self.src_factor(z).view(-1, self.max_kernel, self.rank) * self.pair_readout).float()
+            dst_code = self.dst_factor(z).view(-1, self.max_kernel, self.rank).float()
         else:
             edge_out = self._tiled(enc.node, layouts, batch.edge_index).float()
         node_out = self.node_head(enc).float()
@@ -238,8 +238,12 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
         e0 = n0 = 0
         for lay, d, (const, own) in zip(layouts, draws, constants):
             g = lay.space.layout
-            E, N = lay.num_edges, lay.num_nodes
-            ea = edge_out[e0:e0 + E, :g.edge_features].unsqueeze(1)
+            E, N, F = lay.num_edges, lay.num_nodes, g.edge_features
+            ea = edge_out[e0:e0 + E, :F]
+            if self.tile_decoder is None:
+                src, dst = batch.edge_index[:, e0:e0 + E]
+                ea = ea + (src_code[src, :F] * dst_code[dst, :F]).sum(-1)
+            ea = ea.unsqueeze(1)
             x = node_out[n0:n0 + N, :g.node_features].unsqueeze(1)
             e0, n0 = e0 + E, n0 + N
             aux = ea.new_zeros(1, 1, len(g.aux_gather))
