@@ -35,9 +35,11 @@ VARIANTS: dict[str, dict] = {
     "ghn2": {"parametrization": "ghn2"},
     "nofanin": {"fan_in_scaling": False},
     "tile": {"decoder": "tile"},
+    "random": {"positional": False, "unit_noise": 1.0},
     "gpt": {},
 }
-"""Model options of each variant; ``gpt`` is the main model meta-trained on tiny GPTs (stdlib text) instead."""
+"""Model options of each variant; ``random`` gives units Gaussian features instead of relative positions (GHN-style),
+``gpt`` is the main model meta-trained on tiny GPTs (stdlib text) instead."""
 FAMILIES = {"gpt": ("gpt",)}
 PROBE_STEPS = 8
 

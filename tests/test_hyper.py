@@ -93,6 +93,32 @@ def test_seeds_generate_different_models_and_the_same_seed_the_same(trained_for_
     assert float((w[:, None] - w[None]).abs().sum(-1).masked_fill(torch.eye(8, dtype=torch.bool), 1).min()) > 1e-3
 
 
+def test_units_are_told_apart_by_their_relative_position_at_any_width():
+    from weightspace.errors import WeightSpaceError
+    from weightspace.hyper.layout import position_code
+    from weightspace.tasks import build
+
+    plain, noisy = tiny(), GraphHyperNetwork(hidden=16, layers=0, unit_features=4, rank=4, unit_noise=0.5)
+    for width in (3, 24, 200):
+        model = build("mlp", seed=0, in_features=64, widths=[width, width], out_features=10)
+        lay = plain.layout(WeightSpace.from_module(model, torch.rand(2, 64)))
+        hidden = lay.permutable_nodes
+        assert int(hidden.sum()) == 2 * width
+        u = torch.cat([(torch.arange(width) + 0.5) / width] * 2)
+        a, b = plain.draw(lay, seed=0), plain.draw(lay, seed=1)
+        torch.testing.assert_close(a.units[hidden], position_code(u, 4))
+        assert torch.equal(a.units, b.units) and not torch.equal(a.theta0, b.theta0)
+        assert bool((a.units[~hidden] == 0).all())
+        codes = a.units[hidden][:width]
+        gaps = (codes[:, None] - codes[None]).norm(dim=-1) + torch.eye(width)
+        assert float(gaps.min()) > 0, width  # no two units of a layer share features (no tiling)
+        n0, n1 = noisy.draw(lay, seed=0), noisy.draw(lay, seed=1)
+        assert not torch.equal(n0.units[hidden], n1.units[hidden])
+        assert 0.3 < float((n0.units[hidden] - a.units[hidden]).std()) < 0.7
+    with pytest.raises(WeightSpaceError, match="unit_noise"):
+        GraphHyperNetwork(positional=False, unit_noise=0.0)
+
+
 def test_init_writes_the_prediction_in_place(trained_for_tests):
     model, x = MLP(), torch.randn(5, 6)
     sd = trained_for_tests.predict(model, x, seed=2)

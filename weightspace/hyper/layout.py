@@ -39,6 +39,14 @@ def encode(z: Tensor, constant_norm: bool) -> Tensor:
     return torch.stack([z, 1 - z], -1)
 
 
+def position_code(u: Tensor, features: int) -> Tensor:
+    """Fourier features ``[cos(pi k u), sin(pi k u)]``, ``k = 1 .. features / 2``, of relative positions ``u`` in (0, 1)
+    (``[N] -> [N, features]``; an odd ``features`` gets one more cosine)."""
+    k = torch.arange(1, features // 2 + features % 2 + 1, dtype=torch.float32)
+    angle = math.pi * u.float()[:, None] * k
+    return torch.cat([torch.cos(angle), torch.sin(angle)], -1)[:, :features]
+
+
 def graph_node_types(space: WeightSpace) -> Tensor:
     """Node types as the hypernetwork reads them: the graph's, except that a parameter-free ``hidden`` unit with no
     incoming edge counts as an ``input``. Such a unit is the model's input seen through a reshape (a CNN that views
@@ -114,6 +122,12 @@ class HyperLayout:
     @property
     def num_values(self) -> int:
         return self.space.layout.num_values
+
+    @property
+    def unit_position(self) -> Tensor:
+        """Each node's relative position ``(i + 0.5) / width`` among the units of its layer (node site), in (0, 1)."""
+        width = torch.bincount(self.node_site, minlength=self.num_sites)[self.node_site]
+        return (self.node_local.float() + 0.5) / width.float()
 
     @property
     def permutable_nodes(self) -> Tensor:

@@ -19,7 +19,8 @@ from ..space import WeightSpace
 from ..space.vocabulary import EDGE_TYPES, NODE_TYPES
 from .calibrate import calibrate_statistics
 from .errors import BadExampleInput, NonFinitePrediction, UnseenArchitecture
-from .layout import EDGE_INPUTS, KIND_AUX, KIND_EDGE, NODE_INPUTS, HyperLayout, graph_node_types, model_constants
+from .layout import (EDGE_INPUTS, KIND_AUX, KIND_EDGE, NODE_INPUTS, HyperLayout, graph_node_types, model_constants,
+                     position_code)
 
 PRETRAINED = Path(__file__).parent / "pretrained" / "digits"
 """The packaged hypernetwork (digits MLPs and CNNs; see its README.md model card)."""
@@ -75,11 +76,23 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
     silenced every ReLU unit at once. ``decoder="tile"`` replaces the per-edge decoder with GHN-2's
     (one tensor per pair of layers, tiled: an ablation).
 
-    **Telling units apart.** A permutation-equivariant network gives interchangeable units
-    identical outputs, so every permutable unit (hidden unit, channel, head) gets ``unit_features``
-    random features drawn from ``seed``; fixed units (inputs, outputs, vocabulary, positions) keep
-    learned positional embeddings. Different seeds therefore give different models: the same
-    network is a weight *generator*. Permuting the random features permutes the prediction.
+    **Telling units apart.** A permutation-equivariant network gives interchangeable units identical
+    outputs, so every permutable unit (hidden unit, channel, head) gets ``unit_features`` features; fixed
+    units (inputs, outputs, vocabulary, positions) keep learned positional embeddings. By default
+    (``positional=True``) a unit's features are Fourier features of its *relative* position ``(i + 0.5) / width``
+    in its layer (:func:`~weightspace.hyper.layout.position_code`), plus ``unit_noise`` times Gaussian noise drawn
+    from ``seed``. Relative positions make one network a continuous field of units: a layer of any width samples
+    it at its own positions, so a width never seen in training interpolates between trained units instead of
+    repeating them (GHN-2's tiling duplicates channels). With ``positional=False`` the features are Gaussian noise
+    alone (GHN-style random features); meta-training then fell far slower (digits CNNs, 1,000 steps: training
+    loss 1.97 against 0.35, held-out accuracy 25% against 67%), because the prediction must then suit every draw
+    of the units. Either way ``seed`` also draws MIP's ``theta0``, so different seeds give different models: the
+    same network is a weight *generator*. Permuting the unit features permutes the prediction.
+
+    **Mean-field pair term.** The low-rank pair term of an edge is divided by its unit's fan-in (``1/fan_in``
+    overall, where the edge MLP's term gets ``1/sqrt(fan_in)``): a structured weight pattern then contributes an
+    average over the incoming units, the same at any width, where ``1/sqrt(fan_in)`` would let it grow like
+    ``sqrt(width)``.
 
     **Output scaling** (``parametrization``):
 
@@ -104,8 +117,13 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
                  max_positions: int = 128, max_kernel: int = 9, max_node_features: int = 4, max_fan_in: int = 4096,
                  conv: str = "pna", heads: int = 4, routing: str = "segment", rank: int = 32,
                  fan_in_scaling: bool = True, decoder: str = "edge", tile: int = 16,
+                 positional: bool = True, unit_noise: float = 0.0,
                  edge_types: Sequence[str] | None = None, node_types: Sequence[str] | None = None) -> None:
         super().__init__()
+        if unit_noise < 0 or (not positional and unit_noise == 0 and unit_features):
+            raise WeightSpaceError(f"unit_noise must be >= 0, and > 0 without positional unit features (identical "
+                                   f"units would get identical weights); got {unit_noise}")
+        self.positional, self.unit_noise = positional, float(unit_noise)
         if parametrization not in PARAMETRIZATIONS:
             raise WeightSpaceError(f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}")
         if decoder not in DECODERS:
@@ -203,7 +221,9 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
     def draw(self, layout: HyperLayout, seed: int) -> Draw:
         """The random unit features and ``theta0`` of ``seed`` (drawn on the CPU, so every device agrees)."""
         g = torch.Generator().manual_seed(int(seed))
-        units = torch.randn(layout.num_nodes, self.unit_features, generator=g)
+        units = torch.randn(layout.num_nodes, self.unit_features, generator=g) * self.unit_noise
+        if self.positional:
+            units = units + position_code(layout.unit_position, self.unit_features)
         units[~layout.permutable_nodes] = 0
         theta0 = torch.rand(layout.num_values, generator=g) * 2 - 1
         return Draw(units, theta0)
@@ -242,7 +262,9 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
             ea = edge_out[e0:e0 + E, :F]
             if self.tile_decoder is None:
                 src, dst = batch.edge_index[:, e0:e0 + E]
-                ea = ea + (src_code[src, :F] * dst_code[dst, :F]).sum(-1)
+                pair = (src_code[src, :F] * dst_code[dst, :F]).sum(-1)
+                fan_in = lay.fan_in_node[lay.edge_index[1]].to(pair.device).clamp(min=1).float()
+                ea = ea + pair * fan_in.rsqrt().unsqueeze(-1)
             ea = ea.unsqueeze(1)
             x = node_out[n0:n0 + N, :g.node_features].unsqueeze(1)
             e0, n0 = e0 + E, n0 + N
