@@ -14,9 +14,9 @@ from weightspace.tasks import digits_split
 from weightspace.training import TrainConfig
 
 FAMILIES = families()
-PACKAGED_MIN_GAIN = 0.05
-"""Mean accuracy gain over default init the packaged model must give on a held-out digits MLP (two seeds; it
-measured +0.11 when packaged)."""
+PACKAGED_MIN_GAIN = 0.6
+"""Mean accuracy gain over default init the packaged model must give on a held-out digits MLP (two seeds; the
+retrained model gives 0.95 zero-shot on MLP 64-40x3-10 against 0.11 for default init)."""
 
 
 def tiny(parametrization: str = "mip", seed: int = 0) -> GraphHyperNetwork:
