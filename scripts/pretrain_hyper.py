@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=8e-3)
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--layers", type=int, default=0)
     p.add_argument("--unit-features", type=int, default=16)
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)

@@ -63,7 +63,7 @@ def test_command_line_overrides_the_file_even_with_the_default_value(tmp_path: P
     args = resolve(["hyper", "train", "--config", str(cfg)])
     assert (args.hidden, args.steps, args.progress) == (64, 50, True)
     plain = resolve(["hyper", "train", "--out", "o"])
-    assert (plain.hidden, plain.steps, plain.progress, plain.mlp_widths) == (64, 2000, True, None)
+    assert (plain.hidden, plain.steps, plain.progress, plain.mlp_widths) == (32, 2000, True, None)
 
 
 @pytest.mark.parametrize("command", [["hyper", "train"], ["generate", "fit"]], ids=["hyper", "generate"])

@@ -22,9 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--mlp-depths", type=int, nargs="+", default=None, help="MLP depths (default: zoo grid)")
     t.add_argument("--cnn-channels", type=int, nargs="+", default=None, help="CNN channel counts (default: zoo grid)")
     t.add_argument("--data-batch", type=int, default=64, help="digits examples per architecture and step")
-    t.add_argument("--hidden", type=int, default=64)
-    t.add_argument("--layers", type=int, default=3)
-    t.add_argument("--unit-features", type=int, default=16, help="random features per permutable unit")
+    t.add_argument("--hidden", type=int, default=32)
+    t.add_argument("--layers", type=int, default=0, help="message-passing layers of the metanetwork backbone")
+    t.add_argument("--unit-features", type=int, default=16, help="features per permutable unit")
+    t.add_argument("--unit-noise", type=float, default=0.0,
+                   help="std of the Gaussian noise added to the units' position features (seeded per prediction)")
+    t.add_argument("--random-units", action="store_true",
+                   help="Gaussian unit features only, no relative positions (GHN-style; needs --unit-noise > 0)")
     t.add_argument("--parametrization", default="mip", choices=["mip", "ghn2"],
                    help="output scaling: MIP's theta0 + delta, or GHN-2's fan-in normalisation")
     t.add_argument("--held-out", default=None,
@@ -40,7 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", required=True,
                    help='architecture as JSON, e.g. \'{"family": "mlp", "widths": [64, 64]}\' (tasks.build arguments)')
     p.add_argument("--out", required=True, help="output .safetensors (weightspace.json is written beside it)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random unit features")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the prediction's random draws (MIP's theta0, unit-feature noise)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=predict)
 
@@ -61,7 +66,8 @@ def train(args: argparse.Namespace) -> int:
     spec = HyperTrainSpec(ArchDistribution(families=tuple(args.families), **grid), args.data_batch, held)
     hyper, result = train_hypernetwork(args.out, train_config_from_args(args), spec, hidden=args.hidden,
                                        layers=args.layers, unit_features=args.unit_features,
-                                       parametrization=args.parametrization)
+                                       parametrization=args.parametrization, unit_noise=args.unit_noise,
+                                       positional=not args.random_units)
     if is_main_process():
         last = result.history[-1] if result.history else {}
         print(f"trained {result.step} steps ({result.graphs_per_second:.1f} architectures/s); last record {last}")

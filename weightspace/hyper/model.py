@@ -112,7 +112,7 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
     does not place (``num_batches_tracked``) keep the model's own values.
     """
 
-    def __init__(self, hidden: int = 64, layers: int = 3, edge_hidden: int | None = None, unit_features: int = 16,
+    def __init__(self, hidden: int = 32, layers: int = 0, edge_hidden: int | None = None, unit_features: int = 16,
                  parametrization: str = "mip", ghn_beta: float = 2.0, bias_scale: float = 0.1,
                  max_positions: int = 128, max_kernel: int = 9, max_node_features: int = 4, max_fan_in: int = 4096,
                  conv: str = "pna", heads: int = 4, routing: str = "segment", rank: int = 32,
