@@ -345,10 +345,12 @@ def gpt_section(g: dict[str, Any] | None, args: argparse.Namespace) -> list[str]
 
 VARIANT_TEXT = {
     "packaged": "the packaged model (`GraphHyperNetwork.from_pretrained()`): the main design, trained longer",
-    "main": "MIP (theta0 + delta), fan-in scaling, per-edge decoder from the two endpoint units",
+    "main": "MIP (theta0 + delta), fan-in scaling, per-edge decoder from the two endpoint units (mean-field pair "
+            "term), units told apart by their relative position",
     "ghn2": "no MIP: GHN-2's fan-in normalisation of the raw output",
     "nofanin": "MIP without fan-in scaling of the delta",
     "tile": "GHN-2-style decoder: one tile per layer pair, repeated (channels duplicated)",
+    "random": "units told apart by Gaussian random features instead of relative positions (GHN-style)",
 }
 
 

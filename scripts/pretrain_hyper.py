@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from weightspace.hyper import ArchDistribution, GraphHyperNetwork, HyperTrainSpec, train_hypernetwork  # noqa: E402
 from weightspace.hyper.train import ArchitectureCache  # noqa: E402
 from weightspace.training import TrainConfig  # noqa: E402
-from weightspace.utils import atomic_write_text  # noqa: E402
+from weightspace.utils import atomic_write_text, resolve_device  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "main": {},
@@ -90,7 +90,8 @@ def train_variant(args: argparse.Namespace, variant: str) -> None:
     config = TrainConfig(**{**base, "steps": steps, "warmup": min(args.warmup, steps // 5)})
     hyper, result = train_hypernetwork(out, config, spec, hyper, cache=cache)
     info = json.loads((out / "hyper_train.json").read_text())
-    info.update(variant=variant, options=model_options(args, variant), device=str(args.device),
+    info.update(variant=variant, options=model_options(args, variant),
+                device=str(resolve_device(args.device)),
                 seconds=result.seconds, steps=result.step, history=result.history,
                 torch_threads=torch.get_num_threads(),
                 gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
