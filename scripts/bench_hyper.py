@@ -351,6 +351,7 @@ VARIANT_TEXT = {
     "nofanin": "MIP without fan-in scaling of the delta",
     "tile": "GHN-2-style decoder: one tile per layer pair, repeated (channels duplicated)",
     "random": "units told apart by Gaussian random features instead of relative positions (GHN-style)",
+    "nomeanfield": "pair term scaled by 1/sqrt(fan_in) like the rest, instead of mean-field 1/fan_in",
 }
 
 

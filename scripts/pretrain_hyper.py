@@ -36,9 +36,11 @@ VARIANTS: dict[str, dict] = {
     "nofanin": {"fan_in_scaling": False},
     "tile": {"decoder": "tile"},
     "random": {"positional": False, "unit_noise": 1.0},
+    "nomeanfield": {"mean_field": False},
     "gpt": {},
 }
 """Model options of each variant; ``random`` gives units Gaussian features instead of relative positions (GHN-style),
+``nomeanfield`` scales the pair term by ``1/sqrt(fan_in)`` instead of ``1/fan_in``,
 ``gpt`` is the main model meta-trained on tiny GPTs (stdlib text) instead."""
 FAMILIES = {"gpt": ("gpt",)}
 PROBE_STEPS = 8

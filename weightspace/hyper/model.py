@@ -92,7 +92,7 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
     **Mean-field pair term.** The low-rank pair term of an edge is divided by its unit's fan-in (``1/fan_in``
     overall, where the edge MLP's term gets ``1/sqrt(fan_in)``): a structured weight pattern then contributes an
     average over the incoming units, the same at any width, where ``1/sqrt(fan_in)`` would let it grow like
-    ``sqrt(width)``.
+    ``sqrt(width)``. ``mean_field=False`` gives it ``1/sqrt(fan_in)`` like the rest (an ablation).
 
     **Output scaling** (``parametrization``):
 
@@ -117,13 +117,13 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
                  max_positions: int = 128, max_kernel: int = 9, max_node_features: int = 4, max_fan_in: int = 4096,
                  conv: str = "pna", heads: int = 4, routing: str = "segment", rank: int = 32,
                  fan_in_scaling: bool = True, decoder: str = "edge", tile: int = 16,
-                 positional: bool = True, unit_noise: float = 0.0,
+                 positional: bool = True, unit_noise: float = 0.0, mean_field: bool = True,
                  edge_types: Sequence[str] | None = None, node_types: Sequence[str] | None = None) -> None:
         super().__init__()
         if unit_noise < 0 or (not positional and unit_noise == 0 and unit_features):
             raise WeightSpaceError(f"unit_noise must be >= 0, and > 0 without positional unit features (identical "
                                    f"units would get identical weights); got {unit_noise}")
-        self.positional, self.unit_noise = positional, float(unit_noise)
+        self.positional, self.unit_noise, self.mean_field = positional, float(unit_noise), mean_field
         if parametrization not in PARAMETRIZATIONS:
             raise WeightSpaceError(f"parametrization must be one of {PARAMETRIZATIONS}, got {parametrization!r}")
         if decoder not in DECODERS:
@@ -263,8 +263,10 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
             if self.tile_decoder is None:
                 src, dst = batch.edge_index[:, e0:e0 + E]
                 pair = (src_code[src, :F] * dst_code[dst, :F]).sum(-1)
-                fan_in = lay.fan_in_node[lay.edge_index[1]].to(pair.device).clamp(min=1).float()
-                ea = ea + pair * fan_in.rsqrt().unsqueeze(-1)
+                if self.mean_field:
+                    fan_in = lay.fan_in_node[lay.edge_index[1]].to(pair.device).clamp(min=1).float()
+                    pair = pair * fan_in.rsqrt().unsqueeze(-1)
+                ea = ea + pair
             ea = ea.unsqueeze(1)
             x = node_out[n0:n0 + N, :g.node_features].unsqueeze(1)
             e0, n0 = e0 + E, n0 + N
