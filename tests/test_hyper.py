@@ -234,7 +234,8 @@ def test_cli_trains_and_predicts_a_state_dict_with_its_weight_space(tmp_path, ca
     torch.set_num_threads(1)
     out = tmp_path / "run"
     assert main(["hyper", "train", "--out", str(out), "--families", "mlp", "--mlp-widths", "8", "--mlp-depths", "1",
-                 "--hidden", "8", "--layers", "1", "--unit-features", "2", "--unit-noise", "0.25", "--data-batch", "8", "--steps", "2",
+                 "--hidden", "8", "--layers", "1", "--unit-features", "2", "--unit-noise", "0.25", "--data-batch", "8",
+                 "--steps", "2",
                  "--batch-size", "1", "--device", "cpu", "--no-progress", "--checkpoint-every", "1"]) == 0
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["unit_noise"] == 0.25 and config["positional"] and config["layers"] == 1

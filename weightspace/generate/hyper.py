@@ -1,7 +1,7 @@
-"""The stochastic graph hypernetwork as a weight generator: each seed of its random unit features is one model.
+"""The stochastic graph hypernetwork as a weight generator: each seed of its random draws is one model.
 
 :class:`~weightspace.hyper.GraphHyperNetwork` (GHN-2/GHN-3-style parameter prediction, Knyazev
-et al. 2021, 2023) gives every permutable unit random features drawn from a seed, so one
+et al. 2021, 2023) adds MIP's ``theta0`` (and any unit-feature noise) drawn from a seed, so one
 trained network predicts a different model per seed. :class:`HyperGenerator` wraps it with the
 interface of the other generators. Unlike them it never reads the training checkpoints: it is
 meta-trained on the task itself (the architecture's loss on digits), so whatever it shares with

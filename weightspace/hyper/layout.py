@@ -21,7 +21,7 @@ from ..space.vocabulary import NODE_TYPES
 EDGE_INPUTS = 6
 """Layout features per edge: encodings of the output unit's fan-in, its depth, and the edge's kernel size."""
 NODE_INPUTS = 4
-"""Layout features per node (before the random unit features): encodings of its fan-in and depth."""
+"""Layout features per node (before the unit features): encodings of its fan-in and depth."""
 
 KIND_EDGE, KIND_NODE, KIND_AUX = 0, 1, 2
 
@@ -76,6 +76,10 @@ class HyperLayout:
     value_key: list[str]
     node_site: Tensor
     node_local: Tensor
+    unit_position: Tensor
+    """Each node's relative position ``(i + 0.5) / width`` among the units of its layer (node site), in (0, 1)."""
+    fan_in_edge: Tensor
+    """The fan-in of each edge's output unit (``fan_in_node`` at the edge's destination)."""
 
     @classmethod
     def from_space(cls, space: WeightSpace) -> "HyperLayout":
@@ -103,8 +107,10 @@ class HyperLayout:
         on_node = kind == KIND_NODE
         vfan[on_node] = fan_in[(inv[on_node] - E * F) // Fn]
         keys = [k for k, n in zip(lay.keys, lay.numels) for _ in range(n)]
+        width = torch.bincount(site, minlength=len(space.sites))[site]
+        position = (local.float() + 0.5) / width.clamp(min=1).float()
         return cls(space, lay.edge_index, lay.edge_type, graph_node_types(space), lay.pos_id, fan_in, depth, slots, kind,
-                   vfan.clamp(min=1), keys, site, local)
+                   vfan.clamp(min=1), keys, site, local, position, fan_in[dst].clamp(min=1))
 
     @property
     def num_nodes(self) -> int:
@@ -122,12 +128,6 @@ class HyperLayout:
     @property
     def num_values(self) -> int:
         return self.space.layout.num_values
-
-    @property
-    def unit_position(self) -> Tensor:
-        """Each node's relative position ``(i + 0.5) / width`` among the units of its layer (node site), in (0, 1)."""
-        width = torch.bincount(self.node_site, minlength=self.num_sites)[self.node_site]
-        return (self.node_local.float() + 0.5) / width.float()
 
     @property
     def permutable_nodes(self) -> Tensor:

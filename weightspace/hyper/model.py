@@ -67,7 +67,7 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
     Each edge value is an MLP of the backbone's edge embedding plus a learned linear readout of
     products of its two endpoints' codes (``rank`` of them), i.e. each weight is predicted from the two
     units it connects. A unit's code is its own embedding (learned for a fixed unit such as an input
-    pixel or a class, a linear map of a permutable unit's random features) and its incoming summary,
+    pixel or a class, a linear map of a permutable unit's features) and its incoming summary,
     *not* the backbone's node embedding: with the backbone's embedding there, meta-training on digits
     MLPs fell 2.31 -> 1.89 in 100 steps (held-out accuracy 19%); with these codes, 2.31 -> 1.75 (39-43%),
     because a first-layer weight is then a learned pixel vector times a map of the unit's features, which
@@ -219,7 +219,8 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
                 f"untrained. Pass allow_unseen=True to predict anyway, or train on such architectures")
 
     def draw(self, layout: HyperLayout, seed: int) -> Draw:
-        """The random unit features and ``theta0`` of ``seed`` (drawn on the CPU, so every device agrees)."""
+        """The unit features (relative positions plus noise) and ``theta0`` of ``seed`` (drawn on the CPU, so every
+        device agrees)."""
         g = torch.Generator().manual_seed(int(seed))
         units = torch.randn(layout.num_nodes, self.unit_features, generator=g) * self.unit_noise
         if self.positional:
@@ -264,8 +265,7 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
                 src, dst = batch.edge_index[:, e0:e0 + E]
                 pair = (src_code[src, :F] * dst_code[dst, :F]).sum(-1)
                 if self.mean_field:
-                    fan_in = lay.fan_in_node[lay.edge_index[1]].to(pair.device).clamp(min=1).float()
-                    pair = pair * fan_in.rsqrt().unsqueeze(-1)
+                    pair = pair * lay.fan_in_edge.to(pair.device).float().rsqrt().unsqueeze(-1)
                 ea = ea + pair
             ea = ea.unsqueeze(1)
             x = node_out[n0:n0 + N, :g.node_features].unsqueeze(1)
@@ -296,7 +296,7 @@ class GraphHyperNetwork(nn.Module, PyTorchModelHubMixin, library_name="weightspa
 
     def _incoming(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Each unit's view of its incoming values, ``sum_j theta0_ij (x) emb(j) / sqrt(fan_in)``, and its own
-        ``emb``: a learned position embedding of a fixed unit, a map of a permutable one's random features.
+        ``emb``: a learned position embedding of a fixed unit, a map of a permutable one's features.
 
         The view is a linear message, so a hidden unit knows its (random) receptive field from the first layer
         on. ``emb`` also reaches the edge decoder directly (not through the backbone): a weight between an input
