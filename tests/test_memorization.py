@@ -323,3 +323,28 @@ def _single_run(coll):
     assert len(t.models) == 8
     t.groups = ["same"] * len(t.groups)
     return t
+
+
+def test_recipe_model_rebuilds_each_runs_own_nonlinearity(tmp_path):
+    """Runs of the same shapes with different activations are different architectures, so the model rebuilt
+    for a checkpoint computes what the checkpoint's own run computed (not the first run's activation)."""
+    from weightspace.memorization.training import recipe_model
+    from weightspace.tasks.zoo import RECIPES
+
+    recipe = RECIPES["digits-cnn"]
+    base = recipe.config(0)
+    coll = CheckpointCollection.create(tmp_path / "zoo", name="acts")
+    x = torch.rand(3, 1, 8, 8)
+    made = {}
+    for act in ("relu", "tanh"):
+        config = {**base, "activation": act}
+        model = recipe.model(config).eval()
+        space = WeightSpace.from_module(model, x)
+        with coll.run_writer(f"run-{act}", space=space, hparams=config) as w:
+            w.append(0, model.state_dict(), {"test_acc": 0.1})
+        made[act] = (model, space)
+    assert len(coll.architectures()) == 2
+    for act, (model, space) in made.items():
+        rebuilt = recipe_model(coll, coll.space(space.fingerprint)).eval()
+        rebuilt.load_state_dict(model.state_dict())
+        torch.testing.assert_close(rebuilt(x), model(x), msg=act)

@@ -233,3 +233,35 @@ def test_malformed_permutations_name_the_group():
                      lambda: space.compose(space.identity_permutation(), perm)):
             with pytest.raises(InvalidPermutation, match=msg):
                 call()
+
+
+def _mlp(act: str) -> nn.Module:
+    from weightspace.tasks.models import build
+    return build("mlp", seed=0, in_features=6, widths=[5, 4], out_features=3, activation=act)
+
+
+def test_nonlinearities_are_part_of_the_architecture():
+    """Same shapes, different nonlinearity: different functions, so different weight spaces (fingerprints)."""
+    x = torch.rand(2, 6)
+    spaces = {act: WeightSpace.from_module(_mlp(act), x) for act in ("relu", "tanh", "gelu")}
+    assert len({s.fingerprint for s in spaces.values()}) == 3
+    assert WeightSpace.from_module(_mlp("relu"), x).fingerprint == spaces["relu"].fingerprint
+    hidden = [n for s in spaces["relu"].sites if s.kind != "input" for n in range(s.offset, s.offset + s.count)]
+    hidden = [n for n in hidden if n not in spaces["relu"].output_nodes]
+    for act, space in spaces.items():
+        assert space.nonlinearities == {act: hidden}, act
+    assert "nonlinearities: tanh on 9 nodes" in spaces["tanh"].summary()
+
+
+def test_spaces_saved_without_nonlinearities_keep_their_fingerprint(tmp_path):
+    """JSON written before nonlinearities were traced loads with none and hashes as it did then."""
+    space = WeightSpace.from_module(_mlp("relu"), torch.rand(2, 6))
+    old = space.to_json()
+    del old["nonlinearities"]
+    loaded = WeightSpace.from_json(old)
+    assert loaded.nonlinearities == {}
+    legacy = {k: v for k, v in old.items() if k not in ("notes", "name", "activation_sites")}
+    import hashlib
+    import json
+    assert loaded.fingerprint == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
+    assert WeightSpace.load(space.save(tmp_path / "s.json")).nonlinearities == space.nonlinearities

@@ -82,6 +82,7 @@ class Tracer(TorchFunctionMode):
         self.param_axes: dict[str, list[Desc]] = {}
         self.inputs: set[int] = set()
         self.act_sites: list[ActivationSite] = []
+        self.nonlinear: dict[int, str] = {}
         self.calls = 0
         self.call = -1
 
@@ -184,6 +185,11 @@ class Tracer(TorchFunctionMode):
         res.site = len(self.act_sites)
         self.act_sites.append(ActivationSite(self.call, op, self.stack[-1][0], dim, desc, weight, weight_axis, bias))
         return res
+
+    def record_nonlinearity(self, op: str, uid: torch.Tensor) -> None:
+        """Record that nonlinearity ``op`` acts on the units (nodes) in ``uid``; a unit keeps its first one."""
+        for u in torch.unique(uid[uid >= 0]).tolist():
+            self.nonlinear.setdefault(int(u), op)
 
     # ------------------------------------------------------------------ dispatch
     def __torch_function__(self, func, types, args=(), kwargs=None):

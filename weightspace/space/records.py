@@ -88,3 +88,4 @@ class TraceResult:
     notes: list[str] = field(default_factory=list)
     tensor_leaves: list[frozenset[int]] = field(default_factory=list)
     activation_sites: list[ActivationSite] = field(default_factory=list)
+    nonlinearities: dict[int, str] = field(default_factory=dict)

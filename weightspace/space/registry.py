@@ -135,7 +135,12 @@ register("to float half double bfloat16 type contiguous clone detach data cpu cu
 register("type_as", "cast", S.cast, "input other:meta", "Cast to another tensor's dtype.")
 register(
     "relu relu6 gelu silu tanh sigmoid elu selu celu leaky_relu hardtanh mish softplus softsign hardswish "
-    "hardsigmoid hardshrink softshrink tanhshrink threshold logsigmoid exp exp2 expm1 log log1p log2 log10 neg "
+    "hardsigmoid hardshrink softshrink tanhshrink threshold logsigmoid",
+    "activation", S.activation, "input",
+    "Nonlinearity of one tensor: units are kept, and the units it acts on are recorded with it "
+    "(WeightSpace.nonlinearities; part of the fingerprint).")
+register(
+    "exp exp2 expm1 log log1p log2 log10 neg "
     "negative abs sqrt rsqrt square sin cos tan asin acos atan sinh cosh asinh acosh atanh erf erfc reciprocal "
     "sign sgn ceil floor round trunc frac nan_to_num logit positive pos real identity isnan isinf isfinite "
     "logical_not",

@@ -39,6 +39,19 @@ def cast(tr: Tracer, c: Call) -> list[TInfo]:
     return [TInfo(inf.axes, inf.uid, False, inf.param)]
 
 
+def activation(tr: Tracer, c: Call) -> list[TInfo]:
+    """A nonlinearity of one tensor: elementwise, and the units it acts on are recorded as having it.
+
+    The nonlinearity is part of what a unit computes, so it is part of the architecture: a ReLU and a
+    tanh network of the same shapes are different weight spaces (different fingerprints).
+    """
+    x = c.arg(0, "input")
+    inf = tr.get(x)
+    if inf.uid is not None:
+        tr.record_nonlinearity(c.name, inf.uid)
+    return elementwise(tr, c)
+
+
 def elementwise(tr: Tracer, c: Call) -> list[TInfo]:
     """Elementwise in all tensor operands, with broadcasting: axes that meet in the output index the same units."""
     operands = c.rule.tensors(c, "input", "elementwise")

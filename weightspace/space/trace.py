@@ -83,7 +83,8 @@ def trace_module(model: nn.Module, example_input: Any) -> TraceResult:
         shapes={k: tuple(t.shape) for k, t in sd.items()}, dtypes={k: t.dtype for k, t in sd.items()},
         param_axes=tracer.param_axes, sites=tracer.sites, edges=tracer.edges, nodes=tracer.node_params,
         links=tracer.links, output_nodes=sorted(set(output_nodes)), notes=list(tracer.s.notes),
-        tensor_leaves=list(leafsets), activation_sites=tracer.act_sites)
+        tensor_leaves=list(leafsets), activation_sites=tracer.act_sites,
+        nonlinearities=dict(tracer.nonlinear))
 
 
 def _close_fixed(s: Solver) -> None:

@@ -68,6 +68,13 @@ def _desc_leaves(d: Desc) -> list[int]:
     return [d] if isinstance(d, int) else [leaf for p in d.parts for leaf in _desc_leaves(p)]
 
 
+def _group_nodes(op_of: Mapping[int, str]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for node, op in op_of.items():
+        out.setdefault(op, []).append(node)
+    return out
+
+
 def _shape(t: Any) -> tuple[int, ...] | str:
     return tuple(t.shape) if isinstance(t, torch.Tensor) else f"not a tensor: {type(t).__name__}"
 
@@ -114,7 +121,8 @@ class WeightSpace:
                  groups: list[Group], sites: list[Site], edges: list[EdgePlacement],
                  node_params: list[NodePlacement], links: list[Link], output_nodes: list[int],
                  notes: list[str] | None = None, name: str = "",
-                 activation_sites: list[ActivationSite] | None = None) -> None:
+                 activation_sites: list[ActivationSite] | None = None,
+                 nonlinearities: Mapping[str, Sequence[int]] | None = None) -> None:
         self.keys = keys
         self.aliases = aliases
         self.params = params
@@ -127,6 +135,8 @@ class WeightSpace:
         self.notes = notes or []
         self.name = name
         self.activation_sites = activation_sites or []
+        self.nonlinearities = {op: sorted(int(n) for n in nodes) for op, nodes in sorted((nonlinearities or {}).items())}
+        """The nodes each traced nonlinearity (``relu``, ``gelu``, ``tanh``...) acts on, by its name."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -169,7 +179,8 @@ class WeightSpace:
             groups[child] = replace(groups[child], parent=groups[par].name)
         return cls(keys=r.keys, aliases=r.aliases, params=params, groups=groups, sites=sites, edges=r.edges,
                    node_params=r.nodes, links=r.links, output_nodes=r.output_nodes, notes=r.notes,
-                   name=type(model).__name__, activation_sites=act_sites)
+                   name=type(model).__name__, activation_sites=act_sites,
+                   nonlinearities=_group_nodes(r.nonlinearities))
 
     # ------------------------------------------------------------------ facts
     @property
@@ -194,11 +205,18 @@ class WeightSpace:
 
     @cached_property
     def fingerprint(self) -> str:
-        """A short stable hash of the architecture (its JSON without notes, name and activation sites)."""
+        """A short stable hash of the architecture (its JSON without notes, name and activation sites).
+
+        The nonlinearities are part of it: networks of the same shapes with ReLU and with tanh are
+        different architectures. A space without recorded nonlinearities (a linear model, or JSON saved
+        before they were traced) hashes as before, so existing collections keep their architecture ids.
+        """
         j = self.to_json()
         j.pop("notes", None)
         j.pop("name", None)
         j.pop("activation_sites", None)
+        if not j.get("nonlinearities"):
+            j.pop("nonlinearities", None)
         return hashlib.sha256(json.dumps(j, sort_keys=True).encode()).hexdigest()[:16]
 
     def describe(self, d: Desc) -> str:
@@ -222,6 +240,9 @@ class WeightSpace:
             p = self.params[k]
             axes = ", ".join(self.describe(a) for a in p.axes) or "scalar"
             lines.append(f"  {k}  {tuple(p.shape)}  {str(p.dtype).replace('torch.', '')}  axes: {axes}")
+        if self.nonlinearities:
+            lines.append("nonlinearities: " + ", ".join(f"{op} on {len(nodes)} nodes"
+                                                        for op, nodes in self.nonlinearities.items()))
         for n in self.notes:
             lines.append(f"note: {n}")
         return "\n".join(lines)
@@ -445,6 +466,7 @@ class WeightSpace:
             "output_nodes": self.output_nodes,
             "notes": self.notes,
             "activation_sites": [{**asdict(a), "desc": _desc_to_json(a.desc)} for a in self.activation_sites],
+            "nonlinearities": self.nonlinearities,
         }
 
     @classmethod
@@ -462,7 +484,8 @@ class WeightSpace:
             links=[Link(**link) for link in j["links"]],
             output_nodes=list(j["output_nodes"]), notes=list(j.get("notes", [])), name=j.get("name", ""),
             activation_sites=[ActivationSite(**{**a, "desc": _desc_from_json(a["desc"])})
-                              for a in j.get("activation_sites", [])])
+                              for a in j.get("activation_sites", [])],
+            nonlinearities=j.get("nonlinearities", {}))
 
     def save(self, path: str | Path) -> Path:
         """Write the space as JSON (atomically)."""
