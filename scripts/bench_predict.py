@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent
 TARGETS = ["test_acc", "gap"]
 METANETS = {"deepsets": ("DeepSets-style (no message passing)", {"layers": 0}),
             "pna": ("NG-GNN metanetwork (ours)", {"conv": "pna"}),
+            "pnalog": ("NG-GNN, log node features (ours)", {"conv": "pna", "log_node_features": True}),
             "transformer": ("graph-transformer metanetwork (ours)", {"conv": "transformer"})}
 BASELINES = {"statnn": ("StatNN (per-tensor stats + GBT)", StatNN), "flat": ("MLP on flat weights", FlatMLP)}
 ZOOS = ("digits-cnn", "digits-mlp", "synth-mlp")
@@ -165,17 +166,17 @@ def run_setting(name: str, store: PropertyGraphs, args: argparse.Namespace, out:
     cfg = TrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       warmup=min(100, steps // 10), checkpoint_every=0, progress=args.progress,
                       log_every=25, device=args.device)
-    models = [(METANETS[m][0], {"hidden": args.hidden, "layers": args.layers, "edge_hidden": args.edge_hidden,
-                                **METANETS[m][1]})
+    models = [(m, METANETS[m][0], {"hidden": args.hidden, "layers": args.layers, "edge_hidden": args.edge_hidden,
+                                   **METANETS[m][1]})
               for m in filter(None, args.metanets.split(","))]
-    for label, mc in models:
-        main_net = mc.get("conv") == "pna"
+    for key, label, mc in models:
+        main_net = key == "pna"
         if args.merge and (name, label) not in previous[0]:
             continue
         if (name, label) in previous[0] and (not main_net or extra):
             results[label] = previous[0][(name, label)]
             continue
-        run = train_predictor(train, out / f"{name}-{mc['layers']}-{mc.get('conv', 'none')}", model_config=mc,
+        run = train_predictor(train, out / f"{name}-{mc['layers']}-{key}", model_config=mc,
                               train_config=cfg, test=test, resume=False, rank_weight=args.rank_weight)
         results[label] = run.metrics
         print(f"  {label}: {run.metrics} ({run.result.graphs_per_second:.0f} graphs/s, "
@@ -222,7 +223,8 @@ def main() -> None:
                    help="width of edge states (PropertyPredictor's default 16; 'none': as wide as nodes, the "
                         "pre-session-17 model)")
     p.add_argument("--metanets", default="deepsets,pna,transformer",
-                   help="learned models to train: deepsets (baseline), pna (the main metanetwork), transformer")
+                   help="learned models to train: deepsets (baseline), pna (the main metanetwork), pnalog (it with "
+                        "log node features), transformer")
     p.add_argument("--baselines", default="statnn,flat", help="non-graph baselines to fit (empty: none)")
     p.add_argument("--aux-targets", default="", type=lambda s: [t for t in s.split(",") if t],
                    help="extra targets the learned models also predict during training (multi-task); only "
@@ -248,6 +250,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     settings = args.settings.split(",")
+    bad_nets = [m for m in filter(None, args.metanets.split(",")) if m not in METANETS]
+    if bad_nets:
+        p.error(f"unknown metanets {bad_nets}; choose from {', '.join(METANETS)}")
     unknown = [n for n in settings if n not in SETTING_ZOOS]
     if unknown:
         p.error(f"unknown settings {unknown}; choose from {', '.join(SETTING_ZOOS)}")

@@ -36,6 +36,9 @@ class MetanetConfig:
     batch and reduces contiguous segments; ``"scatter"`` is the former per-layer scatter path,
     the same function, kept to measure against. ``edge_hidden`` is the width of edge states and
     messages (``hidden`` when ``None``); edges outnumber nodes by far, so it sets the cost.
+    Node values (biases, norm scales, running means and variances) span orders of magnitude; with
+    ``log_node_features`` each also enters as ``sign(x) * log(1 + |x|)``, so a linear embedding sees
+    both its value and its magnitude on a log scale.
     """
 
     hidden: int = 64
@@ -52,6 +55,7 @@ class MetanetConfig:
     heads: int = 4
     routing: str = "segment"
     edge_hidden: int | None = None
+    log_node_features: bool = False
 
     def __post_init__(self) -> None:
         if self.positional not in ("fixed", "none", "all"):
@@ -105,7 +109,7 @@ class GraphMetanetwork(nn.Module):
         self.config = cfg
         H, De = cfg.hidden, cfg.edge_hidden or cfg.hidden
         self.edge_in = nn.Linear(cfg.states * cfg.edge_features, De)
-        self.node_in = nn.Linear(cfg.states * cfg.node_features, H)
+        self.node_in = nn.Linear(cfg.states * cfg.node_features * (2 if cfg.log_node_features else 1), H)
         self.edge_type_emb = nn.Embedding(len(EDGE_TYPES), De)
         self.node_type_emb = nn.Embedding(len(NODE_TYPES), H)
         self.pos_emb = nn.Embedding(cfg.max_positions + 1, H)
@@ -177,7 +181,10 @@ class GraphMetanetwork(nn.Module):
         N, E = data.x.shape[0], edge_index.shape[1]
         dtype = self.edge_in.weight.dtype
         ea = pad_last(data.edge_attr.to(dtype), cfg.edge_features).reshape(E, -1)
-        x = pad_last(data.x.to(dtype), cfg.node_features).reshape(N, -1)
+        x = pad_last(data.x.to(dtype), cfg.node_features)
+        if cfg.log_node_features:
+            x = torch.cat([x, x.sign() * x.abs().log1p()], -1)
+        x = x.reshape(N, -1)
         e = self.edge_in(ea) + self.edge_type_emb(data.edge_type)
         h = self.node_in(x) + self.node_type_emb(data.node_type)
         if cfg.positional != "none":

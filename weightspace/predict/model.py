@@ -31,6 +31,7 @@ class PropertyPredictor(nn.Module, PyTorchModelHubMixin, library_name="weightspa
                  positional: str = "fixed", aggregators: Sequence[str] = AGGREGATORS,
                  scalers: Sequence[str] = DEFAULT_SCALERS, update_edges: bool = True, conv: str = "pna",
                  heads: int = 4, edge_hidden: int | None = 16, routing: str = "segment",
+                 log_node_features: bool = False,
                  target_mean: Sequence[float] | None = None, target_std: Sequence[float] | None = None,
                  arch_ids: Sequence[str] = ()) -> None:
         super().__init__()
@@ -42,7 +43,8 @@ class PropertyPredictor(nn.Module, PyTorchModelHubMixin, library_name="weightspa
                                                        max_positions=max_positions, positional=positional,
                                                        aggregators=list(aggregators), scalers=list(scalers),
                                                        update_edges=update_edges, conv=conv, heads=heads,
-                                                       edge_hidden=edge_hidden, routing=routing))
+                                                       edge_hidden=edge_hidden, routing=routing,
+                                                       log_node_features=log_node_features))
         self.head = GraphHead(hidden, K, edge_hidden)
         self.register_buffer("target_mean", torch.tensor(list(target_mean) if target_mean is not None else [0.0] * K))
         self.register_buffer("target_std", torch.tensor(list(target_std) if target_std is not None else [1.0] * K))
