@@ -12,11 +12,12 @@ FAMILIES = families()
 TOL = 1e-4
 
 
-def make_net(positional: str = "fixed", states: int = 1, conv: str = "pna", edge_hidden: int | None = None
-             ) -> tuple[GraphMetanetwork, GraphHead, NodeHead, EdgeHead]:
+def make_net(positional: str = "fixed", states: int = 1, conv: str = "pna", edge_hidden: int | None = None,
+             log_node_features: bool = False) -> tuple[GraphMetanetwork, GraphHead, NodeHead, EdgeHead]:
     torch.manual_seed(0)
     net = GraphMetanetwork(hidden=16, layers=2, states=states, edge_features=9, node_features=4, max_positions=16,
-                           positional=positional, conv=conv, edge_hidden=edge_hidden)
+                           positional=positional, conv=conv, edge_hidden=edge_hidden,
+                           log_node_features=log_node_features)
     de = edge_hidden or 16
     return net.eval(), GraphHead(16, 2, de).eval(), NodeHead(16, 3).eval(), EdgeHead(de, states, 9).eval()
 
@@ -50,10 +51,11 @@ def edge_correspondence(g0, g1, idx: torch.Tensor) -> torch.Tensor:
     return order[pos]
 
 
-def check_symmetry(g0, g1, idx: torch.Tensor, positional: str, conv: str = "pna", edge_hidden: int | None = None
-                   ) -> None:
+def check_symmetry(g0, g1, idx: torch.Tensor, positional: str, conv: str = "pna", edge_hidden: int | None = None,
+                   log_node_features: bool = False) -> None:
     """Assert graph outputs are invariant, and node and edge outputs equivariant, under the permutation."""
-    net, gh, nh, eh = make_net(positional=positional, states=2, conv=conv, edge_hidden=edge_hidden)
+    net, gh, nh, eh = make_net(positional=positional, states=2, conv=conv, edge_hidden=edge_hidden,
+                               log_node_features=log_node_features)
     e0, e1 = net(g0), net(g1)
     torch.testing.assert_close(nh(e1), nh(e0)[idx], atol=TOL, rtol=TOL)
     emap = edge_correspondence(g0, g1, idx)
@@ -81,6 +83,22 @@ def test_narrow_edges_keep_the_symmetry(permuted_pair):
     check_symmetry(g0, g1, idx, "fixed", edge_hidden=8)
     net, _, _, eh = make_net(states=2, edge_hidden=8)
     assert net(g0).edge.shape == (g0.edge_index.shape[1], 8)
+
+
+@torch.no_grad()
+def test_log_node_features_keep_the_symmetry_and_are_read(permuted_pair):
+    """Node values also entering on a log scale keep the symmetry, and the net reads that log half."""
+    name, g0, g1, idx = permuted_pair
+    check_symmetry(g0, g1, idx, "fixed", log_node_features=True)
+    if not bool(g0.x.abs().sum()):
+        pytest.skip(f"{name} has no node values")
+    net, gh, _, _ = make_net(states=2, log_node_features=True)
+    assert net.node_in.in_features == 2 * 2 * 4
+    raw = torch.tensor([0, 1, 2, 3, 8, 9, 10, 11])
+    net.node_in.weight[:, raw] = 0.0
+    scaled = g0.clone()
+    scaled.x = g0.x * 100.0
+    assert not torch.allclose(gh(net(scaled)), gh(net(g0)), atol=1e-4)
 
 
 @torch.no_grad()

@@ -98,14 +98,16 @@ def test_tiny_predictor_beats_constant_baseline_on_held_out_runs(tmp_path, store
     assert {r for _, r in split["test_runs"]} == set(run.test.run_ids)
 
 
-def test_pretrained_round_trip_gives_same_predictions(tmp_path, store):
+@pytest.mark.parametrize("log_nodes", [False, True])
+def test_pretrained_round_trip_gives_same_predictions(tmp_path, store, log_nodes):
     torch.manual_seed(0)
     model = PropertyPredictor(targets=store.target_names, hidden=8, layers=1, target_mean=[0.5, 0.1],
-                              target_std=[0.2, 0.05], arch_ids=store.arch_ids)
+                              target_std=[0.2, 0.05], arch_ids=store.arch_ids, log_node_features=log_nodes)
     model.save_pretrained(tmp_path / "m")
     assert (tmp_path / "m" / "model.safetensors").exists() and (tmp_path / "m" / "config.json").exists()
     back = PropertyPredictor.from_pretrained(tmp_path / "m")
     assert back.targets == model.targets and back.arch_ids == store.arch_ids
+    assert back.backbone.config.log_node_features is log_nodes
     np.testing.assert_array_equal(predict_store(back, store), predict_store(model, store))
 
 
