@@ -326,7 +326,10 @@ def main() -> None:
         "(multi-task), and they are not reported. The flat-weight MLP "
         "(scikit-learn) zero-pads each tensor, matched by name, to its widest shape in the data; StatNN matches "
         "per-tensor statistics by name (NaN where a tensor is absent). NG-GNN reports τ 0.934 on CIFAR10-GS "
-        "(ANCHORS.md; a different, larger zoo).",
+        "(ANCHORS.md; a different, larger zoo)."
+        + (" The log-node-features variant (`log_node_features=True`) is the same metanetwork with every node "
+           "value (biases, BatchNorm scales, shifts and running statistics) also fed as sign(x)·log(1+|x|)."
+           if "pnalog" in args.metanets.split(",") else ""),
         "",
         "Measurement-noise ceiling: on the digits zoos test accuracy is measured on the 360 digits validation images "
         "(train accuracy on 1,437), on synth-mlp on 8,000 test points (train accuracy on 2,000), so it is a binomial "
