@@ -246,7 +246,8 @@ def test_nonlinearities_are_part_of_the_architecture():
     spaces = {act: WeightSpace.from_module(_mlp(act), x) for act in ("relu", "tanh", "gelu")}
     assert len({s.fingerprint for s in spaces.values()}) == 3
     assert WeightSpace.from_module(_mlp("relu"), x).fingerprint == spaces["relu"].fingerprint
-    hidden = [n for s in spaces["relu"].sites if s.kind != "input" for n in range(s.offset, s.offset + s.count)]
+    hidden = [n for s in spaces["relu"].sites if s.kind != "input"
+              for n in range(s.offset, s.offset + s.count)]
     hidden = [n for n in hidden if n not in spaces["relu"].output_nodes]
     for act, space in spaces.items():
         assert space.nonlinearities == {act: hidden}, act

@@ -135,7 +135,8 @@ class WeightSpace:
         self.notes = notes or []
         self.name = name
         self.activation_sites = activation_sites or []
-        self.nonlinearities = {op: sorted(int(n) for n in nodes) for op, nodes in sorted((nonlinearities or {}).items())}
+        self.nonlinearities = {op: sorted(int(n) for n in nodes)
+                               for op, nodes in sorted((nonlinearities or {}).items())}
         """The nodes each traced nonlinearity (``relu``, ``gelu``, ``tanh``...) acts on, by its name."""
 
     # ------------------------------------------------------------------ construction
