@@ -168,7 +168,7 @@ def run_setting(name: str, store: PropertyGraphs, args: argparse.Namespace, out:
                       log_every=25, device=args.device)
     models = [(m, METANETS[m][0], {"hidden": args.hidden, "layers": args.layers, "edge_hidden": args.edge_hidden,
                                    **METANETS[m][1]})
-              for m in filter(None, args.metanets.split(","))]
+              for m in args.metanets]
     for key, label, mc in models:
         main_net = key == "pna"
         if args.merge and (name, label) not in previous[0]:
@@ -222,7 +222,8 @@ def main() -> None:
     p.add_argument("--edge-hidden", type=lambda v: None if v == "none" else int(v), default=16,
                    help="width of edge states (PropertyPredictor's default 16; 'none': as wide as nodes, the "
                         "pre-session-17 model)")
-    p.add_argument("--metanets", default="deepsets,pna,transformer",
+    p.add_argument("--metanets", default=["deepsets", "pna", "transformer"],
+                   type=lambda s: [m for m in s.split(",") if m],
                    help="learned models to train: deepsets (baseline), pna (the main metanetwork), pnalog (it with "
                         "log node features), transformer")
     p.add_argument("--baselines", default="statnn,flat", help="non-graph baselines to fit (empty: none)")
@@ -250,7 +251,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     settings = args.settings.split(",")
-    bad_nets = [m for m in filter(None, args.metanets.split(",")) if m not in METANETS]
+    bad_nets = [m for m in args.metanets if m not in METANETS]
     if bad_nets:
         p.error(f"unknown metanets {bad_nets}; choose from {', '.join(METANETS)}")
     unknown = [n for n in settings if n not in SETTING_ZOOS]
@@ -329,7 +330,7 @@ def main() -> None:
         "(ANCHORS.md; a different, larger zoo)."
         + (" The log-node-features variant (`log_node_features=True`) is the same metanetwork with every node "
            "value (biases, BatchNorm scales, shifts and running statistics) also fed as sign(x)·log(1+|x|)."
-           if "pnalog" in args.metanets.split(",") else ""),
+           if "pnalog" in args.metanets else ""),
         "",
         "Measurement-noise ceiling: on the digits zoos test accuracy is measured on the 360 digits validation images "
         "(train accuracy on 1,437), on synth-mlp on 8,000 test points (train accuracy on 2,000), so it is a binomial "

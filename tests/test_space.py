@@ -1,4 +1,6 @@
 """WeightSpace tracing: groups, permutations (function invariance), JSON persistence, errors."""
+import hashlib
+import json
 import re
 
 import pytest
@@ -7,6 +9,7 @@ import torch.nn as nn
 
 from families import families
 from weightspace import NonFiniteWeights, StateDictMismatch, UnsupportedOperation, WeightSpace, WeightSpaceError
+from weightspace.tasks.models import build
 
 FAMILIES = families()
 
@@ -236,7 +239,6 @@ def test_malformed_permutations_name_the_group():
 
 
 def _mlp(act: str) -> nn.Module:
-    from weightspace.tasks.models import build
     return build("mlp", seed=0, in_features=6, widths=[5, 4], out_features=3, activation=act)
 
 
@@ -262,7 +264,5 @@ def test_spaces_saved_without_nonlinearities_keep_their_fingerprint(tmp_path):
     loaded = WeightSpace.from_json(old)
     assert loaded.nonlinearities == {}
     legacy = {k: v for k, v in old.items() if k not in ("notes", "name", "activation_sites")}
-    import hashlib
-    import json
     assert loaded.fingerprint == hashlib.sha256(json.dumps(legacy, sort_keys=True).encode()).hexdigest()[:16]
     assert WeightSpace.load(space.save(tmp_path / "s.json")).nonlinearities == space.nonlinearities

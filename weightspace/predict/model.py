@@ -22,7 +22,8 @@ class PropertyPredictor(nn.Module, PyTorchModelHubMixin, library_name="weightspa
     wide (16 by default; ``None`` makes them as wide as nodes): on MLP graphs this trains several
     times faster than edges as wide as nodes at no loss of held-out quality (BENCHMARKS.md,
     metanet). ``log_node_features`` also feeds node values (biases, norm statistics) on a log scale
-    (:class:`~weightspace.nn.MetanetConfig`). Outputs are standardised with the training targets' ``target_mean``/``target_std``; :meth:`predict` returns them in the original units.
+    (:class:`~weightspace.nn.MetanetConfig`). Outputs are standardised with the training targets'
+    ``target_mean``/``target_std``; :meth:`predict` returns them in the original units.
     ``arch_ids`` records the architectures it was trained on. ``save_pretrained``/``from_pretrained``/
     ``push_to_hub`` come from ``huggingface_hub.PyTorchModelHubMixin`` (safetensors + config.json).
     """
