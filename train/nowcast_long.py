@@ -41,16 +41,23 @@ from weightspace.tasks.models import build, example_input
 from weightspace.utils import atomic_write_text
 
 LRS = (1e-4, 3e-4, 1e-3, 3e-3)
+FAMILIES = ("mlp", "cnn", "synth", "gpt")
 _DATA: dict[str, Any] = {}
 
 
-def recipes(n: int, steps: int, gpt_steps: int, seed: int = 0) -> list[dict[str, Any]]:
-    """``n`` run configurations, the families interleaved (so a budget cut keeps the mix)."""
+def recipes(n: int, steps: int, gpt_steps: int, seed: int = 0, families: tuple[str, ...] = FAMILIES,
+            lrs: tuple[float, ...] = LRS) -> list[dict[str, Any]]:
+    """``n`` run configurations, the families interleaved (so a budget cut keeps the mix); AdamW's learning
+    rate drawn from ``lrs`` (GPTs keep their own range)."""
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown or not families:
+        raise SystemExit(f"--families: unknown {unknown}, choose from {','.join(FAMILIES)}")
+    cycle = [f for f in ("mlp", "cnn", "synth", "cnn", "mlp", "gpt") if f in families]
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        fam = ("mlp", "cnn", "synth", "cnn", "mlp", "gpt")[i % 6]
-        lr = rng.choice(LRS)
+        fam = cycle[i % len(cycle)]
+        lr = rng.choice(lrs)
         c: dict[str, Any] = {"id": i, "seed": rng.randrange(10_000), "lr": lr, "steps": steps, "batch": 128,
                              "wd": rng.choice((0.0, 0.0, 1e-3, 1e-2))}
         if fam == "mlp":
@@ -244,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto: cuda when there is one (checked after the workers fork)")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 4))
     p.add_argument("--runs", type=int, default=600, help="configurations queued (generation stops at --gen-seconds)")
+    p.add_argument("--families", default=",".join(FAMILIES), help="trajectory families to generate")
+    p.add_argument("--lrs", default=",".join(map(str, LRS)), help="AdamW learning rates drawn for non-GPT runs")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--gpt-steps", type=int, default=1500)
     p.add_argument("--save-every", type=int, default=20)
@@ -277,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         runs = torch.load(cache, weights_only=True)
         runs = [(json.loads(c), flat) for c, flat in runs]
     else:
-        runs = generate(recipes(args.runs, args.steps, args.gpt_steps, args.seed), args.save_every, args.workers,
+        families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+        lrs = tuple(float(x) for x in args.lrs.split(","))
+        runs = generate(recipes(args.runs, args.steps, args.gpt_steps, args.seed, families, lrs), args.save_every,
+                        args.workers,
                         args.gen_seconds)
         if cache is not None:
             tmp = cache.with_suffix(".tmp")
