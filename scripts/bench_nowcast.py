@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 import statistics
 import sys
@@ -146,6 +147,19 @@ def _task_fns(task: Task, model: nn.Module, seed: int, loss_guard: bool = False)
     return train_loss, evaluate, guard
 
 
+def check_methods(methods: list[str], nowcasters: dict[str, Any]) -> None:
+    """Refuse an unknown nowcaster or option in ``--methods`` before any run starts."""
+    for method in methods:
+        name, *opts = method.split("-")
+        bad = [o for o in opts if not re.fullmatch(r"noguard|reset|now|gerr|tol[0-9.]+|h[0-9]+|d[0-9]+", o)]
+        if method != "adam" and name not in nowcasters:
+            raise SystemExit(f"--methods {method!r}: unknown nowcaster {name!r}; known: adam, "
+                             f"{', '.join(sorted(nowcasters))} (more with --extra NAME=FOLDER)")
+        if bad:
+            raise SystemExit(f"--methods {method!r}: unknown option(s) {', '.join('-' + b for b in bad)}; options: "
+                             f"-noguard -reset -now -gerr -tol<x> -h<K> -d<N>")
+
+
 def run_one(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> dict[str, Any]:
     model = build(task.family, seed=seed, **task.kwargs)
     train_loss, evaluate, guard = _task_fns(task, model, seed, loss_guard="gerr" not in method.split("-"))
@@ -155,10 +169,11 @@ def run_one(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> d
         name, *opts = method.split("-")
         tol = next((float(o[3:]) for o in opts if o.startswith("tol")), GUARD_TOLERANCE)
         top = next((int(o[1:]) for o in opts if o.startswith("h") and o[1:].isdigit()), None)
+        delay = next((int(o[1:]) for o in opts if o.startswith("d") and o[1:].isdigit()), GUARD_DELAY)
         opt = NowcastOptimizer(model, base, nowcasters[name], period=task.period, example_input=example_input(model),
                                horizons=None if top is None else horizon_schedule(top),
                                guard=None if "noguard" in opts else guard, guard_tolerance=tol,
-                               guard_delay=0 if "now" in opts else GUARD_DELAY,
+                               guard_delay=0 if "now" in opts else delay,
                                reset_state="reset" in opts, stop=task.steps)
     eval_every = task.eval_every or max(1, task.steps // 50)
     curve = [(0, evaluate())]
@@ -363,6 +378,7 @@ def run(args: argparse.Namespace) -> int:
             t.period = min(t.period, 100)
     methods = args.methods.split(",") if getattr(args, "methods", None) else list(METHODS)
     nowcasters = load_nowcasters(args.nino, args.wnn, getattr(args, "extra", None) or [])
+    check_methods(methods, nowcasters)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     raw_path = out / "results.json"
@@ -501,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wnn", default=None)
     p.add_argument("--tasks", default=None)
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}, each optionally "
-                   "with -noguard, -reset, -now, -tol<x>, -h<K> (NiNo's schedule rescaled to a first horizon K)")
+                   "with -noguard, -reset, -now, -tol<x>, -h<K> (NiNo's schedule rescaled to a first horizon K), -d<N> "
+                   f"(guard verdict N steps after the jump; default {GUARD_DELAY})")
     p.add_argument("--seeds", type=int, default=None, help=f"seeds per task (default 3; {PEER_SEEDS} with --peer)")
     p.add_argument("--peer", action="store_true",
                    help=f"run only the peer's setting ({PEER_TASK}) and write its own BENCHMARKS.md section")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -512,3 +513,19 @@ def test_nino_builds_its_indices_once_per_architecture(monkeypatch):
     for _ in range(3):
         assert torch.equal(nc.nowcast(ctx, 1, lay), first)
     assert len(calls) == 1 and nc._host_index(lay, ctx.device) is rows
+
+
+def test_nowcast_bench_refuses_unknown_methods_and_options_before_running(monkeypatch):
+    import importlib
+
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    monkeypatch.syspath_prepend(str(scripts))
+    bench = importlib.import_module("bench_nowcast")
+    known = {"nino": object(), "linefit": object()}
+    bench.check_methods(["adam", "nino-noguard-d30-h8-tol0.2", "linefit-reset-now-gerr"], known)
+    with pytest.raises(SystemExit, match="unknown option.*-d"):
+        bench.check_methods(["nino-d"], known)
+    with pytest.raises(SystemExit, match="unknown option.*-noguards"):
+        bench.check_methods(["nino-noguards"], known)
+    with pytest.raises(SystemExit, match="unknown nowcaster 'lf'"):
+        bench.check_methods(["lf"], known)
