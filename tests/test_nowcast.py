@@ -529,3 +529,21 @@ def test_nowcast_bench_refuses_unknown_methods_and_options_before_running(monkey
         bench.check_methods(["nino-noguards"], known)
     with pytest.raises(SystemExit, match="unknown nowcaster 'lf'"):
         bench.check_methods(["lf"], known)
+
+
+@pytest.mark.parametrize("cls,name", [(NiNo, "nino_cnn_k40"), (WNN, "wnn_cnn_k40")])
+def test_packaged_long_horizon_variants_load_by_name_and_jump_40_spacings(cls, name):
+    from weightspace.space import WeightSpace
+    from weightspace.nowcast.model import PRETRAINED_DIR
+
+    nc = cls.from_pretrained(name)
+    same = cls.from_pretrained(PRETRAINED_DIR / name)
+    assert all(torch.equal(a, b) for a, b in zip(nc.state_dict().values(), same.state_dict().values()))
+    assert nc.max_horizon == 40
+    model = build("cnn", seed=0, channels=(4, 8, 8), batchnorm=False, activation="relu")
+    layout = ParamLayout.from_space(WeightSpace.from_module(model, example_input(model)))
+    start = layout.flatten(model)
+    drift = torch.randn(start.shape, generator=torch.Generator().manual_seed(0)) * 1e-3
+    context = torch.stack([start + i * drift for i in range(nc.context)])
+    ahead = nc.nowcast(context, 40, layout)
+    assert torch.isfinite(ahead).all() and not torch.equal(ahead, context[-1])

@@ -116,8 +116,11 @@ class _ValueNowcaster(nn.Module):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None = None, **kwargs: Any):
-        """Load weights saved by ``save_pretrained``: the packaged checkpoint by default, else a folder or Hub id."""
+        """Load weights saved by ``save_pretrained``: the packaged checkpoint by default, a packaged variant by its
+        folder name under ``weightspace/nowcast/pretrained`` (e.g. ``"nino_cnn_k40"``), else a folder or Hub id."""
         path = pretrained_model_name_or_path
+        if isinstance(path, str) and not Path(path).exists() and (PRETRAINED_DIR / path / "config.json").is_file():
+            path = PRETRAINED_DIR / path
         if path is None:
             path = PRETRAINED_DIR / cls.pretrained_name
             if not (path / "config.json").is_file():
