@@ -266,12 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decoder-hidden", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--held-out", type=float, default=0.1)
+    p.add_argument("--held-out", type=float, default=0.1, help="fraction of each trajectory file's runs held out, "
+                   "drawn the same way per file, so adding files keeps the earlier held-out runs held out")
     p.add_argument("--eval-windows", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-seconds", type=float, default=15)
-    p.add_argument("--trajectories", default=None,
-                   help="file that keeps the generated trajectories: read if it exists, else written")
+    p.add_argument("--trajectories", action="append", default=[],
+                   help="file that keeps the generated trajectories: read if it exists, else written; repeat it to "
+                        "train on several files generated before (e.g. runs with other --seed)")
     p.add_argument("--resume", action="store_true",
                    help="start each model from its folder in --out if there is one (a fresh optimizer and schedule)")
     p.add_argument("--models", default="nino,nino_small,wnn",
@@ -281,20 +283,29 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    cache = Path(args.trajectories) if args.trajectories else None
-    if cache is not None and cache.is_file():
-        runs = torch.load(cache, weights_only=True)
-        runs = [(json.loads(c), flat) for c, flat in runs]
+    files = [Path(f) for f in args.trajectories]
+    if files and all(f.is_file() for f in files):
+        parts: list[list[tuple[dict[str, Any], torch.Tensor]]] = []
+        for f in files:
+            parts.append([])
+            for c, flat in torch.load(f, weights_only=True):
+                c = json.loads(c)
+                c["id"] = sum(map(len, parts))
+                parts[-1].append((c, flat))
+    elif len(files) > 1:
+        raise SystemExit(f"--trajectories: {', '.join(str(f) for f in files if not f.is_file())} not found; "
+                         f"several files are only read (generate each with its own run)")
     else:
         families = tuple(f.strip() for f in args.families.split(",") if f.strip())
         lrs = tuple(float(x) for x in args.lrs.split(","))
         runs = generate(recipes(args.runs, args.steps, args.gpt_steps, args.seed, families, lrs), args.save_every,
-                        args.workers,
-                        args.gen_seconds)
-        if cache is not None:
-            tmp = cache.with_suffix(".tmp")
+                        args.workers, args.gen_seconds)
+        if files:
+            tmp = files[0].with_suffix(".tmp")
             torch.save([(json.dumps(c), flat) for c, flat in runs], tmp)
-            tmp.replace(cache)
+            tmp.replace(files[0])
+        parts = [runs]
+    runs = [r for part in parts for r in part]
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -303,12 +314,14 @@ def main(argv: list[str] | None = None) -> int:
     for c, _ in runs:
         fams[c["family"] + "/" + c["data"]] = fams.get(c["family"] + "/" + c["data"], 0) + 1
     print(f"{len(runs)} trajectories in {gen_s:.0f} s: {fams}", flush=True)
-    rng = random.Random(args.seed)
-    idx = list(range(len(runs)))
-    rng.shuffle(idx)
-    n_held = max(1, int(args.held_out * len(runs)))
-    held = [runs[i] for i in idx[:n_held]]
-    train = [runs[i] for i in idx[n_held:]]
+    held, train = [], []
+    for part in parts:
+        rng = random.Random(args.seed)
+        idx = list(range(len(part)))
+        rng.shuffle(idx)
+        n_held = max(1, int(args.held_out * len(part)))
+        held += [part[i] for i in idx[:n_held]]
+        train += [part[i] for i in idx[n_held:]]
     strides = tuple(int(s) for s in args.strides.split(","))
     W = MemoryWindows(train, args.context, args.horizons, strides, device)
     H = MemoryWindows(held, args.context, args.horizons, strides, device)
