@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from benchlib import markdown_table, write_section
 from weightspace.nowcast import LAWA, WNN, LineFit, NiNo, NowcastOptimizer, horizon_schedule
+from weightspace.nowcast.model import PRETRAINED_DIR
 from weightspace.tasks.data import char_batch, digits_split, stdlib_corpus, tabular_split
 from weightspace.tasks.models import build, example_input
 from weightspace.tasks.train import evaluate_classifier, evaluate_lm
@@ -199,6 +200,19 @@ def run_one(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> d
             "guard": [(j.step, j.loss_before, j.loss_after) for j in jumps]}
 
 
+def adam_target(adam_runs: list[dict[str, Any]], task: Task) -> float:
+    """Adam's metric over the last 5% of its budget, averaged per seed and then over seeds."""
+    tail = [statistics.mean(v for s, v in r["curve"] if s >= 0.95 * task.steps) for r in adam_runs]
+    return sum(tail) / len(tail)
+
+
+def per_seed_steps(results: list[dict[str, Any]], task: Task, method: str) -> list[float]:
+    """Steps to the task's target for each seed of ``method`` (seed order), with the target of :func:`summarize`."""
+    target = adam_target([r for r in results if r["task"] == task.name and r["method"] == "adam"], task)
+    runs = sorted((r for r in results if r["task"] == task.name and r["method"] == method), key=lambda r: r["seed"])
+    return [steps_to(r["curve"], target, task.higher_better) for r in runs]
+
+
 def steps_to(curve: list[tuple[int, float]], target: float, higher: bool) -> float:
     for s, v in curve:
         if (v >= target) if higher else (v <= target):
@@ -218,11 +232,7 @@ def summarize(results: list[dict[str, Any]], tasks: list[Task]) -> tuple[str, di
         adam = by.get((t.name, "adam"), [])
         if not adam:
             continue
-        tail = []
-        for r in adam:
-            pts = [v for s, v in r["curve"] if s >= 0.95 * t.steps]
-            tail.append(sum(pts) / len(pts))
-        target = sum(tail) / len(tail)
+        target = adam_target(adam, t)
         gain = adam_gain(adam, t)
         cells = [t.name, f"{t.metric} {target:.4g}"]
         med = {}
@@ -345,17 +355,45 @@ def figure_link(out: Path, benchmarks: str, name: str = "nowcast_curves.png") ->
     return f"`{fig}`"
 
 
-def load_nowcasters(nino: str | None, wnn: str | None, extra: list[str]) -> dict[str, Any]:
-    """The benchmark's nowcasters by method name; ``extra`` adds ``NAME=FOLDER`` ones (NiNo or WNN, from its config)."""
+def load_nowcasters(nino: str | None, wnn: str | None, extra: list[str]
+                    ) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """The benchmark's nowcasters by method name, and where each learned one came from (``None``: packaged
+    default); ``extra`` adds ``NAME=FOLDER`` ones (NiNo or WNN, from its config; FOLDER may be a packaged name)."""
     out: dict[str, Any] = {"nino": NiNo.from_pretrained(nino), "wnn": WNN.from_pretrained(wnn),
                            "linefit": LineFit(5), "lawa": LAWA(5)}
+    sources: dict[str, str | None] = {"nino": nino, "wnn": wnn}
     for item in extra:
         name, _, path = item.partition("=")
         if not name.isalnum() or not path:
             raise SystemExit(f"--extra takes NAME=FOLDER with an alphanumeric NAME (a method name), got {item!r}")
-        cfg = json.loads((Path(path) / "config.json").read_text())
+        folder = Path(path) if Path(path).is_dir() else PRETRAINED_DIR / path
+        cfg = json.loads((folder / "config.json").read_text())
         out[name] = (NiNo if "edge_types" in cfg else WNN).from_pretrained(path)
-    return out
+        sources[name] = str(folder)
+    for name in ("nino", "wnn"):
+        if sources[name] is not None and not Path(sources[name]).is_dir():
+            sources[name] = str(PRETRAINED_DIR / sources[name])
+    return out, sources
+
+
+def describe_nowcasters(nowcasters: dict[str, Any], sources: dict[str, str | None]) -> str:
+    """One line per learned nowcaster: its checkpoint (repository-relative or packaged name) and size."""
+    repo = BENCHMARKS.parent
+    lines = []
+    for name, nc in nowcasters.items():
+        if not isinstance(nc, (NiNo, WNN)):
+            continue
+        src = sources.get(name)
+        if src is None:
+            where = f"packaged `{type(nc).pretrained_name}`"
+        else:
+            path = Path(src).resolve()
+            where = f"`{path.relative_to(repo)}`" if path.is_relative_to(repo) else f"folder `{path.name}`"
+        size = (f"hidden {nc.metanet.config.hidden}, {nc.metanet.config.layers} layers, decoder {nc.hidden}"
+                if isinstance(nc, NiNo) else f"hidden {nc.hidden}")
+        lines.append(f"`{name}`: {type(nc).__name__} {where} ({size}, K={nc.max_horizon}, "
+                     f"{sum(p.numel() for p in nc.parameters()):,} parameters)")
+    return "Learned nowcasters: " + "; ".join(lines) + "." if lines else ""
 
 
 def _one_thread_run(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> dict[str, Any]:
@@ -377,7 +415,7 @@ def run(args: argparse.Namespace) -> int:
             t.steps = 300
             t.period = min(t.period, 100)
     methods = args.methods.split(",") if getattr(args, "methods", None) else list(METHODS)
-    nowcasters = load_nowcasters(args.nino, args.wnn, getattr(args, "extra", None) or [])
+    nowcasters, sources = load_nowcasters(args.nino, args.wnn, getattr(args, "extra", None) or [])
     check_methods(methods, nowcasters)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -431,6 +469,14 @@ def run(args: argparse.Namespace) -> int:
             f"nowcasting plus training steps, median over seeds; evaluation excluded. Mean NiNo speed-up over tasks: "
             f"{statistics.mean(speedups) if speedups else math.nan:.2f}x. "
             f"Curves: {figure_link(out, args.benchmarks, fig_name)}.")
+    used = dict.fromkeys(x.split("-")[0] for x in methods)
+    described = describe_nowcasters({m: nowcasters[m] for m in used if m in nowcasters}, sources)
+    if described:
+        body += "\n\n" + described
+    if peer:
+        body += "\n\nPer seed, steps to target: " + "; ".join(
+            f"{m} " + "/".join(("never" if not math.isfinite(x) else f"{x:.0f}") for x in per_seed_steps(results, t, m))
+            for t in tasks for m in methods) + "."
     if peer:
         sp = summary.get(PEER_TASK, {}).get("ratios", {}).get("nino", math.nan)
         body += (f"\n\nThe peer's setting: guarded NiNo {sp:.2f}x fewer steps than AdamW (NiNo's public graph "
