@@ -31,7 +31,6 @@ import torch.nn.functional as F
 
 from benchlib import markdown_table, write_section
 from weightspace.nowcast import LAWA, WNN, LineFit, NiNo, NowcastOptimizer, horizon_schedule
-from weightspace.nowcast.model import PRETRAINED_DIR
 from weightspace.tasks.data import char_batch, digits_split, stdlib_corpus, tabular_split
 from weightspace.tasks.models import build, example_input
 from weightspace.tasks.train import evaluate_classifier, evaluate_lm
@@ -366,13 +365,9 @@ def load_nowcasters(nino: str | None, wnn: str | None, extra: list[str]
         name, _, path = item.partition("=")
         if not name.isalnum() or not path:
             raise SystemExit(f"--extra takes NAME=FOLDER with an alphanumeric NAME (a method name), got {item!r}")
-        folder = Path(path) if Path(path).is_dir() else PRETRAINED_DIR / path
-        cfg = json.loads((folder / "config.json").read_text())
+        cfg = json.loads((Path(NiNo.pretrained_location(path)) / "config.json").read_text())
         out[name] = (NiNo if "edge_types" in cfg else WNN).from_pretrained(path)
-        sources[name] = str(folder)
-    for name in ("nino", "wnn"):
-        if sources[name] is not None and not Path(sources[name]).is_dir():
-            sources[name] = str(PRETRAINED_DIR / sources[name])
+        sources[name] = path
     return out, sources
 
 
@@ -387,7 +382,7 @@ def describe_nowcasters(nowcasters: dict[str, Any], sources: dict[str, str | Non
         if src is None:
             where = f"packaged `{type(nc).pretrained_name}`"
         else:
-            path = Path(src).resolve()
+            path = Path(type(nc).pretrained_location(src)).resolve()
             where = f"`{path.relative_to(repo)}`" if path.is_relative_to(repo) else f"folder `{path.name}`"
         size = (f"hidden {nc.metanet.config.hidden}, {nc.metanet.config.layers} layers, decoder {nc.hidden}"
                 if isinstance(nc, NiNo) else f"hidden {nc.hidden}")

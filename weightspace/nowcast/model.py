@@ -115,17 +115,24 @@ class _ValueNowcaster(nn.Module):
             self.train(was)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None = None, **kwargs: Any):
-        """Load weights saved by ``save_pretrained``: the packaged checkpoint by default, a packaged variant by its
-        folder name under ``weightspace/nowcast/pretrained`` (e.g. ``"nino_cnn_k40"``), else a folder or Hub id."""
+    def pretrained_location(cls, pretrained_model_name_or_path: str | Path | None = None) -> str | Path:
+        """Where :meth:`from_pretrained` reads from: the packaged checkpoint for ``None``, a packaged variant's folder
+        for its name under ``weightspace/nowcast/pretrained`` (e.g. ``"nino_cnn_k40"``), else the folder or Hub id."""
         path = pretrained_model_name_or_path
         if isinstance(path, str) and not Path(path).exists() and (PRETRAINED_DIR / path / "config.json").is_file():
-            path = PRETRAINED_DIR / path
+            return PRETRAINED_DIR / path
         if path is None:
             path = PRETRAINED_DIR / cls.pretrained_name
             if not (path / "config.json").is_file():
                 raise NowcastError(f"no packaged {cls.__name__} checkpoint at {path}; train one with "
                                    f"`weightspace nowcast train` and pass its folder")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None = None, **kwargs: Any):
+        """Load weights saved by ``save_pretrained``: the packaged checkpoint by default, a packaged variant by its
+        folder name under ``weightspace/nowcast/pretrained`` (e.g. ``"nino_cnn_k40"``), else a folder or Hub id."""
+        path = cls.pretrained_location(pretrained_model_name_or_path)
         return super().from_pretrained(str(path), **kwargs)
 
 
