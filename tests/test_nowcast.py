@@ -547,3 +547,28 @@ def test_packaged_long_horizon_variants_load_by_name_and_jump_40_spacings(cls, n
     context = torch.stack([start + i * drift for i in range(nc.context)])
     ahead = nc.nowcast(context, 40, layout)
     assert torch.isfinite(ahead).all() and not torch.equal(ahead, context[-1])
+
+
+def test_long_meta_training_warm_start_keeps_weights_and_learns_new_parameter_types(monkeypatch):
+    """``train/nowcast_long.py --init nino=nino_cnn_k40``: a CNN-only NiNo goes on meta-training on MLPs with its
+    weights intact and every type either side knows; a size mismatch is refused by name."""
+    import importlib
+
+    from weightspace.space import WeightSpace
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "train"))
+    long = importlib.import_module("nowcast_long")
+    source = NiNo.from_pretrained("nino_cnn_k40")
+    fresh = NiNo(horizons=40, edge_types=["linear"], node_types=["input", "linear", "output"])
+    warm = long.warm_start(fresh, "nino_cnn_k40")
+    assert all(torch.equal(a, b) for a, b in zip(warm.state_dict().values(), source.state_dict().values()))
+    for model in (build("mlp", seed=0, in_features=8, widths=[6], out_features=3),
+                  build("cnn", seed=0, channels=(4, 4, 4), batchnorm=True)):
+        warm.check_space(ParamLayout.from_space(WeightSpace.from_module(model, example_input(model))))
+    mlp = build("mlp", seed=0, in_features=8, widths=[6], out_features=3)
+    with pytest.raises(NowcastError, match="not meta-trained on"):
+        source.check_space(ParamLayout.from_space(WeightSpace.from_module(mlp, example_input(mlp))))
+    with pytest.raises(SystemExit, match="hidden 32 \\(checkpoint\\) vs 16"):
+        long.warm_start(NiNo(horizons=40, hidden=16), "nino_cnn_k40")
+    wnn = long.warm_start(WNN(horizons=40), "wnn_cnn_k40")
+    assert torch.equal(wnn.decoder[0].weight, WNN.from_pretrained("wnn_cnn_k40").decoder[0].weight)

@@ -245,6 +245,31 @@ def finish(models: dict[str, Any], eval_set: list[Window], args: argparse.Namesp
     atomic_write_text(out / "result.json", json.dumps(info, indent=1, default=str))
 
 
+def warm_start(fresh: Any, source: str) -> Any:
+    """``fresh`` with the weights of the checkpoint ``source`` (a folder or packaged name, e.g. ``nino_cnn_k40``).
+
+    Sizes must match ``fresh``'s (a clear error names the differences). A NiNo keeps every parameter type either
+    knows, so a CNN-only checkpoint can go on meta-training on MLPs and GPTs: its embedding tables cover all
+    types, and the rows of types it never saw start from their initialisation.
+    """
+    cls = type(fresh)
+    cfg = json.loads((Path(cls.pretrained_location(source)) / "config.json").read_text())
+    mine = dict(fresh._hub_mixin_config)
+    sizes = {k: (cfg.get(k), v) for k, v in mine.items() if k not in ("edge_types", "node_types") and cfg.get(k) != v}
+    if sizes:
+        raise SystemExit(f"--init {source}: its sizes differ from the model this run builds "
+                         + ", ".join(f"{k} {a} (checkpoint) vs {b}" for k, (a, b) in sizes.items())
+                         + "; pass the checkpoint's sizes (--hidden, --layers, --decoder-hidden, --horizons, --context)")
+    if isinstance(fresh, NiNo):
+        from weightspace.graph.layout import EDGE_TYPES, NODE_TYPES
+
+        mine["edge_types"] = [t for t in EDGE_TYPES if t in {*mine["edge_types"], *cfg["edge_types"]}]
+        mine["node_types"] = [t for t in NODE_TYPES if t in {*mine["node_types"], *cfg["node_types"]}]
+        fresh = NiNo(**mine)
+    fresh.load_state_dict(cls.from_pretrained(source).state_dict())
+    return fresh
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
@@ -276,9 +301,19 @@ def main(argv: list[str] | None = None) -> int:
                         "train on several files generated before (e.g. runs with other --seed)")
     p.add_argument("--resume", action="store_true",
                    help="start each model from its folder in --out if there is one (a fresh optimizer and schedule)")
+    p.add_argument("--init", action="append", default=[], metavar="MODEL=FOLDER",
+                   help="start MODEL (one of --models) from a checkpoint folder or packaged name, e.g. "
+                        "nino=nino_cnn_k40 (sizes must match; a NiNo learns the data's new parameter types)")
     p.add_argument("--models", default="nino,nino_small,wnn",
                    help="nino (--hidden/--layers/--decoder-hidden), nino_small (the packaged size: 16/2/32), wnn")
     args = p.parse_args(argv)
+    bad = sorted(set(args.models.split(",")) - {"nino", "nino_small", "wnn"})
+    if bad:
+        raise SystemExit(f"--models: unknown {bad}; choose from nino, nino_small, wnn")
+    inits = dict(item.partition("=")[::2] for item in args.init)
+    bad = sorted(set(inits) - set(args.models.split(","))) + sorted(k for k, v in inits.items() if not v)
+    if bad:
+        raise SystemExit(f"--init: {bad} is not MODEL=FOLDER with MODEL one of --models ({args.models})")
     t0 = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -345,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     for k in args.models.split(","):
         torch.manual_seed(args.seed)
         models[k] = make[k]()
+        if k in inits:
+            models[k] = warm_start(models[k], inits[k])
+            print(f"{k} starts from {inits[k]}", flush=True)
         if args.resume and (out / k / "config.json").is_file():
             models[k] = type(models[k]).from_pretrained(out / k)
             print(f"resumed {k} from {out / k}", flush=True)
