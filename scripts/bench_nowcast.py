@@ -289,8 +289,9 @@ def verdict(summary: dict[str, Any], tasks: list[Task]) -> str:
     lines = []
     if PEER_TASK in names:
         sp = ratio(PEER_TASK, "nino")
-        lines.append(f"- The peer's setting (`{PEER_TASK}`): {sp:.2f}x (NiNo's checkpoint 2.1x; goal >= 2.2x): "
-                     f"{'met' if sp >= 2.2 else 'not met'}.")
+        lines.append(f"- The peer's setting (`{PEER_TASK}`) with this run's `nino` and seeds: {sp:.2f}x (NiNo's "
+                     f"checkpoint 2.1x; the goal, >= 2.2x, is judged over {PEER_SEEDS} seeds in the `--peer` "
+                     f"section).")
     held = [n for n in names if n != PEER_TASK]
     imp = [n for n in held if summary[n]["improving"]]
     if imp:
@@ -454,8 +455,9 @@ def run(args: argparse.Namespace) -> int:
             f"same guard except the `-noguard` ones: cross-entropy on a fixed training batch just before a jump and "
             f"{GUARD_DELAY} steps after it; the jump is rolled back (parameters and AdamW state restored) if "
             f"that loss is non-finite or more than {GUARD_TOLERANCE:.0%} above its pre-jump value. "
-            f"`-reset` also clears AdamW's moments after each jump; `nino-now` judges at once "
-            f"(no delay). No task was seen in meta-training:\n\n" + "\n".join(
+            f"`-reset` also clears AdamW's moments after each jump; `-now` judges at once (no delay); `-h<K>` "
+            f"rescales the schedule to a first horizon of K spacings. No task was seen in meta-training:\n\n"
+            + "\n".join(
                 f"- `{t.name}`: {t.description}; {t.steps} steps, lr {t.lr}, batch {t.batch_size}, period {t.period}"
                 for t in tasks)
             + "\n\n" + tables + "\n\nSpeed-up: Adam's median steps over the method's (`>`: Adam's median "

@@ -531,8 +531,13 @@ def test_nowcast_bench_refuses_unknown_methods_and_options_before_running(monkey
         bench.check_methods(["lf"], known)
 
 
-@pytest.mark.parametrize("cls,name", [(NiNo, "nino_cnn_k40"), (WNN, "wnn_cnn_k40")])
-def test_packaged_long_horizon_variants_load_by_name_and_jump_40_spacings(cls, name):
+@pytest.mark.parametrize("cls,name,family,kwargs", [
+    (NiNo, "nino_cnn_k40", "cnn", dict(channels=(4, 8, 8), batchnorm=False, activation="relu")),
+    (WNN, "wnn_cnn_k40", "cnn", dict(channels=(4, 8, 8), batchnorm=False, activation="relu")),
+    (NiNo, "nino_k40", "mlp", dict(in_features=8, widths=[6, 6], out_features=3)),
+    (NiNo, "nino_k40", "gpt", dict(vocab_size=11, block_size=8, n_layer=1, n_head=2, d_model=8)),
+    (WNN, "wnn_k40", "mlp", dict(in_features=8, widths=[6, 6], out_features=3))])
+def test_packaged_long_horizon_variants_load_by_name_and_jump_40_spacings(cls, name, family, kwargs):
     from weightspace.space import WeightSpace
     from weightspace.nowcast.model import PRETRAINED_DIR
 
@@ -540,7 +545,7 @@ def test_packaged_long_horizon_variants_load_by_name_and_jump_40_spacings(cls, n
     same = cls.from_pretrained(PRETRAINED_DIR / name)
     assert all(torch.equal(a, b) for a, b in zip(nc.state_dict().values(), same.state_dict().values()))
     assert nc.max_horizon == 40
-    model = build("cnn", seed=0, channels=(4, 8, 8), batchnorm=False, activation="relu")
+    model = build(family, seed=0, **kwargs)
     layout = ParamLayout.from_space(WeightSpace.from_module(model, example_input(model)))
     start = layout.flatten(model)
     drift = torch.randn(start.shape, generator=torch.Generator().manual_seed(0)) * 1e-3

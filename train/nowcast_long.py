@@ -255,11 +255,13 @@ def warm_start(fresh: Any, source: str) -> Any:
     cls = type(fresh)
     cfg = json.loads((Path(cls.pretrained_location(source)) / "config.json").read_text())
     mine = dict(fresh._hub_mixin_config)
-    sizes = {k: (cfg.get(k), v) for k, v in mine.items() if k not in ("edge_types", "node_types") and cfg.get(k) != v}
+    sizes = {k: (cfg.get(k), v) for k, v in mine.items()
+             if k not in ("edge_types", "node_types") and cfg.get(k) != v}
     if sizes:
         raise SystemExit(f"--init {source}: its sizes differ from the model this run builds "
                          + ", ".join(f"{k} {a} (checkpoint) vs {b}" for k, (a, b) in sizes.items())
-                         + "; pass the checkpoint's sizes (--hidden, --layers, --decoder-hidden, --horizons, --context)")
+                         + "; pass the checkpoint's sizes (--hidden, --layers, --decoder-hidden, --horizons, "
+                           "--context)")
     if isinstance(fresh, NiNo):
         from weightspace.graph.layout import EDGE_TYPES, NODE_TYPES
 
