@@ -554,7 +554,7 @@ def test_packaged_long_horizon_variants_load_by_name_and_jump_40_spacings(cls, n
     assert torch.isfinite(ahead).all() and not torch.equal(ahead, context[-1])
 
 
-def test_long_meta_training_warm_start_keeps_weights_and_learns_new_parameter_types(monkeypatch):
+def test_long_meta_training_warm_start_keeps_weights_and_learns_new_parameter_types(monkeypatch, tmp_path):
     """``train/nowcast_long.py --init nino=nino_cnn_k40``: a CNN-only NiNo goes on meta-training on MLPs with its
     weights intact and every type either side knows; a size mismatch is refused by name."""
     import importlib
@@ -575,5 +575,8 @@ def test_long_meta_training_warm_start_keeps_weights_and_learns_new_parameter_ty
         source.check_space(ParamLayout.from_space(WeightSpace.from_module(mlp, example_input(mlp))))
     with pytest.raises(SystemExit, match="hidden 32 \\(checkpoint\\) vs 16"):
         long.warm_start(NiNo(horizons=40, hidden=16), "nino_cnn_k40")
+    with pytest.raises(SystemExit, match="--init no_such_folder: no checkpoint there"):
+        long.main(["--out", str(tmp_path), "--models", "nino", "--init", "nino=no_such_folder"])
+    assert not any(tmp_path.iterdir())
     wnn = long.warm_start(WNN(horizons=40), "wnn_cnn_k40")
     assert torch.equal(wnn.decoder[0].weight, WNN.from_pretrained("wnn_cnn_k40").decoder[0].weight)

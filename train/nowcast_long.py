@@ -245,6 +245,15 @@ def finish(models: dict[str, Any], eval_set: list[Window], args: argparse.Namesp
     atomic_write_text(out / "result.json", json.dumps(info, indent=1, default=str))
 
 
+def init_config(source: str) -> dict[str, Any]:
+    """The ``config.json`` of an ``--init`` checkpoint (a local folder or packaged name), or a clear error."""
+    path = Path(NiNo.pretrained_location(source)) / "config.json"
+    if not path.is_file():
+        raise SystemExit(f"--init {source}: no checkpoint there ({path} not found); pass a folder written by "
+                         f"save_pretrained or a packaged name such as nino_cnn_k40")
+    return json.loads(path.read_text())
+
+
 def warm_start(fresh: Any, source: str) -> Any:
     """``fresh`` with the weights of the checkpoint ``source`` (a folder or packaged name, e.g. ``nino_cnn_k40``).
 
@@ -253,7 +262,7 @@ def warm_start(fresh: Any, source: str) -> Any:
     types, and the rows of types it never saw start from their initialisation.
     """
     cls = type(fresh)
-    cfg = json.loads((Path(cls.pretrained_location(source)) / "config.json").read_text())
+    cfg = init_config(source)
     mine = dict(fresh._hub_mixin_config)
     sizes = {k: (cfg.get(k), v) for k, v in mine.items()
              if k not in ("edge_types", "node_types") and cfg.get(k) != v}
@@ -316,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = sorted(set(inits) - set(args.models.split(","))) + sorted(k for k, v in inits.items() if not v)
     if bad:
         raise SystemExit(f"--init: {bad} is not MODEL=FOLDER with MODEL one of --models ({args.models})")
+    for folder in inits.values():
+        init_config(folder)
     t0 = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
