@@ -366,7 +366,7 @@ def load_nowcasters(nino: str | None, wnn: str | None, extra: list[str]
         name, _, path = item.partition("=")
         if not name.isalnum() or not path:
             raise SystemExit(f"--extra takes NAME=FOLDER with an alphanumeric NAME (a method name), got {item!r}")
-        cfg = json.loads((Path(NiNo.pretrained_location(path)) / "config.json").read_text())
+        cfg = NiNo.pretrained_config(path)
         out[name] = (NiNo if "edge_types" in cfg else WNN).from_pretrained(path)
         sources[name] = path
     return out, sources

@@ -33,7 +33,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from weightspace.nowcast import WNN, LineFit, NiNo, ParamLayout, Window
+from weightspace.graph.layout import EDGE_TYPES, NODE_TYPES
+from weightspace.nowcast import WNN, LineFit, NiNo, NowcastError, ParamLayout, Window
 from weightspace.nowcast.train import nowcast_loss
 from weightspace.space import WeightSpace
 from weightspace.tasks.data import char_batch, digits_split, stdlib_corpus, synthetic_split
@@ -42,6 +43,7 @@ from weightspace.utils import atomic_write_text
 
 LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 FAMILIES = ("mlp", "cnn", "synth", "gpt")
+MODELS = ("nino", "nino_small", "wnn")
 _DATA: dict[str, Any] = {}
 
 
@@ -245,15 +247,6 @@ def finish(models: dict[str, Any], eval_set: list[Window], args: argparse.Namesp
     atomic_write_text(out / "result.json", json.dumps(info, indent=1, default=str))
 
 
-def init_config(source: str) -> dict[str, Any]:
-    """The ``config.json`` of an ``--init`` checkpoint (a local folder or packaged name), or a clear error."""
-    path = Path(NiNo.pretrained_location(source)) / "config.json"
-    if not path.is_file():
-        raise SystemExit(f"--init {source}: no checkpoint there ({path} not found); pass a folder written by "
-                         f"save_pretrained or a packaged name such as nino_cnn_k40")
-    return json.loads(path.read_text())
-
-
 def warm_start(fresh: Any, source: str) -> Any:
     """``fresh`` with the weights of the checkpoint ``source`` (a folder or packaged name, e.g. ``nino_cnn_k40``).
 
@@ -261,9 +254,8 @@ def warm_start(fresh: Any, source: str) -> Any:
     knows, so a CNN-only checkpoint can go on meta-training on MLPs and GPTs: its embedding tables cover all
     types, and the rows of types it never saw start from their initialisation.
     """
-    cls = type(fresh)
-    cfg = init_config(source)
-    mine = dict(fresh._hub_mixin_config)
+    src = type(fresh).from_pretrained(source)
+    cfg, mine = src._hub_mixin_config, dict(fresh._hub_mixin_config)
     sizes = {k: (cfg.get(k), v) for k, v in mine.items()
              if k not in ("edge_types", "node_types") and cfg.get(k) != v}
     if sizes:
@@ -272,12 +264,10 @@ def warm_start(fresh: Any, source: str) -> Any:
                          + "; pass the checkpoint's sizes (--hidden, --layers, --decoder-hidden, --horizons, "
                            "--context)")
     if isinstance(fresh, NiNo):
-        from weightspace.graph.layout import EDGE_TYPES, NODE_TYPES
-
         mine["edge_types"] = [t for t in EDGE_TYPES if t in {*mine["edge_types"], *cfg["edge_types"]}]
         mine["node_types"] = [t for t in NODE_TYPES if t in {*mine["node_types"], *cfg["node_types"]}]
         fresh = NiNo(**mine)
-    fresh.load_state_dict(cls.from_pretrained(source).state_dict())
+    fresh.load_state_dict(src.state_dict())
     return fresh
 
 
@@ -318,15 +308,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="nino,nino_small,wnn",
                    help="nino (--hidden/--layers/--decoder-hidden), nino_small (the packaged size: 16/2/32), wnn")
     args = p.parse_args(argv)
-    bad = sorted(set(args.models.split(",")) - {"nino", "nino_small", "wnn"})
+    bad = sorted(set(args.models.split(",")) - set(MODELS))
     if bad:
-        raise SystemExit(f"--models: unknown {bad}; choose from nino, nino_small, wnn")
+        raise SystemExit(f"--models: unknown {bad}; choose from {', '.join(MODELS)}")
     inits = dict(item.partition("=")[::2] for item in args.init)
     bad = sorted(set(inits) - set(args.models.split(","))) + sorted(k for k, v in inits.items() if not v)
     if bad:
         raise SystemExit(f"--init: {bad} is not MODEL=FOLDER with MODEL one of --models ({args.models})")
     for folder in inits.values():
-        init_config(folder)
+        try:
+            NiNo.pretrained_config(folder)
+        except NowcastError as e:
+            raise SystemExit(f"--init {folder}: {e}") from None
     t0 = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -376,8 +369,6 @@ def main(argv: list[str] | None = None) -> int:
     gh = torch.Generator().manual_seed(10_000_019)
     eval_set = [H.sample(gh) for _ in range(args.eval_windows)]
 
-    from weightspace.graph.layout import EDGE_TYPES, NODE_TYPES
-
     lays = [*W.layouts.values(), *H.layouts.values()]
     e = sorted({int(t) for lay in lays for t in lay.space.layout.edge_type.unique()})
     n = sorted({int(t) for lay in lays for t in lay.space.layout.node_type.unique()})
@@ -393,12 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     for k in args.models.split(","):
         torch.manual_seed(args.seed)
         models[k] = make[k]()
-        if k in inits:
-            models[k] = warm_start(models[k], inits[k])
-            print(f"{k} starts from {inits[k]}", flush=True)
         if args.resume and (out / k / "config.json").is_file():
             models[k] = type(models[k]).from_pretrained(out / k)
             print(f"resumed {k} from {out / k}", flush=True)
+        elif k in inits:
+            models[k] = warm_start(models[k], inits[k])
+            print(f"{k} starts from {inits[k]}", flush=True)
         models[k] = models[k].to(device)
     opts = {k: torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=1e-4) for k, m in models.items()}
     g = torch.Generator().manual_seed(args.seed)

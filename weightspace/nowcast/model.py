@@ -17,6 +17,7 @@ neurons it connects are doing.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -127,6 +128,16 @@ class _ValueNowcaster(nn.Module):
                 raise NowcastError(f"no packaged {cls.__name__} checkpoint at {path}; train one with "
                                    f"`weightspace nowcast train` and pass its folder")
         return path
+
+    @classmethod
+    def pretrained_config(cls, pretrained_model_name_or_path: str | Path | None = None) -> dict[str, Any]:
+        """The ``config.json`` of a local or packaged checkpoint (resolved as by :meth:`from_pretrained`)."""
+        path = Path(cls.pretrained_location(pretrained_model_name_or_path)) / "config.json"
+        if not path.is_file():
+            packaged = sorted(p.parent.name for p in PRETRAINED_DIR.glob("*/config.json"))
+            raise NowcastError(f"no checkpoint there ({path} not found): pass a folder written by save_pretrained or "
+                               f"a packaged name ({', '.join(packaged)})")
+        return json.loads(path.read_text())
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path | None = None, **kwargs: Any):
