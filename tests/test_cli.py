@@ -42,7 +42,7 @@ def test_graph_inspect_reports_bad_input(tmp_path, capsys):
 
 
 def test_entry_point_runs():
-    r = subprocess.run([sys.executable, "-m", "weightspace.cli", "--help"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "weightspace.cli", "--help"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "graph" in r.stdout and "zoo" in r.stdout
 
 

@@ -1,18 +1,15 @@
 """Weight generators: complete finite samples that beat chance, exact save/load round trips, equivariance, bad input."""
 
-import os
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from process_group import join_group, run_processes
 from weightspace import StateDictMismatch, WeightSpace
 from weightspace.generate import GeneratorError, GraphDiffusion, PDiff, select_keys
 from weightspace.memorization import Evaluator, MemorizationError, ModelSet, unflatten
 from weightspace.tasks import build, digits_split, example_input, train_classifier
 from weightspace.training import TrainConfig, Trainer
-from weightspace.training.distributed import _free_port
 
 
 def quick(steps, batch=8):
@@ -252,10 +249,8 @@ def test_an_interrupted_fit_resumes_to_the_uninterrupted_generator(trained, tmp_
     assert torch.equal(full.sample_values(2, seed=3), resumed.sample_values(2, seed=3))
 
 
-def _ddp_fit_worker(rank: int, world: int, port: int, sds_path: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ddp_fit_worker(rank: int, world: int, init: str, sds_path: str, out: str) -> None:
+    join_group(rank, world, init)
     try:
         sds = torch.load(sds_path, weights_only=True)
         m = build("mlp", seed=0, in_features=64, widths=[12], out_features=10)
@@ -276,7 +271,7 @@ def test_generators_train_under_two_process_ddp(trained, tmp_path):
     p-diff stages and graph diffusion, and what rank 0 saves is that generator."""
     space, sds, _ = trained
     torch.save(sds, tmp_path / "sds.pt")
-    mp.spawn(_ddp_fit_worker, args=(2, _free_port(), str(tmp_path / "sds.pt"), str(tmp_path)), nprocs=2, join=True)
+    run_processes(_ddp_fit_worker, (str(tmp_path / "sds.pt"), str(tmp_path)), tmp_path)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for name, cls in (("pdiff", PDiff), ("graph", GraphDiffusion)):
         for k, v in r0[name].items():

@@ -430,16 +430,13 @@ def test_cli_early_stopping_options_are_not_ignored(tmp_path, coll, capsys):
     assert "--val-fraction applies to early stopping" in capsys.readouterr().err
 
 
-def _early_stop_worker(rank: int, world: int, port: int, out: str) -> None:
-    import os
-
+def _early_stop_worker(rank: int, world: int, init: str, out: str) -> None:
     import torch.distributed as dist
 
+    from process_group import join_group
     from weightspace.training import EarlyStopping, Trainer
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    join_group(rank, world, init)
     try:
         scores = [5.0, 3.0, 4.0, 4.0, 4.0] if rank == 0 else [5.0 - k for k in range(20)]
         fn, _ = _scripted_eval(scores)
@@ -456,15 +453,10 @@ def _early_stop_worker(rank: int, world: int, port: int, out: str) -> None:
 @pytest.mark.slow
 def test_processes_stop_together_on_rank_0s_metric(tmp_path):
     """Each process would decide otherwise on its own evaluation; all follow rank 0's."""
-    import socket
+    from process_group import run_processes
 
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = str(tmp_path / "r")
-    mp.spawn(_early_stop_worker, args=(2, port, out), nprocs=2, join=True)
+    run_processes(_early_stop_worker, (out,), tmp_path)
     for rank in range(2):
         assert torch.load(f"{out}.{rank}", weights_only=True).tolist() == [50, 20]
 

@@ -1,13 +1,12 @@
 """Training infrastructure: determinism, resume after interruption, DDP equivalence, config checks."""
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from process_group import join_group, run_processes
 from test_predict import make_collection
 from weightspace.collections import CheckpointCollection
 from weightspace.predict import PropertyGraphs, PropertyPredictor
@@ -15,7 +14,6 @@ from weightspace.predict.api import PredictionLoss, mse_loss
 from weightspace.errors import ConfigError
 from weightspace.training import (CheckpointMismatch, TrainConfig, Trainer, gather_batch, load_optimizer,
                                   save_optimizer)
-from weightspace.training.distributed import _free_port
 from weightspace.training.trainer import step_seed
 
 
@@ -115,10 +113,8 @@ def test_optimizer_state_round_trips_through_safetensors(tmp_path):
             assert torch.equal(torch.as_tensor(v), torch.as_tensor(b["state"][pid][k]))
 
 
-def _ddp_worker(rank: int, world: int, port: int, root: str, out: str, rank_weight: float) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _ddp_worker(rank: int, world: int, init: str, root: str, out: str, rank_weight: float) -> None:
+    join_group(rank, world, init)
     try:
         model = new_model(double=True)
         trainer = Trainer(model, PredictionLoss(rank_weight), load_store(Path(root)),
@@ -140,7 +136,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, zoo, rank_
     single = new_model(double=True)
     Trainer(single, PredictionLoss(rank_weight), load_store(zoo), config(checkpoint_every=0)).fit()
     out = tmp_path / "ddp.pt"
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(zoo), str(out), rank_weight), nprocs=2, join=True)
+    run_processes(_ddp_worker, (str(zoo), str(out), rank_weight), tmp_path)
     assert_same(torch.load(out, weights_only=True), params(single), atol=1e-9)
 
 
@@ -152,9 +148,8 @@ def test_batch_must_split_evenly_across_processes(zoo, monkeypatch):
         Trainer(new_model(), mse_loss, load_store(zoo), config(batch_size=4))
 
 
-def _gather_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _gather_worker(rank: int, world: int, init: str, out: str) -> None:
+    join_group(rank, world, init)
     try:
         t = torch.arange(3.0 + rank, dtype=torch.float64).add(10 * rank).requires_grad_()
         full = gather_batch(t)
@@ -168,7 +163,7 @@ def test_gather_batch_concatenates_uneven_parts_and_routes_gradients_back(tmp_pa
     """Rank 0 holds 3 rows, rank 1 holds 4: everyone sees all 7; each row's gradient (summed over both
     processes' copies of the loss) returns to the process that owns it."""
     out = str(tmp_path / "g")
-    mp.spawn(_gather_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    run_processes(_gather_worker, (out,), tmp_path)
     expect = torch.tensor([0.0, 1, 2, 10, 11, 12, 13], dtype=torch.float64)
     weights = 2 * torch.arange(1.0, 8, dtype=torch.float64)
     r0, r1 = torch.load(f"{out}.0", weights_only=True), torch.load(f"{out}.1", weights_only=True)
