@@ -47,6 +47,9 @@ IMPROVING = 0.005
 its budget to its last 5% (the rule that picks the tasks of the issue's 2x goal, fixed before measuring)."""
 GUARD_TOLERANCE = 0.1
 GUARD_DELAY = 10
+HORIZON_SEARCH = 3
+"""Every jump tries the scheduled horizon k and k/2, ..., k/2^(HORIZON_SEARCH-1), keeping the lowest guard loss
+(``-s<N>`` sets N per method; ``-s1``: the scheduled k alone)."""
 METHODS = ("adam", "nino", "nino-noguard", "nino-reset", "wnn", "linefit", "lawa")
 
 
@@ -151,13 +154,13 @@ def check_methods(methods: list[str], nowcasters: dict[str, Any]) -> None:
     """Refuse an unknown nowcaster or option in ``--methods`` before any run starts."""
     for method in methods:
         name, *opts = method.split("-")
-        bad = [o for o in opts if not re.fullmatch(r"noguard|reset|now|gerr|tol[0-9.]+|h[0-9]+|d[0-9]+", o)]
+        bad = [o for o in opts if not re.fullmatch(r"noguard|reset|now|gerr|tol[0-9.]+|h[0-9]+|d[0-9]+|s[0-9]+", o)]
         if method != "adam" and name not in nowcasters:
             raise SystemExit(f"--methods {method!r}: unknown nowcaster {name!r}; known: adam, "
                              f"{', '.join(sorted(nowcasters))} (more with --extra NAME=FOLDER)")
         if bad:
             raise SystemExit(f"--methods {method!r}: unknown option(s) {', '.join('-' + b for b in bad)}; options: "
-                             f"-noguard -reset -now -gerr -tol<x> -h<K> -d<N>")
+                             f"-noguard -reset -now -gerr -tol<x> -h<K> -d<N> -s<N>")
 
 
 def run_one(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> dict[str, Any]:
@@ -170,11 +173,14 @@ def run_one(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> d
         tol = next((float(o[3:]) for o in opts if o.startswith("tol")), GUARD_TOLERANCE)
         top = next((int(o[1:]) for o in opts if o.startswith("h") and o[1:].isdigit()), None)
         delay = next((int(o[1:]) for o in opts if o.startswith("d") and o[1:].isdigit()), GUARD_DELAY)
+        search = next((int(o[1:]) for o in opts if o.startswith("s") and o[1:].isdigit()), HORIZON_SEARCH)
         opt = NowcastOptimizer(model, base, nowcasters[name], period=task.period, example_input=example_input(model),
                                horizons=None if top is None else horizon_schedule(top),
                                guard=None if "noguard" in opts else guard, guard_tolerance=tol,
                                guard_delay=0 if "now" in opts else delay,
-                               reset_state="reset" in opts, stop=task.steps)
+                               reset_state="reset" in opts, stop=task.steps,
+                               horizon_search=[2.0 ** -i for i in range(search)] if search > 1 and
+                               "noguard" not in opts else ())
     eval_every = task.eval_every or max(1, task.steps // 50)
     curve = [(0, evaluate())]
     step_seconds = 0.0
@@ -456,7 +462,9 @@ def run(args: argparse.Namespace) -> int:
             f"{GUARD_DELAY} steps after it; the jump is rolled back (parameters and AdamW state restored) if "
             f"that loss is non-finite or more than {GUARD_TOLERANCE:.0%} above its pre-jump value. "
             f"`-reset` also clears AdamW's moments after each jump; `-now` judges at once (no delay); `-h<K>` "
-            f"rescales the schedule to a first horizon of K spacings. No task was seen in meta-training:\n\n"
+            f"rescales the schedule to a first horizon of K spacings. Each guarded jump tries the scheduled "
+            f"horizon k and k/2, ..., k/2^(N-1) (N = {HORIZON_SEARCH}; `-s<N>` sets N, `-s1` jumps k alone) and "
+            f"keeps the one with the lowest guard loss right after it. No task was seen in meta-training:\n\n"
             + "\n".join(
                 f"- `{t.name}`: {t.description}; {t.steps} steps, lr {t.lr}, batch {t.batch_size}, period {t.period}"
                 for t in tasks)
@@ -561,7 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", default=None)
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}, each optionally "
                    "with -noguard, -reset, -now, -tol<x>, -h<K> (NiNo's schedule rescaled to a first horizon K), -d<N> "
-                   f"(guard verdict N steps after the jump; default {GUARD_DELAY})")
+                   f"(guard verdict N steps after the jump; default {GUARD_DELAY}), -s<N> (at each jump try the "
+                   f"horizons k, k/2, ..., k/2^(N-1) and keep the one with the lowest guard loss; default "
+                   f"{HORIZON_SEARCH}, -s1: k alone)")
     p.add_argument("--seeds", type=int, default=None, help=f"seeds per task (default 3; {PEER_SEEDS} with --peer)")
     p.add_argument("--peer", action="store_true",
                    help=f"run only the peer's setting ({PEER_TASK}) and write its own BENCHMARKS.md section")

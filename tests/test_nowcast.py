@@ -494,6 +494,46 @@ def test_nowcast_computes_only_its_horizon_and_matches_the_full_prediction(cls):
     _, std = lay.stats(ctx)
     for k in range(1, 6):
         torch.testing.assert_close(nc.nowcast(ctx, k, lay), ctx[-1] + full[k - 1] * std)
+    torch.testing.assert_close(nc.nowcast_horizons(ctx, [4, 2], lay), ctx[-1] + full[[3, 1]] * std)
+    with pytest.raises(NowcastError, match="horizons 1..5"):
+        nc.nowcast_horizons(ctx, [2, 6], lay)
+
+
+class _Line:
+    """Moves every parameter by ``k`` along a fixed direction (to see which horizon a search keeps)."""
+
+    needs_space, max_horizon, context = False, None, 2
+
+    def nowcast(self, context, k, layout):
+        return context[-1] + k * torch.ones_like(context[-1])
+
+
+def test_horizon_search_keeps_the_horizon_with_the_lowest_guard_loss_and_still_guards_it():
+    """The guard's loss is lowest 2 units along the line: of k = 8, 4, 2 (fractions 1, 1/2, 1/4 of the
+    scheduled 8) the search keeps 2, writes that prediction, and the guard then judges it as usual."""
+    model, _, _ = _toy()
+    lay = ParamLayout.from_module(model)
+    ring = {}
+    guard = lambda: ((lay.flatten(model) - ring["last"] - 2.0) ** 2).sum()  # noqa: E731
+    opt = NowcastOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.0), _Line(), period=4, horizons=[8],
+                           guard=guard, guard_tolerance=1e9, horizon_search=(1, 0.5, 0.25))
+    for _ in range(3):
+        opt.step()
+    ring["last"] = lay.flatten(model).clone()
+    opt.step()
+    j = opt.jumps[0]
+    assert (j.k, j.accepted) == (2, True)
+    torch.testing.assert_close(lay.flatten(model), ring["last"] + 2.0)
+    strict = NowcastOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.0), _Line(), period=4, horizons=[8],
+                              guard=lambda: lay.flatten(model).abs().sum(), horizon_search=(1, 0.5))
+    before = lay.flatten(model).clone()
+    for _ in range(4):
+        strict.step()
+    assert (strict.jumps[0].k, strict.jumps[0].accepted) == (4, False) and torch.equal(lay.flatten(model), before)
+    for bad, kw in [("needs a guard", {}), ("fractions in \\(0, 1\\]", {"guard": guard})]:
+        with pytest.raises(NowcastError, match=bad):
+            NowcastOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.0), _Line(), period=4,
+                             horizon_search=(1, 0.5) if not kw else (1, 0), **kw)
 
 
 def test_nino_builds_its_indices_once_per_architecture(monkeypatch):

@@ -138,7 +138,9 @@ class Nowcaster(Protocol):
 
     ``nowcast(context [c, P], k, layout)`` returns the predicted ``[P]`` flat parameters.
     ``needs_space`` says whether the layout must come from a traced :class:`WeightSpace`;
-    ``max_horizon`` is the largest ``k`` it was trained for (``None``: any).
+    ``max_horizon`` is the largest ``k`` it was trained for (``None``: any). A nowcaster may also
+    offer ``nowcast_horizons(context, ks, layout) -> [len(ks), P]`` when several horizons cost
+    less together than apart (:func:`nowcast_horizons` falls back to one ``nowcast`` per ``k``).
     """
 
     context: int
@@ -146,3 +148,11 @@ class Nowcaster(Protocol):
     max_horizon: int | None
 
     def nowcast(self, context: Tensor, k: int, layout: ParamLayout) -> Tensor: ...
+
+
+def nowcast_horizons(nowcaster: Nowcaster, context: Tensor, ks: Sequence[int], layout: ParamLayout) -> Tensor:
+    """``[len(ks), P]`` predictions: the nowcaster's own ``nowcast_horizons`` if it has one, else a loop."""
+    many = getattr(nowcaster, "nowcast_horizons", None)
+    if many is not None:
+        return many(context, ks, layout)
+    return torch.stack([nowcaster.nowcast(context, int(k), layout) for k in ks])

@@ -68,9 +68,10 @@ class _ValueNowcaster(nn.Module):
     def host_embeddings(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> list[Tensor] | None:
         return None
 
-    def forward(self, windows: Sequence[Any], horizon: int | None = None) -> list[Tensor]:
+    def forward(self, windows: Sequence[Any], horizons: Sequence[int] | None = None) -> list[Tensor]:
         """Scaled residual predictions ``[K, P]`` for each window (anything with ``context`` and ``layout``);
-        with ``horizon`` k, only that one ``[1, P]`` (the decoder's last layer computes one output, not K).
+        with ``horizons`` (values of k), only those ``[len(horizons), P]`` (the decoder's last layer computes
+        only those outputs, not K).
 
         All windows go through the network together: one (batched) graph pass and one decoder pass.
         """
@@ -85,23 +86,27 @@ class _ValueNowcaster(nn.Module):
         inp = torch.cat([f.t() for f in feats])
         if hosts is not None:
             inp = torch.cat([inp, torch.cat(hosts)], 1)
-        if horizon is None:
+        if horizons is None:
             out = self.decoder(inp).float()
         else:
-            last = self.decoder[-1]
-            out = F.linear(self.decoder[:-1](inp), last.weight[horizon - 1:horizon],
-                           last.bias[horizon - 1:horizon]).float()
+            last, rows = self.decoder[-1], torch.as_tensor(list(horizons), device=inp.device) - 1
+            out = F.linear(self.decoder[:-1](inp), last.weight[rows], last.bias[rows]).float()
         return [o.t() * tau for o, tau in zip(out.split([f.shape[1] for f in feats]), taus)]
 
-    @torch.no_grad()
     def nowcast(self, context: Tensor, k: int, layout: ParamLayout) -> Tensor:
         """Predicted ``[P]`` parameters ``k`` context spacings after the last state, for ``1 <= k <= K``
         (``K = max_horizon``, the horizons it was trained for; any other ``k`` raises :class:`NowcastError`)."""
+        return self.nowcast_horizons(context, [k], layout)[0]
+
+    @torch.no_grad()
+    def nowcast_horizons(self, context: Tensor, ks: Sequence[int], layout: ParamLayout) -> Tensor:
+        """Predicted parameters ``[len(ks), P]`` for several horizons from one pass of the network."""
         if context.shape[0] != self.context:
             raise NowcastError(f"{type(self).__name__} takes {self.context} context states, got {context.shape[0]}")
-        if not 1 <= int(k) <= self.max_horizon:
+        bad = [int(k) for k in ks if not 1 <= int(k) <= self.max_horizon]
+        if bad or not ks:
             raise NowcastError(f"{type(self).__name__} predicts horizons 1..{self.max_horizon} (its max_horizon), "
-                               f"got k={k}")
+                               f"got k={bad[0] if bad else list(ks)}")
         was = self.training
         self.eval()
         try:
@@ -109,9 +114,9 @@ class _ValueNowcaster(nn.Module):
 
             device = next(self.parameters()).device
             ctx = context.to(device=device, dtype=torch.float32)
-            pred = self.forward([SimpleNamespace(context=ctx, layout=layout)], horizon=int(k))[0]
+            pred = self.forward([SimpleNamespace(context=ctx, layout=layout)], horizons=[int(k) for k in ks])[0]
             _, std = layout.stats(ctx)
-            return (ctx[-1] + pred[0] * std).to(context.device, context.dtype)
+            return (ctx[-1] + pred * std).to(context.device, context.dtype)
         finally:
             self.train(was)
 
