@@ -154,7 +154,7 @@ def check_methods(methods: list[str], nowcasters: dict[str, Any]) -> None:
     """Refuse an unknown nowcaster or option in ``--methods`` before any run starts."""
     for method in methods:
         name, *opts = method.split("-")
-        bad = [o for o in opts if not re.fullmatch(r"noguard|reset|now|gerr|tol[0-9.]+|h[0-9]+|d[0-9]+|s[0-9]+", o)]
+        bad = [o for o in opts if not re.fullmatch(r"noguard|reset|now|gerr|flat|tol[0-9.]+|h[0-9]+|d[0-9]+|s[0-9]+|u[0-9]+", o)]
         if method != "adam" and name not in nowcasters:
             raise SystemExit(f"--methods {method!r}: unknown nowcaster {name!r}; known: adam, "
                              f"{', '.join(sorted(nowcasters))} (more with --extra NAME=FOLDER)")
@@ -174,13 +174,17 @@ def run_one(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> d
         top = next((int(o[1:]) for o in opts if o.startswith("h") and o[1:].isdigit()), None)
         delay = next((int(o[1:]) for o in opts if o.startswith("d") and o[1:].isdigit()), GUARD_DELAY)
         search = next((int(o[1:]) for o in opts if o.startswith("s") and o[1:].isdigit()), HORIZON_SEARCH)
+        up = next((int(o[1:]) for o in opts if o.startswith("u") and o[1:].isdigit()), 0)
+        fractions = [2.0 ** -i for i in range(search)] + [2.0 ** (i + 1) for i in range(up)]
+        sched = horizon_schedule(top) if top is not None else None
+        if "flat" in opts:
+            sched = [top or nowcasters[name].max_horizon or 16] * 10
         opt = NowcastOptimizer(model, base, nowcasters[name], period=task.period, example_input=example_input(model),
-                               horizons=None if top is None else horizon_schedule(top),
+                               horizons=sched,
                                guard=None if "noguard" in opts else guard, guard_tolerance=tol,
                                guard_delay=0 if "now" in opts else delay,
                                reset_state="reset" in opts, stop=task.steps,
-                               horizon_search=[2.0 ** -i for i in range(search)] if search > 1 and
-                               "noguard" not in opts else ())
+                               horizon_search=fractions if len(fractions) > 1 and "noguard" not in opts else ())
     eval_every = task.eval_every or max(1, task.steps // 50)
     curve = [(0, evaluate())]
     step_seconds = 0.0
@@ -500,13 +504,15 @@ OVERHEAD_PERIODS = (1000, 300)
 
 
 def measure_overhead(task: Task, nowcaster: Any, repeats: int = 5, steps: int = 200) -> dict[str, float]:
-    """Seconds of one AdamW step, one context record and one guarded jump (NiNo forward, two guard
-    evaluations, parameter copies) of :class:`NowcastOptimizer` on ``task``'s model; medians."""
+    """Seconds of one AdamW step, one context record and one guarded jump (NiNo forward, the guard's
+    evaluations before, at each searched horizon and after, parameter copies) of :class:`NowcastOptimizer`
+    on ``task``'s model; medians."""
     model = build(task.family, seed=0, **task.kwargs)
     train_loss, _, guard = _task_fns(task, model, 0, loss_guard=True)
     base = torch.optim.AdamW(model.parameters(), lr=task.lr, weight_decay=0.0)
     opt = NowcastOptimizer(model, base, nowcaster, period=5, example_input=example_input(model), guard=guard,
-                           guard_tolerance=1e9, horizons=[1])
+                           guard_tolerance=1e9, horizons=[2 ** (HORIZON_SEARCH - 1)],
+                           horizon_search=[2.0 ** -i for i in range(HORIZON_SEARCH)])
     step_t = []
     for i in range(steps):
         t0 = time.perf_counter()
@@ -552,8 +558,9 @@ def run_overhead(args: argparse.Namespace) -> int:
                                        for t, n, pp, s in shares if pp == p) for p in OVERHEAD_PERIODS]
     body = (f"NowcastOptimizer's share of training wall-clock: (one guarded jump + {nino.context} context records) / "
             f"(that + period x one AdamW step), each the median of repeated timings on one thread. A jump is the "
-            f"nowcaster's forward, the guard's loss before and after (cross-entropy on 512 fixed training "
-            f"examples) and the parameter copies; evaluation excluded. NiNo: "
+            f"nowcaster's forward, the guard's loss before, at each of the {HORIZON_SEARCH} searched horizons and "
+            f"after (cross-entropy on 512 fixed training examples) and the parameter copies; evaluation excluded. "
+            f"NiNo: "
             f"{sum(p.numel() for p in nino.parameters()):,} parameters, max horizon {nino.max_horizon}. Goals on "
             f"CPU (issue 15): <= 2% at period 1,000, <= 5% at period 300.\n\n{table}\n\n" + "\n".join(
                 f"- {line}." for line in met))

@@ -510,7 +510,8 @@ class _Line:
 
 def test_horizon_search_keeps_the_horizon_with_the_lowest_guard_loss_and_still_guards_it():
     """The guard's loss is lowest 2 units along the line: of k = 8, 4, 2 (fractions 1, 1/2, 1/4 of the
-    scheduled 8) the search keeps 2, writes that prediction, and the guard then judges it as usual."""
+    scheduled 8) the search keeps 2, writes that prediction, and the guard then judges it as usual. Multiples
+    above 1 are capped at the nowcaster's max_horizon."""
     model, _, _ = _toy()
     lay = ParamLayout.from_module(model)
     ring = {}
@@ -530,7 +531,14 @@ def test_horizon_search_keeps_the_horizon_with_the_lowest_guard_loss_and_still_g
     for _ in range(4):
         strict.step()
     assert (strict.jumps[0].k, strict.jumps[0].accepted) == (4, False) and torch.equal(lay.flatten(model), before)
-    for bad, kw in [("needs a guard", {}), ("fractions in \\(0, 1\\]", {"guard": guard})]:
+    capped = _Line()
+    capped.max_horizon = 10
+    far = NowcastOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.0), capped, period=4, horizons=[8],
+                           guard=lambda: -lay.flatten(model).sum(), guard_tolerance=1e9, horizon_search=(1, 2))
+    for _ in range(4):
+        far.step()
+    assert far.jumps[0].k == 10
+    for bad, kw in [("needs a guard", {}), ("positive multiples", {"guard": guard})]:
         with pytest.raises(NowcastError, match=bad):
             NowcastOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.0), _Line(), period=4,
                              horizon_search=(1, 0.5) if not kw else (1, 0), **kw)

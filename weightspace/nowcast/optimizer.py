@@ -53,7 +53,8 @@ class NowcastOptimizer(torch.optim.Optimizer):
     restores the pre-jump parameters and base optimizer state: a nowcast usually costs accuracy at
     once and pays off a few steps later (Knyazev et al. 2025 observe the same), so an immediate
     verdict rejects jumps that help. Measured in ``scripts/bench_nowcast.py``.
-    ``horizon_search`` (fractions of the scheduled horizon, e.g. ``(1, 0.5, 0.25)``; needs a guard)
+    ``horizon_search`` (multiples of the scheduled horizon, e.g. ``(1, 0.5, 0.25)``, capped at the
+    nowcaster's ``max_horizon``; needs a guard)
     predicts each of those horizons (one network pass for the learned nowcasters), writes each in
     turn and keeps the one with the lowest guard loss; the guard then judges that one as usual.
     ``reset_state`` clears the base optimizer's state (e.g. Adam's moments) after an accepted jump.
@@ -110,9 +111,9 @@ class NowcastOptimizer(torch.optim.Optimizer):
             raise NowcastError(f"guard_delay ({guard_delay}) must be in [0, period // context = {self.spacing}): the "
                                f"verdict must come before the next context state is collected")
         self.horizon_search = [float(f) for f in horizon_search]
-        if self.horizon_search and (guard is None or not all(0 < f <= 1 for f in self.horizon_search)):
-            raise NowcastError(f"horizon_search {list(horizon_search)} needs a guard to choose with and fractions "
-                               f"in (0, 1] of the scheduled horizon"
+        if self.horizon_search and (guard is None or not all(0 < f < math.inf for f in self.horizon_search)):
+            raise NowcastError(f"horizon_search {list(horizon_search)} needs a guard to choose with and positive "
+                               f"multiples of the scheduled horizon"
                                + ("" if guard is not None else "; no guard was given"))
         self.guard, self.guard_tolerance, self.reset_state = guard, guard_tolerance, reset_state
         self.guard_delay = guard_delay
@@ -289,7 +290,8 @@ class NowcastOptimizer(torch.optim.Optimizer):
     def _search(self, ctx: Tensor, k: int) -> tuple[int, Tensor]:
         """The horizon among ``horizon_search`` fractions of ``k`` whose prediction has the lowest guard loss
         (each finite one is written to be judged; ``jump`` then writes the winner or restores the last state)."""
-        ks = sorted({max(1, round(k * f)) for f in self.horizon_search})
+        top = self.nowcaster.max_horizon or math.inf
+        ks = sorted({min(top, max(1, round(k * f))) for f in self.horizon_search})
         preds = nowcast_horizons(self.nowcaster, ctx, ks, self.layout)
         best = (math.inf, ks[-1], preds[-1])
         for kk, pred in zip(ks, preds):
