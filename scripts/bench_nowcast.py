@@ -154,7 +154,7 @@ def check_methods(methods: list[str], nowcasters: dict[str, Any]) -> None:
     """Refuse an unknown nowcaster or option in ``--methods`` before any run starts."""
     for method in methods:
         name, *opts = method.split("-")
-        bad = [o for o in opts if not re.fullmatch(r"noguard|reset|now|gerr|flat|tol[0-9.]+|h[0-9]+|d[0-9]+|s[0-9]+|u[0-9]+", o)]
+        bad = [o for o in opts if not re.fullmatch(r"noguard|reset|now|gerr|flat|bt|tol[0-9.]+|h[0-9]+|d[0-9]+|s[0-9]+|u[0-9]+", o)]
         if method != "adam" and name not in nowcasters:
             raise SystemExit(f"--methods {method!r}: unknown nowcaster {name!r}; known: adam, "
                              f"{', '.join(sorted(nowcasters))} (more with --extra NAME=FOLDER)")
@@ -184,7 +184,8 @@ def run_one(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> d
                                guard=None if "noguard" in opts else guard, guard_tolerance=tol,
                                guard_delay=0 if "now" in opts else delay,
                                reset_state="reset" in opts, stop=task.steps,
-                               horizon_search=fractions if len(fractions) > 1 and "noguard" not in opts else ())
+                               horizon_search=fractions if len(fractions) > 1 and "noguard" not in opts else (),
+                               search_rule="longest" if "bt" in opts else "lowest")
     eval_every = task.eval_every or max(1, task.steps // 50)
     curve = [(0, evaluate())]
     step_seconds = 0.0
@@ -316,8 +317,11 @@ def verdict(summary: dict[str, Any], tasks: list[Task]) -> str:
                      f"{'met' if a > b else 'not met'}.")
     rivals = [k for k in ("linefit", "lawa") if all(k in summary[n]["ratios"] for n in names)]
     if rivals:
-        beats = [n for n in names if all(ratio(n, "nino") > ratio(n, k) for k in rivals)]
-        lines.append(f"- NiNo beats {' and '.join(rivals)} on {len(beats)} of {len(names)} tasks (goal: all): "
+        best = lambda n, k: max(r for m, r in summary[n]["ratios"].items() if m.split("-")[0] == k)  # noqa: E731
+        beats = [n for n in names if all(ratio(n, "nino") > best(n, k) for k in rivals)]
+        variants = sorted(m for m in summary[names[0]]["ratios"] if m.split("-")[0] in rivals)
+        lines.append(f"- NiNo beats {' and '.join(rivals)} (each at its best of {', '.join(variants)}) on "
+                     f"{len(beats)} of {len(names)} tasks (goal: all): "
                      f"{'met' if len(beats) == len(names) else 'not met'}"
                      + (f"; not on {', '.join(n for n in names if n not in beats)}." if len(beats) < len(names)
                         else "."))
