@@ -536,7 +536,7 @@ def test_horizon_search_keeps_the_horizon_with_the_lowest_guard_loss_and_still_g
                                horizons=[8], guard=guard, horizon_search=(1, 0.5, 0.25), search_rule="longest")
     for _ in range(4):
         longest.step()
-    assert longest.jumps[0].k == 4, "k=8 raises the guard loss, k=4 keeps it (the longest that passes), k=2 lowers it most"
+    assert longest.jumps[0].k == 4, "k=8 raises the guard loss, k=4 keeps it (the longest to pass), k=2 lowers it most"
     with pytest.raises(NowcastError, match="'farthest' is not one of lowest, longest"):
         NowcastOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.0), _Line(), period=4, guard=guard,
                          horizon_search=(1, 0.5), search_rule="farthest")
