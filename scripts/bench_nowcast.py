@@ -472,7 +472,8 @@ def run(args: argparse.Namespace) -> int:
             f"`-reset` also clears AdamW's moments after each jump; `-now` judges at once (no delay); `-h<K>` "
             f"rescales the schedule to a first horizon of K spacings. Each guarded jump tries the scheduled "
             f"horizon k and k/2, ..., k/2^(N-1) (N = {HORIZON_SEARCH}; `-s<N>` sets N, `-s1` jumps k alone) and "
-            f"keeps the one with the lowest guard loss right after it. No task was seen in meta-training:\n\n"
+            f"keeps the one with the lowest guard loss right after it (`-bt`: the longest one that passes the "
+            f"guard's test right after it). No task was seen in meta-training:\n\n"
             + "\n".join(
                 f"- `{t.name}`: {t.description}; {t.steps} steps, lr {t.lr}, batch {t.batch_size}, period {t.period}"
                 for t in tasks)
@@ -540,7 +541,8 @@ def run_overhead(args: argparse.Namespace) -> int:
     """NowcastOptimizer's share of training time at NiNo's period (1,000) and at 300 (goals: <= 2% and <= 5%)."""
     torch.set_num_threads(1)
     args.benchmarks = str(args.benchmarks or BENCHMARKS)
-    nowcasters = {"NiNo": NiNo.from_pretrained(args.nino), "WNN": WNN.from_pretrained(args.wnn)}
+    loaded, sources = load_nowcasters(args.nino, args.wnn, args.extra)
+    nowcasters = {n: nc for n, nc in loaded.items() if isinstance(nc, (NiNo, WNN))}
     rows, shares = [], []
     for tname in OVERHEAD_TASKS:
         task = next(t for t in TASKS if t.name == tname)
@@ -554,19 +556,18 @@ def run_overhead(args: argparse.Namespace) -> int:
                 cells.append(f"{100 * share:.2f}%")
             rows.append(cells)
             print(cells, flush=True)
-    nino = next(iter(nowcasters.values()))
+    context = next(iter(nowcasters.values())).context
     table = markdown_table(["task", "nowcaster", "AdamW step (ms)", "guarded jump (ms)"]
                            + [f"share at period {p}" for p in OVERHEAD_PERIODS], rows)
     goal = {1000: 0.02, 300: 0.05}
     met = [f"period {p}: " + ", ".join(f"{t} {n} {'met' if s <= goal[p] else 'not met'}"
                                        for t, n, pp, s in shares if pp == p) for p in OVERHEAD_PERIODS]
-    body = (f"NowcastOptimizer's share of training wall-clock: (one guarded jump + {nino.context} context records) / "
+    body = (f"NowcastOptimizer's share of training wall-clock: (one guarded jump + {context} context records) / "
             f"(that + period x one AdamW step), each the median of repeated timings on one thread. A jump is the "
             f"nowcaster's forward, the guard's loss before, at each of the {HORIZON_SEARCH} searched horizons and "
             f"after (cross-entropy on 512 fixed training examples) and the parameter copies; evaluation excluded. "
-            f"NiNo: "
-            f"{sum(p.numel() for p in nino.parameters()):,} parameters, max horizon {nino.max_horizon}. Goals on "
-            f"CPU (issue 15): <= 2% at period 1,000, <= 5% at period 300.\n\n{table}\n\n" + "\n".join(
+            f"Goals on CPU (issue 15): <= 2% at period 1,000, <= 5% at period 300.\n\n{table}\n\n"
+            + describe_nowcasters(nowcasters, sources) + "\n\n" + "\n".join(
                 f"- {line}." for line in met))
     write_section("bench_nowcast_overhead", "## Nowcasting overhead (scripts/bench_nowcast.py --overhead)\n\n"
                   + body, args.benchmarks)
@@ -582,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
                    "with -noguard, -reset, -now, -tol<x>, -h<K> (NiNo's schedule rescaled to a first horizon K), -d<N> "
                    f"(guard verdict N steps after the jump; default {GUARD_DELAY}), -s<N> (at each jump try the "
                    f"horizons k, k/2, ..., k/2^(N-1) and keep the one with the lowest guard loss; default "
-                   f"{HORIZON_SEARCH}, -s1: k alone)")
+                   f"{HORIZON_SEARCH}, -s1: k alone), -u<N> (also 2k, ..., 2^N k), -bt (keep the longest horizon "
+                   "that passes the guard's test at once), -flat (the max horizon at every jump)")
     p.add_argument("--seeds", type=int, default=None, help=f"seeds per task (default 3; {PEER_SEEDS} with --peer)")
     p.add_argument("--peer", action="store_true",
                    help=f"run only the peer's setting ({PEER_TASK}) and write its own BENCHMARKS.md section")
