@@ -154,13 +154,14 @@ def check_methods(methods: list[str], nowcasters: dict[str, Any]) -> None:
     """Refuse an unknown nowcaster or option in ``--methods`` before any run starts."""
     for method in methods:
         name, *opts = method.split("-")
-        bad = [o for o in opts if not re.fullmatch(r"noguard|reset|now|gerr|flat|bt|tol[0-9.]+|h[0-9]+|d[0-9]+|s[0-9]+|u[0-9]+", o)]
+        bad = [o for o in opts
+               if not re.fullmatch(r"noguard|reset|now|gerr|flat|bt|tol[0-9.]+|[hdsu][0-9]+", o)]
         if method != "adam" and name not in nowcasters:
             raise SystemExit(f"--methods {method!r}: unknown nowcaster {name!r}; known: adam, "
                              f"{', '.join(sorted(nowcasters))} (more with --extra NAME=FOLDER)")
         if bad:
             raise SystemExit(f"--methods {method!r}: unknown option(s) {', '.join('-' + b for b in bad)}; options: "
-                             f"-noguard -reset -now -gerr -tol<x> -h<K> -d<N> -s<N>")
+                             f"-noguard -reset -now -gerr -tol<x> -h<K> -d<N> -s<N> -u<N> -bt -flat")
 
 
 def run_one(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> dict[str, Any]:
