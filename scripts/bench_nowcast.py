@@ -164,6 +164,11 @@ def check_methods(methods: list[str], nowcasters: dict[str, Any]) -> None:
                              f"-noguard -reset -now -gerr -tol<x> -h<K> -d<N> -s<N> -u<N> -bt -flat")
 
 
+def search_multiples(down: int, up: int = 0) -> list[float]:
+    """The horizon multiples a jump tries: 1, 1/2, ..., 1/2^(down-1), then 2, ..., 2^up."""
+    return [2.0 ** -i for i in range(down)] + [2.0 ** (i + 1) for i in range(up)]
+
+
 def run_one(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> dict[str, Any]:
     model = build(task.family, seed=seed, **task.kwargs)
     train_loss, evaluate, guard = _task_fns(task, model, seed, loss_guard="gerr" not in method.split("-"))
@@ -171,12 +176,12 @@ def run_one(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> d
     opt: torch.optim.Optimizer = base
     if method != "adam":
         name, *opts = method.split("-")
+        def number(prefix: str, default: int | None) -> int | None:
+            return next((int(o[1:]) for o in opts if o.startswith(prefix) and o[1:].isdigit()), default)
+
         tol = next((float(o[3:]) for o in opts if o.startswith("tol")), GUARD_TOLERANCE)
-        top = next((int(o[1:]) for o in opts if o.startswith("h") and o[1:].isdigit()), None)
-        delay = next((int(o[1:]) for o in opts if o.startswith("d") and o[1:].isdigit()), GUARD_DELAY)
-        search = next((int(o[1:]) for o in opts if o.startswith("s") and o[1:].isdigit()), HORIZON_SEARCH)
-        up = next((int(o[1:]) for o in opts if o.startswith("u") and o[1:].isdigit()), 0)
-        fractions = [2.0 ** -i for i in range(search)] + [2.0 ** (i + 1) for i in range(up)]
+        top, delay = number("h", None), number("d", GUARD_DELAY)
+        fractions = search_multiples(number("s", HORIZON_SEARCH), number("u", 0))
         sched = horizon_schedule(top) if top is not None else None
         if "flat" in opts:
             sched = [top or nowcasters[name].max_horizon or 16] * 10
@@ -518,7 +523,7 @@ def measure_overhead(task: Task, nowcaster: Any, repeats: int = 5, steps: int = 
     base = torch.optim.AdamW(model.parameters(), lr=task.lr, weight_decay=0.0)
     opt = NowcastOptimizer(model, base, nowcaster, period=5, example_input=example_input(model), guard=guard,
                            guard_tolerance=1e9, horizons=[2 ** (HORIZON_SEARCH - 1)],
-                           horizon_search=[2.0 ** -i for i in range(HORIZON_SEARCH)])
+                           horizon_search=search_multiples(HORIZON_SEARCH))
     step_t = []
     for i in range(steps):
         t0 = time.perf_counter()

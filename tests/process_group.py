@@ -8,9 +8,10 @@ its ``timeout``, so a broken test fails in minutes instead of stalling the suite
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -20,10 +21,15 @@ import torch.multiprocessing as mp
 COLLECTIVE_TIMEOUT = timedelta(seconds=120)
 
 
-def join_group(rank: int, world: int, init: str) -> None:
-    """Join the gloo group that meets at ``init``, on one thread."""
+@contextmanager
+def process_group(rank: int, world: int, init: str) -> Iterator[None]:
+    """Inside: this process is rank ``rank`` of the gloo group that meets at ``init``, on one thread."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world, timeout=COLLECTIVE_TIMEOUT)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
 
 
 def run_processes(fn: Callable, args: tuple, folder: Path, nprocs: int = 2, timeout: float = 300.0) -> None:

@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-import torch.distributed as dist
 
-from process_group import join_group, run_processes
+from process_group import process_group, run_processes
 from weightspace import StateDictMismatch, WeightSpace
 from weightspace.generate import GeneratorError, GraphDiffusion, PDiff, select_keys
 from weightspace.memorization import Evaluator, MemorizationError, ModelSet, unflatten
@@ -250,8 +249,7 @@ def test_an_interrupted_fit_resumes_to_the_uninterrupted_generator(trained, tmp_
 
 
 def _ddp_fit_worker(rank: int, world: int, init: str, sds_path: str, out: str) -> None:
-    join_group(rank, world, init)
-    try:
+    with process_group(rank, world, init):
         sds = torch.load(sds_path, weights_only=True)
         m = build("mlp", seed=0, in_features=64, widths=[12], out_features=10)
         space = WeightSpace.from_module(m, example_input(m))
@@ -262,8 +260,6 @@ def _ddp_fit_worker(rank: int, world: int, init: str, sds_path: str, out: str) -
         gd = GraphDiffusion.fit(sds, space=space, config=cfg, out=f"{out}/graph", hidden=8, layers=1,
                                 diffusion_steps=10)
         torch.save({"pdiff": pd.state_dict(), "graph": gd.state_dict()}, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_generators_train_under_two_process_ddp(trained, tmp_path):

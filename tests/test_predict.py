@@ -431,13 +431,10 @@ def test_cli_early_stopping_options_are_not_ignored(tmp_path, coll, capsys):
 
 
 def _early_stop_worker(rank: int, world: int, init: str, out: str) -> None:
-    import torch.distributed as dist
-
-    from process_group import join_group
+    from process_group import process_group
     from weightspace.training import EarlyStopping, Trainer
 
-    join_group(rank, world, init)
-    try:
+    with process_group(rank, world, init):
         scores = [5.0, 3.0, 4.0, 4.0, 4.0] if rank == 0 else [5.0 - k for k in range(20)]
         fn, _ = _scripted_eval(scores)
         torch.manual_seed(0)
@@ -446,8 +443,6 @@ def _early_stop_worker(rank: int, world: int, init: str, out: str) -> None:
         res = Trainer(torch.nn.Linear(3, 1), _mse, _Regression(), cfg, eval_fn=fn,
                       early_stopping=EarlyStopping("eval_score", patience=3)).fit()
         torch.save(torch.tensor([res.step, res.best_step]), f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.slow

@@ -4,9 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 
-from process_group import join_group, run_processes
+from process_group import process_group, run_processes
 from test_predict import make_collection
 from weightspace.collections import CheckpointCollection
 from weightspace.predict import PropertyGraphs, PropertyPredictor
@@ -114,8 +113,7 @@ def test_optimizer_state_round_trips_through_safetensors(tmp_path):
 
 
 def _ddp_worker(rank: int, world: int, init: str, root: str, out: str, rank_weight: float) -> None:
-    join_group(rank, world, init)
-    try:
+    with process_group(rank, world, init):
         model = new_model(double=True)
         trainer = Trainer(model, PredictionLoss(rank_weight), load_store(Path(root)),
                           config(checkpoint_every=0, plot=False))
@@ -123,8 +121,6 @@ def _ddp_worker(rank: int, world: int, init: str, root: str, out: str, rank_weig
         trainer.fit()
         if rank == 0:
             torch.save(params(model), out)
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("rank_weight", [pytest.param(0.0, marks=pytest.mark.slow), 1.0], ids=["mse", "mse+ranking"])
@@ -149,14 +145,11 @@ def test_batch_must_split_evenly_across_processes(zoo, monkeypatch):
 
 
 def _gather_worker(rank: int, world: int, init: str, out: str) -> None:
-    join_group(rank, world, init)
-    try:
+    with process_group(rank, world, init):
         t = torch.arange(3.0 + rank, dtype=torch.float64).add(10 * rank).requires_grad_()
         full = gather_batch(t)
         (full * torch.arange(1.0, len(full) + 1, dtype=torch.float64)).sum().backward()
         torch.save({"full": full.detach(), "grad": t.grad}, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
 
 
 def test_gather_batch_concatenates_uneven_parts_and_routes_gradients_back(tmp_path):
