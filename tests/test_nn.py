@@ -7,6 +7,7 @@ from families import randomize
 from weightspace import WeightSpace
 from weightspace.graph import EDGE_TYPES
 from weightspace.nn import EdgeHead, GraphHead, GraphMetanetwork, IncompatibleGraph, NodeHead, collate
+from weightspace.nn.routes import Routes, dense_blocks
 
 FAMILIES = families()
 TOL = 1e-4
@@ -161,8 +162,11 @@ def _mixed_batch():
     return collate(graphs)
 
 
-def test_segment_routing_computes_the_scatter_path_function_and_gradients():
-    """The default segment routing (edges sorted by receiver once per batch) equals the reference scatter path.
+@pytest.mark.parametrize("min_block_edges", [None, 4])
+def test_segment_routing_computes_the_scatter_path_function_and_gradients(min_block_edges):
+    """The default segment routing (edges sorted by receiver once per batch) equals the reference scatter path,
+    with messages formed per edge (``None``) or per dense grid of edges (here grids of 4 edges and more, so that the
+    tiny test models have grids as well as edges outside them).
 
     Features get a little noise so that no two messages tie: at a tie, max and min have several valid
     subgradients, and either path may pick another one.
@@ -171,13 +175,16 @@ def test_segment_routing_computes_the_scatter_path_function_and_gradients():
     torch.manual_seed(5)
     batch.x = (batch.x + 0.1 * torch.randn_like(batch.x)).double()
     batch.edge_attr = (batch.edge_attr + 0.1 * torch.randn_like(batch.edge_attr)).double()
+    routes = Routes.build(batch.edge_index, batch.num_nodes, torch.float64, min_block_edges)
+    if min_block_edges is not None:
+        assert routes.forward.blocks and routes.forward.rest.numel()
     outs, grads = {}, {}
     for routing in ("scatter", "segment"):
         torch.manual_seed(0)
         net = GraphMetanetwork(hidden=16, layers=2, edge_features=9, node_features=4, max_positions=64,
                                routing=routing).double()
         head = EdgeHead(16, 1, 9).double()
-        enc = net(batch)
+        enc = net(batch, routes)
         out = torch.cat([enc.node.flatten(), head(enc).flatten()])
         torch.manual_seed(1)
         (out * torch.randn_like(out)).sum().backward()
@@ -185,6 +192,22 @@ def test_segment_routing_computes_the_scatter_path_function_and_gradients():
         grads[routing] = torch.cat([p.grad.flatten() for p in net.parameters()])
     torch.testing.assert_close(outs["segment"], outs["scatter"], atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(grads["segment"], grads["scatter"], atol=1e-8, rtol=1e-8)
+
+
+def test_dense_blocks_finds_the_grids_of_consecutive_edges():
+    # a 2x3 grid (nodes 0-2 into 3-4), one edge 0 -> 5, then a 3x2 grid (3-4 into 6-8) whose runs share senders,
+    # then two runs into 9 and 10 with other senders (no grid)
+    grid_a = [(s, d) for d in (3, 4) for s in (0, 1, 2)]
+    grid_b = [(s, d) for d in (6, 7, 8) for s in (3, 4)]
+    edges = grid_a + [(0, 5)] + grid_b + [(1, 9), (2, 9), (0, 10), (1, 10)]
+    edge_index = torch.tensor(edges).t()
+    blocks, rest = dense_blocks(edge_index, min_edges=3)
+    assert [(b.start, b.rows, b.cols) for b in blocks] == [(0, 2, 3), (7, 3, 2)]
+    for b in blocks:
+        r, c = torch.meshgrid(torch.arange(b.rows), torch.arange(b.cols), indexing="ij")
+        torch.testing.assert_close(edge_index[:, b.start:b.stop], torch.stack([b.col_nodes[c], b.row_nodes[r]]).flatten(1))
+    assert rest.tolist() == [6, 13, 14, 15, 16]
+    assert dense_blocks(edge_index, min_edges=7)[0] == [] and dense_blocks(edge_index, min_edges=7)[1].numel() == 17
 
 
 def test_fit_degrees_sets_the_mean_log_degree_of_each_direction():

@@ -67,20 +67,34 @@ class PNAAggregation(nn.Module):
 
     def forward(self, msg: Tensor, route: Route) -> Tensor:
         """Aggregate ``msg`` [E, H], given in ``route``'s receiver order."""
-        H, ptr = msg.shape[-1], route.ptr
+        return self.combine({s: msg * msg if s == "sq" else msg for s in self.statistics}, route.ptr, route)
+
+    @property
+    def statistics(self) -> tuple[str, ...]:
+        """The per-receiver reductions the aggregators need: ``sum``, ``sq`` (sum of squares), ``max``, ``min``."""
+        need = set()
+        if {"mean", "std"} & set(self.aggregators):
+            need.add("sum")
+        if "std" in self.aggregators:
+            need.add("sq")
+        need.update(a for a in ("max", "min") if a in self.aggregators)
+        return tuple(s for s in ("sum", "sq", "max", "min") if s in need)
+
+    def combine(self, stats: dict[str, Tensor], ptr: Tensor, route: Route) -> Tensor:
+        """Aggregate rows of per-message or partial ``stats`` (keyed as :attr:`statistics`), sorted by receiver
+        with CSR offsets ``ptr``; the degrees are ``route``'s (messages, not rows)."""
         has = route.degree > 0
-        moments = [a for a in ("mean", "std") if a in self.aggregators]
         found: dict[str, Tensor] = {}
-        if moments:
+        if "sum" in stats:
             inv = 1.0 / route.degree.clamp(min=1)
-            mean = torch.segment_reduce(msg, "sum", offsets=ptr, unsafe=True) * inv
+            mean = torch.segment_reduce(stats["sum"], "sum", offsets=ptr, unsafe=True) * inv
             found["mean"] = mean
-            if "std" in moments:
-                sq = torch.segment_reduce(msg * msg, "sum", offsets=ptr, unsafe=True) * inv
+            if "sq" in stats:
+                sq = torch.segment_reduce(stats["sq"], "sum", offsets=ptr, unsafe=True) * inv
                 found["std"] = torch.sqrt(torch.relu(sq - mean * mean) + 1e-6) - 1e-3
         for a in ("max", "min"):
-            if a in self.aggregators:
-                found[a] = torch.where(has, torch.segment_reduce(msg, a, offsets=ptr, unsafe=True), 0.0)
+            if a in stats:
+                found[a] = torch.where(has, torch.segment_reduce(stats[a], a, offsets=ptr, unsafe=True), 0.0)
         return self._scale(torch.cat([found[a] for a in self.aggregators], -1), route.log_degree)
 
     def forward_scatter(self, msg: Tensor, index: Tensor, dim_size: int) -> Tensor:
@@ -136,6 +150,8 @@ class FiLMMessages(MessagePassing):
         """Messages into every node of ``h``; ``film`` is ``self.film(e)`` when the caller computed it already."""
         a, b = self.lin(h).chunk(2, -1)
         film = self.film(e) if film is None else film
+        if route is not None and route.parts is not None:
+            return self._by_blocks(a, b, film, route)
         if route is not None:
             film, edge_index = route.sort(film), route.edge_index
         elif edge_index is None:
@@ -143,6 +159,25 @@ class FiLMMessages(MessagePassing):
         gamma, beta = film.chunk(2, -1)
         return self.propagate(edge_index, a=a, b=b, gamma=gamma, beta=beta, route=route,
                               size=(h.shape[0], h.shape[0]))
+
+    def _by_blocks(self, a: Tensor, b: Tensor, film: Tensor, route: Route) -> Tensor:
+        """The same messages and aggregation, per dense grid of ``route.blocks``: each grid's messages come from
+        broadcasting its receivers' ``a`` against its senders' ``b`` and are reduced along the grid's sender axis;
+        the partial aggregates of the grids and of the edges outside them then meet at their receivers."""
+        names = self.pna.statistics
+        parts: dict[str, list[Tensor]] = {s: [] for s in names}
+        axis = 1 if route.along_rows else 0
+        for blk in route.blocks:
+            rows, cols = (a, b) if route.along_rows else (b, a)
+            gamma, beta = film[blk.start:blk.stop].view(blk.rows, blk.cols, -1).chunk(2, -1)
+            m = self.message(rows[blk.row_nodes].unsqueeze(1), cols[blk.col_nodes].unsqueeze(0), gamma, beta)
+            for s in names:
+                parts[s].append(m.sum(axis) if s == "sum" else (m * m).sum(axis) if s == "sq"
+                                else m.amax(axis) if s == "max" else m.amin(axis))
+        gamma, beta = film.index_select(0, route.rest).chunk(2, -1)
+        m = self.message(a.index_select(0, route.rest_receiver), b.index_select(0, route.rest_sender), gamma, beta)
+        stats = {s: route.parts.sort(torch.cat(parts[s] + [m * m if s == "sq" else m])) for s in names}
+        return self.pna.combine(stats, route.parts.ptr, route)
 
     def message(self, a_i: Tensor, b_j: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
         return self.act(a_i + b_j) * (1 + gamma) + beta
@@ -206,10 +241,25 @@ class NeuralGraphLayer(nn.Module):
             m_out = self.bwd(hn, edge_index.flip(0), en)
         h = h + self.node_update(torch.cat([hn, m_in, m_out], -1))
         if self.update_edges:
-            src, dst = self.edge_nodes(self.norm_h(h)).chunk(2, -1)
             edge_self = self.edge_self(en) if edge_self is None else edge_self
-            e = e + self.edge_out(src.index_select(0, edge_index[0]) + dst.index_select(0, edge_index[1]) + edge_self)
+            e = e + self._edge_update(h, edge_self, edge_index, routes)
         return h, e
+
+    def _edge_update(self, h: Tensor, edge_self: Tensor, edge_index: Tensor, routes: Routes | None) -> Tensor:
+        """``edge_out(src_term[sender] + dst_term[receiver] + edge_self)`` per edge; over the dense grids of a
+        blocked route the node terms are broadcast along the grid instead of gathered per edge."""
+        src, dst = self.edge_nodes(self.norm_h(h)).chunk(2, -1)
+        route = routes.forward if routes is not None else None
+        if route is None or route.parts is None:
+            return self.edge_out(src.index_select(0, edge_index[0]) + dst.index_select(0, edge_index[1]) + edge_self)
+        out = edge_self.new_empty(edge_self.shape[0], self.edge_out[-1].out_features)
+        for blk in route.blocks:
+            grid = edge_self[blk.start:blk.stop].view(blk.rows, blk.cols, -1)
+            pre = dst[blk.row_nodes].unsqueeze(1) + src[blk.col_nodes].unsqueeze(0) + grid
+            out[blk.start:blk.stop] = self.edge_out(pre).flatten(0, 1)
+        out[route.rest] = self.edge_out(src.index_select(0, route.rest_sender) + dst.index_select(0, route.rest_receiver)
+                                        + edge_self.index_select(0, route.rest))
+        return out
 
     def _edge_maps(self, en: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Both directions' FiLM maps and the edge self-map of ``en`` as one matrix product (one pass over edges)."""

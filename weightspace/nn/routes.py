@@ -4,13 +4,71 @@ Messages flow both along each edge (from its input unit to its output unit) and 
 For each direction a :class:`Route` holds the edges sorted by their receiving node, in CSR form,
 with each node's degree: aggregations then run as contiguous segment reductions rather than
 scatters, and the degree statistics are not recomputed layer after layer.
+
+A neural graph's edges come mostly in dense grids: a weight matrix ``[out, in]`` is a run of
+``out * in`` consecutive edges from every one of ``in`` units to every one of ``out`` units.
+:func:`dense_blocks` finds these grids from ``edge_index`` alone. Over a grid, messages are
+formed by broadcasting the two ends' node terms (no per-edge gather) and reduced along one axis
+of the grid (no segment reduction over all edges); the per-grid partial aggregates then meet at
+their receivers in a second, small segment reduction (:attr:`Route.parts`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+MIN_BLOCK_EDGES = 64
+"""Grids with fewer edges are left to the per-edge path: looping over many tiny grids costs more than it saves."""
+
+
+@dataclass
+class Block:
+    """A dense grid of consecutive edges: edge ``start + r * cols + c`` runs from ``col_nodes[c]`` to ``row_nodes[r]``."""
+
+    start: int
+    rows: int
+    cols: int
+    row_nodes: Tensor
+    col_nodes: Tensor
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.rows * self.cols
+
+
+def dense_blocks(edge_index: Tensor, min_edges: int = MIN_BLOCK_EDGES) -> tuple[list[Block], Tensor]:
+    """The dense grids of at least ``min_edges`` consecutive edges in ``edge_index``, and the ids of the other edges.
+
+    A grid is a chain of runs of edges into one receiver each, every run with the same senders in
+    the same order. Found with whole-tensor operations; only the grids kept are visited in Python.
+    """
+    src, dst = edge_index[0], edge_index[1]
+    E, dev = src.numel(), src.device
+    if E == 0:
+        return [], torch.zeros(0, dtype=torch.long, device=dev)
+    new = torch.ones(E, dtype=torch.bool, device=dev)
+    new[1:] = dst[1:] != dst[:-1]
+    starts = new.nonzero().squeeze(1)
+    lens = torch.diff(starts, append=starts.new_tensor([E]))
+    run = new.cumsum(0) - 1
+    same_len = torch.zeros_like(new[: starts.numel()])
+    same_len[1:] = lens[1:] == lens[:-1]
+    prev = (torch.arange(E, device=dev) - lens[run]).clamp(min=0)
+    matches = torch.bincount(run, weights=(same_len[run] & (src == src[prev])).to(torch.float64),
+                             minlength=starts.numel())
+    cont = same_len & (matches == lens.to(torch.float64))
+    first = (~cont).nonzero().squeeze(1)
+    nruns = torch.diff(first, append=first.new_tensor([starts.numel()]))
+    sizes = nruns * lens[first]
+    keep = sizes >= min_edges
+    blocks = []
+    for r0, O in zip(first[keep].tolist(), nruns[keep].tolist()):
+        s, U = int(starts[r0]), int(lens[r0])
+        blocks.append(Block(s, O, U, dst[starts[r0:r0 + O]], src[s:s + U]))
+    covered = keep.repeat_interleave(nruns).repeat_interleave(lens)
+    return blocks, (~covered).nonzero().squeeze(1)
 
 
 @dataclass
@@ -21,6 +79,12 @@ class Route:
     are in that order); ``edge_index`` [2, E] holds sender and receiver in that order; ``ptr``
     [N+1] are the CSR offsets, ``degree`` [N, 1] the number of messages each node receives and
     ``log_degree`` is ``log(1 + degree)``.
+
+    With ``blocks``, messages are aggregated per dense grid instead: a grid's receivers are its
+    rows (``along_rows``, messages along the edges) or its columns (against them); the edges in no
+    grid (``rest``, sent by ``rest_sender`` to ``rest_receiver``) each make their own partial
+    aggregate; ``parts`` routes the partial aggregates (grids' in ``blocks`` order, then ``rest``'s)
+    to their receivers.
     """
 
     order: Tensor | None
@@ -28,6 +92,12 @@ class Route:
     ptr: Tensor
     degree: Tensor
     log_degree: Tensor
+    blocks: list[Block] = field(default_factory=list)
+    along_rows: bool = True
+    rest: Tensor | None = None
+    rest_sender: Tensor | None = None
+    rest_receiver: Tensor | None = None
+    parts: "Route | None" = None
 
     @classmethod
     def build(cls, sender: Tensor, receiver: Tensor, num_nodes: int, dtype: torch.dtype = torch.float32) -> "Route":
@@ -42,6 +112,17 @@ class Route:
         degree = counts.to(dtype).unsqueeze(-1)
         return cls(order, torch.stack([sender, receiver]), ptr, degree, torch.log1p(degree))
 
+    def with_blocks(self, blocks: list[Block], rest: Tensor, sender: Tensor, receiver: Tensor,
+                    along_rows: bool) -> "Route":
+        """This route, aggregating per grid of ``blocks``; ``sender``/``receiver`` are this direction's, per edge."""
+        ends = [b.row_nodes if along_rows else b.col_nodes for b in blocks]
+        rest_sender, rest_receiver = sender[rest], receiver[rest]
+        part_receiver = torch.cat(ends + [rest_receiver])
+        parts = Route.build(torch.arange(part_receiver.numel(), device=rest.device), part_receiver,
+                            self.ptr.numel() - 1, self.degree.dtype)
+        return Route(self.order, self.edge_index, self.ptr, self.degree, self.log_degree, blocks, along_rows,
+                     rest, rest_sender, rest_receiver, parts)
+
     def sort(self, t: Tensor) -> Tensor:
         """Edge-indexed ``t`` in receiver order."""
         return t if self.order is None else t.index_select(0, self.order)
@@ -55,6 +136,15 @@ class Routes:
     backward: Route
 
     @classmethod
-    def build(cls, edge_index: Tensor, num_nodes: int, dtype: torch.dtype = torch.float32) -> "Routes":
+    def build(cls, edge_index: Tensor, num_nodes: int, dtype: torch.dtype = torch.float32,
+              min_block_edges: int | None = MIN_BLOCK_EDGES) -> "Routes":
+        """Both routes, aggregating per dense grid of at least ``min_block_edges`` edges when the graph has any
+        (:func:`dense_blocks`; ``None``: per edge only)."""
         src, dst = edge_index[0], edge_index[1]
-        return cls(Route.build(src, dst, num_nodes, dtype), Route.build(dst, src, num_nodes, dtype))
+        fwd, bwd = Route.build(src, dst, num_nodes, dtype), Route.build(dst, src, num_nodes, dtype)
+        if min_block_edges is not None:
+            grids, rest = dense_blocks(edge_index, min_block_edges)
+            if grids:
+                fwd = fwd.with_blocks(grids, rest, src, dst, along_rows=True)
+                bwd = bwd.with_blocks(grids, rest, dst, src, along_rows=False)
+        return cls(fwd, bwd)
