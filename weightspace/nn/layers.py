@@ -167,14 +167,15 @@ class FiLMMessages(MessagePassing):
         names = self.pna.statistics
         parts: dict[str, list[Tensor]] = {s: [] for s in names}
         axis = 1 if route.along_rows else 0
-        for blk in route.blocks:
-            rows, cols = (a, b) if route.along_rows else (b, a)
-            gamma, beta = film[blk.start:blk.stop].view(blk.rows, blk.cols, -1).chunk(2, -1)
+        rows, cols = (a, b) if route.along_rows else (b, a)
+        grids, rest = route.split_edges(film)
+        for blk, grid in zip(route.blocks, grids):
+            gamma, beta = grid.view(blk.rows, blk.cols, -1).chunk(2, -1)
             m = self.message(rows[blk.row_nodes].unsqueeze(1), cols[blk.col_nodes].unsqueeze(0), gamma, beta)
             for s in names:
                 parts[s].append(m.sum(axis) if s == "sum" else (m * m).sum(axis) if s == "sq"
                                 else m.amax(axis) if s == "max" else m.amin(axis))
-        gamma, beta = film.index_select(0, route.rest).chunk(2, -1)
+        gamma, beta = rest.chunk(2, -1)
         m = self.message(a.index_select(0, route.rest_receiver), b.index_select(0, route.rest_sender), gamma, beta)
         stats = {s: route.parts.sort(torch.cat(parts[s] + [m * m if s == "sq" else m])) for s in names}
         return self.pna.combine(stats, route.parts.ptr, route)
@@ -252,14 +253,12 @@ class NeuralGraphLayer(nn.Module):
         route = routes.forward if routes is not None else None
         if route is None or route.parts is None:
             return self.edge_out(src.index_select(0, edge_index[0]) + dst.index_select(0, edge_index[1]) + edge_self)
-        out = edge_self.new_empty(edge_self.shape[0], self.edge_out[-1].out_features)
-        for blk in route.blocks:
-            grid = edge_self[blk.start:blk.stop].view(blk.rows, blk.cols, -1)
-            pre = dst[blk.row_nodes].unsqueeze(1) + src[blk.col_nodes].unsqueeze(0) + grid
-            out[blk.start:blk.stop] = self.edge_out(pre).flatten(0, 1)
-        out[route.rest] = self.edge_out(src.index_select(0, route.rest_sender) + dst.index_select(0, route.rest_receiver)
-                                        + edge_self.index_select(0, route.rest))
-        return out
+        grids, rest = route.split_edges(edge_self)
+        outs = [self.edge_out(dst[blk.row_nodes].unsqueeze(1) + src[blk.col_nodes].unsqueeze(0)
+                              + grid.view(blk.rows, blk.cols, -1)).flatten(0, 1)
+                for blk, grid in zip(route.blocks, grids)]
+        rest = self.edge_out(src.index_select(0, route.rest_sender) + dst.index_select(0, route.rest_receiver) + rest)
+        return route.join_edges(outs, rest)
 
     def _edge_maps(self, en: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Both directions' FiLM maps and the edge self-map of ``en`` as one matrix product (one pass over edges)."""

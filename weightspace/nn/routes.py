@@ -84,7 +84,8 @@ class Route:
     rows (``along_rows``, messages along the edges) or its columns (against them); the edges in no
     grid (``rest``, sent by ``rest_sender`` to ``rest_receiver``) each make their own partial
     aggregate; ``parts`` routes the partial aggregates (grids' in ``blocks`` order, then ``rest``'s)
-    to their receivers.
+    to their receivers. ``pieces`` cuts the edge axis into grids and the stretches of ``rest`` between
+    them, in edge order (``is_grid`` tells which), for :meth:`split_edges` and :meth:`join_edges`.
     """
 
     order: Tensor | None
@@ -98,6 +99,8 @@ class Route:
     rest_sender: Tensor | None = None
     rest_receiver: Tensor | None = None
     parts: "Route | None" = None
+    pieces: list[int] = field(default_factory=list)
+    is_grid: list[bool] = field(default_factory=list)
 
     @classmethod
     def build(cls, sender: Tensor, receiver: Tensor, num_nodes: int, dtype: torch.dtype = torch.float32) -> "Route":
@@ -120,8 +123,32 @@ class Route:
         part_receiver = torch.cat(ends + [rest_receiver])
         parts = Route.build(torch.arange(part_receiver.numel(), device=rest.device), part_receiver,
                             self.ptr.numel() - 1, self.degree.dtype)
+        pieces, is_grid, pos = [], [], 0
+        for b in blocks:
+            if b.start > pos:
+                pieces.append(b.start - pos)
+                is_grid.append(False)
+            pieces.append(b.stop - b.start)
+            is_grid.append(True)
+            pos = b.stop
+        if pos < receiver.numel():
+            pieces.append(receiver.numel() - pos)
+            is_grid.append(False)
         return Route(self.order, self.edge_index, self.ptr, self.degree, self.log_degree, blocks, along_rows,
-                     rest, rest_sender, rest_receiver, parts)
+                     rest, rest_sender, rest_receiver, parts, pieces, is_grid)
+
+    def split_edges(self, t: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Edge-indexed ``t`` as each grid's rows and the rows of ``rest``; one ``split``, so its gradient is one
+        concatenation rather than a full-size copy per grid (as slicing would cost)."""
+        cut = t.split(self.pieces)
+        rest = [c for c, g in zip(cut, self.is_grid) if not g]
+        return [c for c, g in zip(cut, self.is_grid) if g], torch.cat(rest) if rest else t[:0]
+
+    def join_edges(self, grids: list[Tensor], rest: Tensor) -> Tensor:
+        """The inverse of :meth:`split_edges`: one edge-indexed tensor from each grid's rows and ``rest``'s rows."""
+        stretches = iter(rest.split([n for n, g in zip(self.pieces, self.is_grid) if not g]))
+        grid_rows = iter(grids)
+        return torch.cat([next(grid_rows) if g else next(stretches) for g in self.is_grid])
 
     def sort(self, t: Tensor) -> Tensor:
         """Edge-indexed ``t`` in receiver order."""
