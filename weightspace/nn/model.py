@@ -12,7 +12,7 @@ from torch_geometric.utils import scatter
 from ..errors import WeightSpaceError
 from ..graph import EDGE_TYPES, NODE_TYPES
 from .layers import AGGREGATORS, DEFAULT_SCALERS, NeuralGraphLayer, mlp
-from .routes import Routes
+from .routes import MIN_BLOCK_EDGES, Routes
 
 
 ROUTINGS = ("segment", "scatter")
@@ -38,7 +38,9 @@ class MetanetConfig:
     messages (``hidden`` when ``None``); edges outnumber nodes by far, so it sets the cost.
     Node values (biases, norm scales, running means and variances) span orders of magnitude; with
     ``log_node_features`` each also enters as ``sign(x) * log(1 + |x|)``, so a linear embedding sees
-    both its value and its magnitude on a log scale.
+    both its value and its magnitude on a log scale. On the segment path, runs of at least
+    ``min_block_edges`` edges that form a dense grid (a weight matrix) form and reduce their messages
+    per grid (:func:`~weightspace.nn.routes.dense_blocks`; the same function, faster); ``None``: per edge.
     """
 
     hidden: int = 64
@@ -56,12 +58,15 @@ class MetanetConfig:
     routing: str = "segment"
     edge_hidden: int | None = None
     log_node_features: bool = False
+    min_block_edges: int | None = MIN_BLOCK_EDGES
 
     def __post_init__(self) -> None:
         if self.positional not in ("fixed", "none", "all"):
             raise ValueError(f"positional must be 'fixed', 'none' or 'all', got {self.positional!r}")
         if self.routing not in ROUTINGS:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
+        if self.min_block_edges is not None and (not isinstance(self.min_block_edges, int) or self.min_block_edges < 1):
+            raise ValueError(f"min_block_edges must be a positive int or None, got {self.min_block_edges!r}")
         self.aggregators, self.scalers = list(self.aggregators), list(self.scalers)
 
     def to_dict(self) -> dict[str, Any]:
@@ -193,7 +198,7 @@ class GraphMetanetwork(nn.Module):
         if cfg.conv != "pna" or cfg.routing != "segment":
             routes = None
         elif routes is None:
-            routes = Routes.build(edge_index, N, h.dtype)
+            routes = Routes.build(edge_index, N, h.dtype, cfg.min_block_edges)
         for layer in self.layers:
             h, e = layer(h, e, edge_index, routes)
         node_batch = getattr(data, "batch", None)

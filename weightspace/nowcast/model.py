@@ -215,7 +215,8 @@ class NiNo(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
         dtype = self.metanet.edge_in.weight.dtype
         key = (layout.space.fingerprint, graph.edge_index.device, dtype)
         if key not in self._route_cache:
-            self._route_cache[key] = Routes.build(graph.edge_index, int(graph.num_nodes), dtype)
+            self._route_cache[key] = Routes.build(graph.edge_index, int(graph.num_nodes), dtype,
+                                                  self.metanet.config.min_block_edges)
         return self._route_cache[key]
 
     def check_space(self, layout: ParamLayout) -> None:

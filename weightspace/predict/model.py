@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..nn import GraphHead, GraphMetanetwork, MetanetConfig
 from ..nn.layers import AGGREGATORS, DEFAULT_SCALERS
+from ..nn.routes import MIN_BLOCK_EDGES
 
 
 class PropertyPredictor(nn.Module, PyTorchModelHubMixin, library_name="weightspace",
@@ -33,7 +34,7 @@ class PropertyPredictor(nn.Module, PyTorchModelHubMixin, library_name="weightspa
                  positional: str = "fixed", aggregators: Sequence[str] = AGGREGATORS,
                  scalers: Sequence[str] = DEFAULT_SCALERS, update_edges: bool = True, conv: str = "pna",
                  heads: int = 4, edge_hidden: int | None = 16, routing: str = "segment",
-                 log_node_features: bool = False,
+                 log_node_features: bool = False, min_block_edges: int | None = MIN_BLOCK_EDGES,
                  target_mean: Sequence[float] | None = None, target_std: Sequence[float] | None = None,
                  arch_ids: Sequence[str] = ()) -> None:
         super().__init__()
@@ -46,7 +47,8 @@ class PropertyPredictor(nn.Module, PyTorchModelHubMixin, library_name="weightspa
                                                        aggregators=list(aggregators), scalers=list(scalers),
                                                        update_edges=update_edges, conv=conv, heads=heads,
                                                        edge_hidden=edge_hidden, routing=routing,
-                                                       log_node_features=log_node_features))
+                                                       log_node_features=log_node_features,
+                                                       min_block_edges=min_block_edges))
         self.head = GraphHead(hidden, K, edge_hidden)
         self.register_buffer("target_mean", torch.tensor(list(target_mean) if target_mean is not None else [0.0] * K))
         self.register_buffer("target_std", torch.tensor(list(target_std) if target_std is not None else [1.0] * K))
