@@ -162,11 +162,11 @@ def _mixed_batch():
     return collate(graphs)
 
 
-@pytest.mark.parametrize("min_block_edges", [None, 4])
-def test_segment_routing_computes_the_scatter_path_function_and_gradients(min_block_edges):
+@pytest.mark.parametrize("min_block_edges, max_block_edges", [(None, None), (4, None), (4, 8)])
+def test_segment_routing_computes_the_scatter_path_function_and_gradients(min_block_edges, max_block_edges):
     """The default segment routing (edges sorted by receiver once per batch) equals the reference scatter path,
     with messages formed per edge (``None``) or per dense grid of edges (here grids of 4 edges and more, so that the
-    tiny test models have grids as well as edges outside them).
+    tiny test models have grids as well as edges outside them), whole or cut into bands of rows.
 
     Features get a little noise so that no two messages tie: at a tie, max and min have several valid
     subgradients, and either path may pick another one.
@@ -175,9 +175,11 @@ def test_segment_routing_computes_the_scatter_path_function_and_gradients(min_bl
     torch.manual_seed(5)
     batch.x = (batch.x + 0.1 * torch.randn_like(batch.x)).double()
     batch.edge_attr = (batch.edge_attr + 0.1 * torch.randn_like(batch.edge_attr)).double()
-    routes = Routes.build(batch.edge_index, batch.num_nodes, torch.float64, min_block_edges)
+    routes = Routes.build(batch.edge_index, batch.num_nodes, torch.float64, min_block_edges, max_block_edges)
     if min_block_edges is not None:
         assert routes.forward.blocks and routes.forward.rest.numel()
+        banded = len({(b.col_nodes.data_ptr(), b.cols) for b in routes.forward.blocks}) < len(routes.forward.blocks)
+        assert banded == (max_block_edges is not None)
     outs, grads = {}, {}
     for routing in ("scatter", "segment"):
         torch.manual_seed(0)
@@ -208,6 +210,9 @@ def test_dense_blocks_finds_the_grids_of_consecutive_edges():
         torch.testing.assert_close(edge_index[:, b.start:b.stop], torch.stack([b.col_nodes[c], b.row_nodes[r]]).flatten(1))
     assert rest.tolist() == [6, 13, 14, 15, 16]
     assert dense_blocks(edge_index, min_edges=7)[0] == [] and dense_blocks(edge_index, min_edges=7)[1].numel() == 17
+    bands, rest = dense_blocks(edge_index, min_edges=3, max_edges=4)  # grids cut into bands of whole rows
+    assert [(b.start, b.rows, b.cols) for b in bands] == [(0, 1, 3), (3, 1, 3), (7, 2, 2), (11, 1, 2)]
+    assert bands[3].row_nodes.tolist() == [8] and rest.tolist() == [6, 13, 14, 15, 16]
 
 
 def test_fit_degrees_sets_the_mean_log_degree_of_each_direction():
