@@ -309,7 +309,8 @@ def main(argv: list[str] | None = None) -> None:
         f"messages {default_edge} wide (`edge_hidden`).",
         markdown_table(["architecture", "batch", "edges", "forward old (graphs/s)", "forward segment",
                         "forward grids", "forward new", "train old (graphs/s)", "train segment", "train grids",
-                        "train new", "train grids / segment", "train new / old", "peak old (MB)", "peak new (MB)"], table),
+                        "train new", "train grids / segment", "train new / old", "peak old (MB)",
+                        "peak new (MB)"], table),
         f"Where the time goes (torch.profiler, share of self CPU time over aten operators in a training step "
         f"at batch {args.profile_batch}):",
         markdown_table(["architecture", "setting", "top operators"], prof_rows),

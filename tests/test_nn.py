@@ -207,7 +207,8 @@ def test_dense_blocks_finds_the_grids_of_consecutive_edges():
     assert [(b.start, b.rows, b.cols) for b in blocks] == [(0, 2, 3), (7, 3, 2)]
     for b in blocks:
         r, c = torch.meshgrid(torch.arange(b.rows), torch.arange(b.cols), indexing="ij")
-        torch.testing.assert_close(edge_index[:, b.start:b.stop], torch.stack([b.col_nodes[c], b.row_nodes[r]]).flatten(1))
+        grid = torch.stack([b.col_nodes[c], b.row_nodes[r]]).flatten(1)
+        torch.testing.assert_close(edge_index[:, b.start:b.stop], grid)
     assert rest.tolist() == [6, 13, 14, 15, 16]
     assert dense_blocks(edge_index, min_edges=7)[0] == [] and dense_blocks(edge_index, min_edges=7)[1].numel() == 17
     bands, rest = dense_blocks(edge_index, min_edges=3, max_edges=4)  # grids cut into bands of whole rows

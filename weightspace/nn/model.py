@@ -154,7 +154,7 @@ class GraphMetanetwork(nn.Module):
         """
         sums, count = [0.0, 0.0], [0, 0]
         for g in graphs:
-            routes = Routes.build(g.edge_index, int(g.num_nodes))
+            routes = Routes.build(g.edge_index, int(g.num_nodes), min_block_edges=None)
             for k, route in enumerate((routes.forward, routes.backward)):
                 has = route.degree.squeeze(-1) > 0
                 sums[k] += float(route.log_degree.squeeze(-1)[has].sum())

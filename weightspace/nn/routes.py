@@ -28,7 +28,8 @@ MAX_BLOCK_EDGES = 16384
 
 @dataclass
 class Block:
-    """A dense grid of consecutive edges: edge ``start + r * cols + c`` runs from ``col_nodes[c]`` to ``row_nodes[r]``."""
+    """A dense grid of consecutive edges: edge ``start + r * cols + c`` runs from ``col_nodes[c]`` to
+    ``row_nodes[r]``."""
 
     start: int
     rows: int
