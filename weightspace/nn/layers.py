@@ -20,7 +20,7 @@ from torch import Tensor
 from torch_geometric.nn import MessagePassing, TransformerConv
 from torch_geometric.utils import scatter
 
-from .routes import Route, Routes
+from .routes import Block, Route, Routes
 
 CONVS = ("pna", "transformer")
 AGGREGATORS = ("mean", "max", "min", "std")
@@ -164,20 +164,33 @@ class FiLMMessages(MessagePassing):
         """The same messages and aggregation, per dense grid of ``route.blocks``: each grid's messages come from
         broadcasting its receivers' ``a`` against its senders' ``b`` and are reduced along the grid's sender axis;
         the partial aggregates of the grids and of the edges outside them then meet at their receivers."""
-        names = self.pna.statistics
-        parts: dict[str, list[Tensor]] = {s: [] for s in names}
-        axis = 1 if route.along_rows else 0
-        rows, cols = (a, b) if route.along_rows else (b, a)
         grids, rest = route.split_edges(film)
+        parts = self.new_parts()
         for blk, grid in zip(route.blocks, grids):
-            gamma, beta = grid.view(blk.rows, blk.cols, -1).chunk(2, -1)
-            m = self.message(rows[blk.row_nodes].unsqueeze(1), cols[blk.col_nodes].unsqueeze(0), gamma, beta)
-            for s in names:
-                parts[s].append(m.sum(axis) if s == "sum" else (m * m).sum(axis) if s == "sq"
-                                else m.amax(axis) if s == "max" else m.amin(axis))
-        gamma, beta = rest.chunk(2, -1)
+            self.grid_stats(a, b, grid, blk, route.along_rows, parts)
+        return self.finish_grids(a, b, rest, route, parts)
+
+    def new_parts(self) -> dict[str, list[Tensor]]:
+        """Empty lists of partial aggregates, one per statistic PNA needs."""
+        return {s: [] for s in self.pna.statistics}
+
+    def grid_stats(self, a: Tensor, b: Tensor, film: Tensor, blk: Block, along_rows: bool,
+                   parts: dict[str, list[Tensor]]) -> None:
+        """Append one grid's partial aggregates (its ``film`` rows, in edge order) to ``parts``."""
+        rows, cols = (a, b) if along_rows else (b, a)
+        gamma, beta = film.view(blk.rows, blk.cols, -1).chunk(2, -1)
+        m = self.message(rows[blk.row_nodes].unsqueeze(1), cols[blk.col_nodes].unsqueeze(0), gamma, beta)
+        axis = 1 if along_rows else 0
+        for s in parts:
+            parts[s].append(m.sum(axis) if s == "sum" else (m * m).sum(axis) if s == "sq"
+                            else m.amax(axis) if s == "max" else m.amin(axis))
+
+    def finish_grids(self, a: Tensor, b: Tensor, rest_film: Tensor, route: Route,
+                     parts: dict[str, list[Tensor]]) -> Tensor:
+        """Add the messages of the edges outside grids (``rest_film``: their FiLM rows) and aggregate all parts."""
+        gamma, beta = rest_film.chunk(2, -1)
         m = self.message(a.index_select(0, route.rest_receiver), b.index_select(0, route.rest_sender), gamma, beta)
-        stats = {s: route.parts.sort(torch.cat(parts[s] + [m * m if s == "sq" else m])) for s in names}
+        stats = {s: route.parts.sort(torch.cat(parts[s] + [m * m if s == "sq" else m])) for s in parts}
         return self.pna.combine(stats, route.parts.ptr, route)
 
     def message(self, a_i: Tensor, b_j: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
@@ -230,7 +243,9 @@ class NeuralGraphLayer(nn.Module):
         """One layer; ``routes`` (built once per batch) selects the segment-reduction path of PNA."""
         hn, en = self.norm_h(h), self.norm_e(e)
         edge_self = None
-        if self.conv == "pna" and routes is not None:
+        if self.conv == "pna" and routes is not None and routes.forward.parts is not None:
+            m_in, m_out, edge_self = self._grid_messages(hn, en, routes)
+        elif self.conv == "pna" and routes is not None:
             film_in, film_out, edge_self = self._edge_maps(en)
             m_in = self.fwd(hn, route=routes.forward, film=film_in)
             m_out = self.bwd(hn, route=routes.backward, film=film_out)
@@ -246,23 +261,50 @@ class NeuralGraphLayer(nn.Module):
             e = e + self._edge_update(h, edge_self, edge_index, routes)
         return h, e
 
-    def _edge_update(self, h: Tensor, edge_self: Tensor, edge_index: Tensor, routes: Routes | None) -> Tensor:
+    def _grid_messages(self, hn: Tensor, en: Tensor, routes: Routes
+                       ) -> tuple[Tensor, Tensor, tuple[list[Tensor], Tensor] | None]:
+        """Both directions' messages over a grid route, one grid band at a time: the band's FiLM and edge
+        self-maps are computed and used while they are in cache, never for all edges at once. Returns the two
+        aggregates and the edge self-map as (per band, rest) pieces."""
+        fwd, bwd = routes.forward, routes.backward
+        W, bias, sizes = self._map_weights()
+        af, bf = self.fwd.lin(hn).chunk(2, -1)
+        ab, bb = self.bwd.lin(hn).chunk(2, -1)
+        pf, pb, selfs = self.fwd.new_parts(), self.bwd.new_parts(), []
+        grids, rest = fwd.split_edges(en)
+        for blk, grid in zip(fwd.blocks, grids):
+            maps = F.linear(grid, W, bias).split(sizes, -1)
+            self.fwd.grid_stats(af, bf, maps[0], blk, True, pf)
+            self.bwd.grid_stats(ab, bb, maps[1], blk, False, pb)
+            selfs.append(maps[2] if self.update_edges else None)
+        maps = F.linear(rest, W, bias).split(sizes, -1)
+        m_in = self.fwd.finish_grids(af, bf, maps[0], fwd, pf)
+        m_out = self.bwd.finish_grids(ab, bb, maps[1], bwd, pb)
+        return m_in, m_out, (selfs, maps[2]) if self.update_edges else None
+
+    def _edge_update(self, h: Tensor, edge_self: Tensor | tuple[list[Tensor], Tensor], edge_index: Tensor,
+                     routes: Routes | None) -> Tensor:
         """``edge_out(src_term[sender] + dst_term[receiver] + edge_self)`` per edge; over the dense grids of a
-        blocked route the node terms are broadcast along the grid instead of gathered per edge."""
+        blocked route the node terms are broadcast along the grid instead of gathered per edge (``edge_self`` may
+        then come already cut, as per-grid and rest pieces)."""
         src, dst = self.edge_nodes(self.norm_h(h)).chunk(2, -1)
         route = routes.forward if routes is not None else None
         if route is None or route.parts is None:
             return self.edge_out(src.index_select(0, edge_index[0]) + dst.index_select(0, edge_index[1]) + edge_self)
-        grids, rest = route.split_edges(edge_self)
+        grids, rest = edge_self if isinstance(edge_self, tuple) else route.split_edges(edge_self)
         outs = [self.edge_out(dst[blk.row_nodes].unsqueeze(1) + src[blk.col_nodes].unsqueeze(0)
                               + grid.view(blk.rows, blk.cols, -1)).flatten(0, 1)
                 for blk, grid in zip(route.blocks, grids)]
         rest = self.edge_out(src.index_select(0, route.rest_sender) + dst.index_select(0, route.rest_receiver) + rest)
         return route.join_edges(outs, rest)
 
-    def _edge_maps(self, en: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Both directions' FiLM maps and the edge self-map of ``en`` as one matrix product (one pass over edges)."""
+    def _map_weights(self) -> tuple[Tensor, Tensor, list[int]]:
+        """Both directions' FiLM maps and the edge self-map stacked as one linear map: weight, bias, output sizes."""
         maps = [self.fwd.film, self.bwd.film] + ([self.edge_self] if self.update_edges else [])
         bias = [m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in maps]
-        out = F.linear(en, torch.cat([m.weight for m in maps]), torch.cat(bias))
-        return tuple(out.split([m.out_features for m in maps], -1)) + ((None,) if not self.update_edges else ())
+        return torch.cat([m.weight for m in maps]), torch.cat(bias), [m.out_features for m in maps]
+
+    def _edge_maps(self, en: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Both directions' FiLM maps and the edge self-map of ``en`` as one matrix product (one pass over edges)."""
+        W, bias, sizes = self._map_weights()
+        return tuple(F.linear(en, W, bias).split(sizes, -1)) + ((None,) if not self.update_edges else ())
