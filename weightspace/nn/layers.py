@@ -150,8 +150,6 @@ class FiLMMessages(MessagePassing):
         """Messages into every node of ``h``; ``film`` is ``self.film(e)`` when the caller computed it already."""
         a, b = self.lin(h).chunk(2, -1)
         film = self.film(e) if film is None else film
-        if route is not None and route.parts is not None:
-            return self._by_blocks(a, b, film, route)
         if route is not None:
             film, edge_index = route.sort(film), route.edge_index
         elif edge_index is None:
@@ -160,18 +158,10 @@ class FiLMMessages(MessagePassing):
         return self.propagate(edge_index, a=a, b=b, gamma=gamma, beta=beta, route=route,
                               size=(h.shape[0], h.shape[0]))
 
-    def _by_blocks(self, a: Tensor, b: Tensor, film: Tensor, route: Route) -> Tensor:
-        """The same messages and aggregation, per dense grid of ``route.blocks``: each grid's messages come from
-        broadcasting its receivers' ``a`` against its senders' ``b`` and are reduced along the grid's sender axis;
-        the partial aggregates of the grids and of the edges outside them then meet at their receivers."""
-        grids, rest = route.split_edges(film)
-        parts = self.new_parts()
-        for blk, grid in zip(route.blocks, grids):
-            self.grid_stats(a, b, grid, blk, route.along_rows, parts)
-        return self.finish_grids(a, b, rest, route, parts)
-
     def new_parts(self) -> dict[str, list[Tensor]]:
-        """Empty lists of partial aggregates, one per statistic PNA needs."""
+        """Empty lists of partial aggregates, one per statistic PNA needs, for aggregating per dense grid of a
+        :class:`Route` with ``blocks``: :meth:`grid_stats` for each grid (messages from broadcasting its receivers'
+        ``a`` against its senders' ``b``, reduced along the grid's sender axis), then :meth:`finish_grids`."""
         return {s: [] for s in self.pna.statistics}
 
     def grid_stats(self, a: Tensor, b: Tensor, film: Tensor, blk: Block, along_rows: bool,
@@ -285,13 +275,13 @@ class NeuralGraphLayer(nn.Module):
     def _edge_update(self, h: Tensor, edge_self: Tensor | tuple[list[Tensor], Tensor], edge_index: Tensor,
                      routes: Routes | None) -> Tensor:
         """``edge_out(src_term[sender] + dst_term[receiver] + edge_self)`` per edge; over the dense grids of a
-        blocked route the node terms are broadcast along the grid instead of gathered per edge (``edge_self`` may
-        then come already cut, as per-grid and rest pieces)."""
+        blocked route (``edge_self`` then comes cut, as per-grid and rest pieces, from :meth:`_grid_messages`) the
+        node terms are broadcast along the grid instead of gathered per edge."""
         src, dst = self.edge_nodes(self.norm_h(h)).chunk(2, -1)
-        route = routes.forward if routes is not None else None
-        if route is None or route.parts is None:
+        if not isinstance(edge_self, tuple):
             return self.edge_out(src.index_select(0, edge_index[0]) + dst.index_select(0, edge_index[1]) + edge_self)
-        grids, rest = edge_self if isinstance(edge_self, tuple) else route.split_edges(edge_self)
+        route = routes.forward
+        grids, rest = edge_self
         outs = [self.edge_out(dst[blk.row_nodes].unsqueeze(1) + src[blk.col_nodes].unsqueeze(0)
                               + grid.view(blk.rows, blk.cols, -1)).flatten(0, 1)
                 for blk, grid in zip(route.blocks, grids)]
