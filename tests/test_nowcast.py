@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from weightspace.errors import NonFiniteWeights
-from weightspace.nowcast import (LAWA, WNN, LineFit, NiNo, NowcastError, NowcastOptimizer, ParamLayout,
+from weightspace.nowcast import (LAWA, WNN, LineFit, NiNo, NodeNiNo, NowcastError, NowcastOptimizer, ParamLayout,
                                  TrajectoryWindows, horizon_schedule)
 from weightspace.nowcast.core import _scale as scale
 from weightspace.nowcast.core import _unscale as unscale
@@ -23,6 +23,14 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def small(cls: type, context: int = 3, horizons: int = 4, layers: int = 1, **kw):
+    """A learned nowcaster of width 8 (decoder 16 for the graph ones)."""
+    if cls is WNN:
+        return WNN(context=context, horizons=horizons, hidden=8, **kw)
+    width = {"node_hidden" if cls is NodeNiNo else "hidden": 8}
+    return cls(context=context, horizons=horizons, layers=layers, decoder_hidden=16, **width, **kw)
 
 
 def _toy(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -240,11 +248,10 @@ def test_nan_parameters_raise_a_clear_error():
 
 # ----------------------------------------------------------------------------- learned nowcasters
 
-@pytest.mark.parametrize("cls", [WNN, NiNo])
+@pytest.mark.parametrize("cls", [NiNo, WNN, NodeNiNo])
 def test_learned_nowcaster_in_optimizer_any_family(cls):
     torch.manual_seed(0)
-    nc = cls(context=3, horizons=4) if cls is WNN else cls(context=3, horizons=4, hidden=8, layers=1,
-                                                           decoder_hidden=16)
+    nc = WNN(context=3, horizons=4) if cls is WNN else small(cls)
     for fam, kw in [("cnn", dict(channels=(4, 4, 4), batchnorm=True)),
                     ("gpt", dict(vocab_size=11, block_size=8, d_model=8, n_layer=1, n_head=2))]:
         model = build(fam, seed=0, **kw)
@@ -258,15 +265,54 @@ def test_learned_nowcaster_in_optimizer_any_family(cls):
         assert len(opt.jumps) == 2 and all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_nino_refuses_unseen_parameter_types():
-    nc = NiNo(context=3, horizons=2, hidden=8, layers=1, decoder_hidden=8, edge_types=["linear"],
-              node_types=["input", "linear", "output"])
+@pytest.mark.parametrize("family,kw", [("mlp", dict(in_features=5, widths=[7, 6], out_features=3)),
+                                       ("cnn", dict(channels=(4, 5, 4), batchnorm=True))])
+@pytest.mark.parametrize("cls", [NiNo, NodeNiNo])
+def test_graph_nowcasts_are_permuted_with_the_units(cls, family, kw):
+    """Nowcasting a permuted model's trajectory gives the permuted nowcast (the graph network is equivariant)."""
+    from weightspace.space import WeightSpace
+
+    torch.manual_seed(0)
+    nc = small(cls, layers=2).eval()
+    for p in nc.parameters():
+        p.data.normal_(0, 0.3)
+    model = build(family, seed=0, **kw)
+    space = WeightSpace.from_module(model, example_input(model))
+    lay = ParamLayout.from_space(space)
+    perm = space.random_permutation(torch.Generator().manual_seed(3))
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+
+    def flat(sd):
+        model.load_state_dict(sd)
+        return lay.flatten(model)
+
+    def unflat(v):
+        return {k: t.view(shapes[k]) for k, t in zip(lay.keys, v.split(lay.numels))}
+
+    sds = []
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        sds.append({k: v.clone() for k, v in model.state_dict().items()})
+    ctx = torch.stack([flat(sd) for sd in sds])
+    ctx_p = torch.stack([flat(space.permute(sd, perm)) for sd in sds])
+    assert not torch.allclose(ctx, ctx_p)
+    want = space.permute(unflat(nc.nowcast(ctx, 3, lay)), perm)
+    got = unflat(nc.nowcast(ctx_p, 3, lay))
+    for k in lay.keys:
+        torch.testing.assert_close(got[k], want[k], atol=1e-5, rtol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("cls", [NiNo, NodeNiNo])
+def test_graph_nowcasters_refuse_unseen_parameter_types(cls):
+    nc = small(cls, horizons=2, edge_types=["linear"], node_types=["input", "linear", "output"])
     model = build("cnn", seed=0, channels=(4, 4, 4))
     with pytest.raises(NowcastError, match="not meta-trained on.*conv"):
         NowcastOptimizer(model, torch.optim.Adam(model.parameters()), nc, period=3,
                          example_input=example_input(model))
     wide = build("mlp", seed=0, in_features=300, widths=[8], out_features=2)
-    nc2 = NiNo(context=3, horizons=2, hidden=8, layers=1, decoder_hidden=8)
+    nc2 = small(cls, horizons=2)
     opt = NowcastOptimizer(wide, torch.optim.Adam(wide.parameters()), nc2, period=3,
                            example_input=example_input(wide))
     assert torch.isfinite(nc2.nowcast(torch.randn(3, opt.layout.num_values), 1, opt.layout)).all()
@@ -427,7 +473,7 @@ def test_meta_training_writes_a_loadable_model_and_resumes(zoo, tmp_path):
     assert again.step == 4 and len(again.history) == len(result.history)
 
 
-@pytest.mark.parametrize("cls", [NiNo, WNN])
+@pytest.mark.parametrize("cls", [NiNo, WNN, NodeNiNo])
 def test_meta_training_step_runs_under_bf16_autocast(cls):
     """The Trainer uses bf16 autocast on CUDA; CPU autocast exercises the same dtype mixing (NiNo's host
     embedding used to index_put bf16 rows into an fp32 buffer and crash)."""
@@ -436,8 +482,7 @@ def test_meta_training_step_runs_under_bf16_autocast(cls):
     from weightspace.space import WeightSpace
 
     torch.manual_seed(0)
-    nc = cls(context=3, horizons=4, hidden=8) if cls is WNN else cls(context=3, horizons=4, hidden=8, layers=1,
-                                                                      decoder_hidden=16)
+    nc = small(cls)
     model = build("cnn", seed=0, channels=(4, 4, 4), batchnorm=True)
     lay = ParamLayout.from_space(WeightSpace.from_module(model, example_input(model)))
     ctx = torch.randn(3, lay.num_values).cumsum(0)
@@ -451,7 +496,7 @@ def test_meta_training_step_runs_under_bf16_autocast(cls):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in nc.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("cls", [NiNo, WNN])
+@pytest.mark.parametrize("cls", [NiNo, WNN, NodeNiNo])
 def test_batched_forward_equals_one_window_at_a_time(cls):
     """Windows of different architectures run as one graph batch and one decoder pass: the same predictions as
     running each window alone."""
@@ -459,8 +504,7 @@ def test_batched_forward_equals_one_window_at_a_time(cls):
     from weightspace.space import WeightSpace
 
     torch.manual_seed(0)
-    nc = cls(context=3, horizons=4, hidden=8) if cls is WNN else cls(context=3, horizons=4, hidden=8, layers=2,
-                                                                      decoder_hidden=16)
+    nc = small(cls, layers=2)
     wins = []
     for fam, kw in [("mlp", dict(in_features=5, widths=[7, 6], out_features=3)),
                     ("cnn", dict(channels=(4, 5, 4), batchnorm=True)), ("mlp", dict(in_features=5, widths=[9],
@@ -477,15 +521,14 @@ def test_batched_forward_equals_one_window_at_a_time(cls):
         torch.testing.assert_close(t, a, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("cls", [NiNo, WNN])
+@pytest.mark.parametrize("cls", [NiNo, WNN, NodeNiNo])
 def test_nowcast_computes_only_its_horizon_and_matches_the_full_prediction(cls):
     from types import SimpleNamespace
 
     from weightspace.space import WeightSpace
 
     torch.manual_seed(0)
-    nc = cls(context=3, horizons=5, hidden=8) if cls is WNN else cls(context=3, horizons=5, hidden=8, layers=1,
-                                                                      decoder_hidden=16)
+    nc = small(cls, horizons=5)
     model = build("mlp", seed=0, in_features=5, widths=[7], out_features=3)
     lay = ParamLayout.from_space(WeightSpace.from_module(model, example_input(model)))
     ctx = torch.randn(3, lay.num_values).cumsum(0)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from weightspace.graph.layout import EDGE_TYPES, NODE_TYPES
-from weightspace.nowcast import WNN, LineFit, NiNo, NowcastError, ParamLayout, Window
+from weightspace.nowcast import WNN, LineFit, NiNo, NodeNiNo, NowcastError, ParamLayout, Window
 from weightspace.nowcast.train import nowcast_loss
 from weightspace.space import WeightSpace
 from weightspace.tasks.data import char_batch, digits_split, stdlib_corpus, synthetic_split
@@ -43,7 +43,7 @@ from weightspace.utils import atomic_write_text
 
 LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 FAMILIES = ("mlp", "cnn", "synth", "gpt")
-MODELS = ("nino", "nino_small", "wnn")
+MODELS = ("nino", "nino_small", "wnn", "node")
 _DATA: dict[str, Any] = {}
 
 
@@ -263,10 +263,10 @@ def warm_start(fresh: Any, source: str) -> Any:
                          + ", ".join(f"{k} {a} (checkpoint) vs {b}" for k, (a, b) in sizes.items())
                          + "; pass the checkpoint's sizes (--hidden, --layers, --decoder-hidden, --horizons, "
                            "--context)")
-    if isinstance(fresh, NiNo):
+    if isinstance(fresh, (NiNo, NodeNiNo)):
         mine["edge_types"] = [t for t in EDGE_TYPES if t in {*mine["edge_types"], *cfg["edge_types"]}]
         mine["node_types"] = [t for t in NODE_TYPES if t in {*mine["node_types"], *cfg["node_types"]}]
-        fresh = NiNo(**mine)
+        fresh = type(fresh)(**mine)
     fresh.load_state_dict(src.state_dict())
     return fresh
 
@@ -306,8 +306,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="start MODEL (one of --models) from a checkpoint folder or packaged name, e.g. "
                         "nino=nino_cnn_k40 (sizes must match; a NiNo learns the data's new parameter types)")
     p.add_argument("--models", default="nino,nino_small,wnn",
-                   help="nino (--hidden/--layers/--decoder-hidden), nino_small (the packaged size: 16/2/32), wnn")
+                   help="nino (--hidden/--layers/--decoder-hidden), nino_small (the packaged size: 16/2/32), wnn, "
+                        "node (NodeNiNo, --node-size)")
+    p.add_argument("--node-size", default="16,2,32", help="NodeNiNo's node width, layers and decoder width")
     args = p.parse_args(argv)
+    try:
+        node_size = [int(x) for x in args.node_size.split(",")]
+        if len(node_size) != 3 or min(node_size) < 1:
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"--node-size takes three positive ints WIDTH,LAYERS,DECODER, got {args.node_size!r}") from None
     bad = sorted(set(args.models.split(",")) - set(MODELS))
     if bad:
         raise SystemExit(f"--models: unknown {bad}; choose from {', '.join(MODELS)}")
@@ -379,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
         "nino_small": lambda: NiNo(context=args.context, horizons=args.horizons, hidden=16, layers=2,
                                    decoder_hidden=32, **types),
         "wnn": lambda: WNN(context=args.context, horizons=args.horizons, hidden=64, layers=3),
+        "node": lambda: NodeNiNo(context=args.context, horizons=args.horizons, node_hidden=node_size[0],
+                                 layers=node_size[1], decoder_hidden=node_size[2], **types),
     }
     models = {}
     for k in args.models.split(","):

@@ -3,7 +3,8 @@ from .batch import collate
 from .layers import AGGREGATORS, SCALERS, FiLMMessages, NeuralGraphLayer, PNAAggregation
 from .model import (EdgeHead, GraphEncoding, GraphHead, GraphMetanetwork, IncompatibleGraph, MetanetConfig,
                     NodeHead)
+from .neuron import NeuronLayer, NeuronNetwork, ScaledSum
 
 __all__ = ["GraphMetanetwork", "MetanetConfig", "GraphEncoding", "GraphHead", "NodeHead", "EdgeHead",
            "NeuralGraphLayer", "FiLMMessages", "PNAAggregation", "IncompatibleGraph", "collate", "AGGREGATORS",
-           "SCALERS"]
+           "SCALERS", "NeuronNetwork", "NeuronLayer", "ScaledSum"]

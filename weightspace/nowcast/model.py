@@ -28,10 +28,10 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import Tensor
 
 from ..graph.layout import EDGE_TYPES, NODE_TYPES
-from ..nn import GraphMetanetwork, IncompatibleGraph, MetanetConfig
+from ..nn import GraphMetanetwork, IncompatibleGraph, MetanetConfig, NeuronNetwork
 from ..nn.batch import collate
 from ..nn.layers import mlp
-from ..nn.routes import Routes
+from ..nn.routes import Block, Routes, dense_blocks
 from .core import NowcastError, ParamLayout
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -68,6 +68,12 @@ class _ValueNowcaster(nn.Module):
     def host_embeddings(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> list[Tensor] | None:
         return None
 
+    def decoder_input(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> Tensor:
+        """``[sum P, *]``: each value's features, with its host's embedding when the nowcaster has a graph."""
+        inp = torch.cat([f.t() for f in feats])
+        hosts = self.host_embeddings(feats, layouts)
+        return inp if hosts is None else torch.cat([inp, torch.cat(hosts)], 1)
+
     def forward(self, windows: Sequence[Any], horizons: Sequence[int] | None = None) -> list[Tensor]:
         """Scaled residual predictions ``[K, P]`` for each window (anything with ``context`` and ``layout``);
         with ``horizons`` (values of k), only those ``[len(horizons), P]`` (the decoder's last layer computes
@@ -81,11 +87,7 @@ class _ValueNowcaster(nn.Module):
             f, _, _, tau = value_features(w.context, w.layout)
             feats.append(f.to(dtype))
             taus.append(tau)
-        layouts = [w.layout for w in windows]
-        hosts = self.host_embeddings(feats, layouts)
-        inp = torch.cat([f.t() for f in feats])
-        if hosts is not None:
-            inp = torch.cat([inp, torch.cat(hosts)], 1)
+        inp = self.decoder_input(feats, [w.layout for w in windows])
         if horizons is None:
             out = self.decoder(inp).float()
         else:
@@ -164,37 +166,19 @@ class WNN(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
         self.decoder = mlp([context + 1] + [hidden] * (layers - 1) + [horizons])
 
 
-class NiNo(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
-           tags=["weightspace", "nowcasting", "nino", "graph-neural-network"]):
-    """Neuron Interaction and Nowcasting network (Knyazev et al. 2025) on weightspace's neural graphs.
-
-    A :class:`~weightspace.nn.GraphMetanetwork` embeds every edge (weight, or conv kernel of F
-    weights) and node (unit, with its bias and norm parameters) from the context's per-value
-    features; each value's K residuals come from its own features plus its host's embedding
-    (values outside the graph get a learned "no host" embedding). ``edge_types``/``node_types``
-    record what meta-training saw; other parameter types are refused with a clear message.
-    """
+class _GraphNowcaster(_ValueNowcaster):
+    """Shared parts of the nowcasters that read the model's neural graph: the parameter types they accept,
+    each value's host in the graph, and the graphs of a batch of windows."""
 
     needs_space = True
-    pretrained_name = "nino"
 
-    def __init__(self, context: int = 5, horizons: int = 16, hidden: int = 32, layers: int = 3,
-                 decoder_hidden: int = 64, edge_features: int = 9, node_features: int = 4,
-                 max_positions: int = 128, edge_types: Sequence[str] = EDGE_TYPES,
-                 node_types: Sequence[str] = NODE_TYPES) -> None:
-        super().__init__()
-        self._init_common(context, horizons, decoder_hidden)
+    def _init_graph(self, edge_types: Sequence[str], node_types: Sequence[str], edge_features: int,
+                    node_features: int, max_positions: int) -> None:
         self.edge_types, self.node_types = list(edge_types), list(node_types)
-        self.metanet = GraphMetanetwork(MetanetConfig(hidden=hidden, layers=layers, states=context + 1,
-                                                      edge_features=edge_features, node_features=node_features,
-                                                      max_positions=max_positions))
-        self.no_host = nn.Parameter(torch.zeros(hidden))
-        self.edge_proj = nn.Linear(hidden, hidden)
-        self.node_proj = nn.Linear(hidden, hidden)
-        self.decoder = mlp([context + 1 + hidden, decoder_hidden, decoder_hidden, horizons])
+        self.max_edge_features, self.max_node_features = edge_features, node_features
+        self.max_positions = max_positions
         self._hosts: dict[tuple[str, torch.device], Tensor] = {}
         self._checked: set[str] = set()
-        self._route_cache: dict[tuple[str, torch.device, torch.dtype], Routes] = {}
 
     def _host_index(self, layout: ParamLayout, device: torch.device) -> Tensor:
         """Per value: the row of its host in ``[edges; nodes; no host]`` (computed once per architecture and device)."""
@@ -210,6 +194,69 @@ class NiNo(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
                                                        E + N)).to(device)
         return self._hosts[key]
 
+    def check_space(self, layout: ParamLayout) -> None:
+        """Refuse architectures with parameter types meta-training never saw."""
+        name = type(self).__name__
+        space = layout.space
+        if space is None:
+            raise NowcastError(f"{name} needs the model's WeightSpace: pass example_input (or space=) to "
+                               f"NowcastOptimizer")
+        if space.fingerprint in self._checked:
+            return
+        lay = space.layout
+        used_e = {EDGE_TYPES[t] for t in lay.edge_type.unique().tolist()}
+        used_n = {NODE_TYPES[t] for t in lay.node_type.unique().tolist()}
+        new = sorted(used_e - set(self.edge_types)) + sorted(used_n - set(self.node_types))
+        if new:
+            raise NowcastError(f"{space.name} has parameter types this {name} was not meta-trained on: {new} "
+                               f"(trained on edges {self.edge_types}, nodes {self.node_types}); meta-train on a "
+                               f"zoo with such layers or use a baseline nowcaster")
+        if lay.edge_features > self.max_edge_features or lay.node_features > self.max_node_features:
+            raise NowcastError(f"{space.name} has {lay.edge_features} values per edge and {lay.node_features} per "
+                               f"node (e.g. a kernel larger than 3x3); this {name} takes at most "
+                               f"{self.max_edge_features} and {self.max_node_features}")
+        self._checked.add(space.fingerprint)
+
+    def graphs(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> tuple[list[Any], Any]:
+        """Each window's graph of per-value features (checked first), and all of them as one graph or PyG batch."""
+        graphs = []
+        for f, layout in zip(feats, layouts):
+            self.check_space(layout)
+            g = layout.space.layout.graph_from_flat(f)
+            g.pos_id = g.pos_id.clamp(max=self.max_positions - 1)
+            graphs.append(g)
+        return graphs, graphs[0] if len(graphs) == 1 else collate(graphs)
+
+
+class NiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace",
+           tags=["weightspace", "nowcasting", "nino", "graph-neural-network"]):
+    """Neuron Interaction and Nowcasting network (Knyazev et al. 2025) on weightspace's neural graphs.
+
+    A :class:`~weightspace.nn.GraphMetanetwork` embeds every edge (weight, or conv kernel of F
+    weights) and node (unit, with its bias and norm parameters) from the context's per-value
+    features; each value's K residuals come from its own features plus its host's embedding
+    (values outside the graph get a learned "no host" embedding). ``edge_types``/``node_types``
+    record what meta-training saw; other parameter types are refused with a clear message.
+    """
+
+    pretrained_name = "nino"
+
+    def __init__(self, context: int = 5, horizons: int = 16, hidden: int = 32, layers: int = 3,
+                 decoder_hidden: int = 64, edge_features: int = 9, node_features: int = 4,
+                 max_positions: int = 128, edge_types: Sequence[str] = EDGE_TYPES,
+                 node_types: Sequence[str] = NODE_TYPES) -> None:
+        super().__init__()
+        self._init_common(context, horizons, decoder_hidden)
+        self._init_graph(edge_types, node_types, edge_features, node_features, max_positions)
+        self.metanet = GraphMetanetwork(MetanetConfig(hidden=hidden, layers=layers, states=context + 1,
+                                                      edge_features=edge_features, node_features=node_features,
+                                                      max_positions=max_positions))
+        self.no_host = nn.Parameter(torch.zeros(hidden))
+        self.edge_proj = nn.Linear(hidden, hidden)
+        self.node_proj = nn.Linear(hidden, hidden)
+        self.decoder = mlp([context + 1 + hidden, decoder_hidden, decoder_hidden, horizons])
+        self._route_cache: dict[tuple[str, torch.device, torch.dtype], Routes] = {}
+
     def _routes(self, layout: ParamLayout, graph: Any) -> Routes:
         """The metanetwork's message routes of one architecture's graph, built once per architecture and device."""
         dtype = self.metanet.edge_in.weight.dtype
@@ -219,38 +266,9 @@ class NiNo(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
                                                   self.metanet.config.min_block_edges)
         return self._route_cache[key]
 
-    def check_space(self, layout: ParamLayout) -> None:
-        """Refuse architectures with parameter types meta-training never saw."""
-        space = layout.space
-        if space is None:
-            raise NowcastError("NiNo needs the model's WeightSpace: pass example_input (or space=) to "
-                               "NowcastOptimizer")
-        if space.fingerprint in self._checked:
-            return
-        lay = space.layout
-        used_e = {EDGE_TYPES[t] for t in lay.edge_type.unique().tolist()}
-        used_n = {NODE_TYPES[t] for t in lay.node_type.unique().tolist()}
-        new = sorted(used_e - set(self.edge_types)) + sorted(used_n - set(self.node_types))
-        if new:
-            raise NowcastError(f"{space.name} has parameter types this NiNo was not meta-trained on: {new} "
-                               f"(trained on edges {self.edge_types}, nodes {self.node_types}); meta-train on a "
-                               f"zoo with such layers or use a baseline nowcaster")
-        cfg = self.metanet.config
-        if lay.edge_features > cfg.edge_features or lay.node_features > cfg.node_features:
-            raise NowcastError(f"{space.name} has {lay.edge_features} values per edge and {lay.node_features} per "
-                               f"node (e.g. a kernel larger than 3x3); this NiNo takes at most "
-                               f"{cfg.edge_features} and {cfg.node_features}")
-        self._checked.add(space.fingerprint)
-
     def host_embeddings(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> list[Tensor]:
         """Each value's host embedding, for every window: the graphs of all windows run as one PyG batch."""
-        graphs = []
-        for f, layout in zip(feats, layouts):
-            self.check_space(layout)
-            g = layout.space.layout.graph_from_flat(f)
-            g.pos_id = g.pos_id.clamp(max=self.metanet.config.max_positions - 1)
-            graphs.append(g)
-        data = graphs[0] if len(graphs) == 1 else collate(graphs)
+        graphs, data = self.graphs(feats, layouts)
         routes = None
         if len(graphs) == 1 and not torch.is_autocast_enabled(data.edge_index.device.type):
             routes = self._routes(layouts[0], data)
@@ -273,3 +291,76 @@ class NiNo(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
             out.append(table.index_select(0, rows))
             e0, n0 = e0 + E, n0 + N
         return out
+
+
+class NodeNiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace",
+               tags=["weightspace", "nowcasting", "nino", "graph-neural-network"]):
+    """NiNo whose graph network keeps states on the neurons only, so a jump costs about as little as WNN's.
+
+    A :class:`~weightspace.nn.NeuronNetwork` embeds the nodes (units) of the model's neural graph:
+    each edge enters once, as FiLM scales and shifts of the messages between the units it joins,
+    and no edge state is updated (NiNo's :class:`~weightspace.nn.GraphMetanetwork` updates one per
+    weight in every layer, which dominates its cost on linear layers). Each value's K residuals come
+    from a per-value decoder whose first layer adds, to the value's own features, projections of its
+    host's units: sender and receiver for a weight, the unit for a bias or norm parameter, a learned
+    "no host" vector otherwise. Equivariant: relabelling the units relabels the node states, and
+    each value reads the units it belongs to.
+    """
+
+    pretrained_name = "node_nino"
+
+    def __init__(self, context: int = 5, horizons: int = 40, node_hidden: int = 16, layers: int = 2,
+                 decoder_hidden: int = 32, edge_features: int = 9, node_features: int = 4,
+                 max_positions: int = 128, edge_types: Sequence[str] = EDGE_TYPES,
+                 node_types: Sequence[str] = NODE_TYPES) -> None:
+        super().__init__()
+        self._init_common(context, horizons, decoder_hidden)
+        self._init_graph(edge_types, node_types, edge_features, node_features, max_positions)
+        self.network = NeuronNetwork(node_hidden, layers, context + 1, edge_features, node_features, max_positions)
+        self.value_in = nn.Linear(context + 1, decoder_hidden)
+        self.sender_out = nn.Linear(node_hidden, decoder_hidden, bias=False)
+        self.receiver_out = nn.Linear(node_hidden, decoder_hidden, bias=False)
+        self.node_out = nn.Linear(node_hidden, decoder_hidden, bias=False)
+        self.no_host = nn.Parameter(torch.zeros(decoder_hidden))
+        self.decoder = nn.Sequential(nn.SiLU(), *mlp([decoder_hidden, decoder_hidden, horizons]))
+        self._units: dict[tuple[str, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
+        self._grids: dict[tuple[str, torch.device], tuple[list[Block], Tensor]] = {}
+
+    def _value_units(self, layout: ParamLayout, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """Per value: its host's kind (0 weight, 1 unit, 2 none) and the units it reads (sender and receiver of a
+        weight; the unit twice for a unit's value), computed once per architecture and device."""
+        key = (layout.space.fingerprint, device)
+        if key not in self._units:
+            lay = layout.space.layout
+            host = self._host_index(layout, device)
+            E, N = lay.num_edges, lay.num_nodes
+            kind = (host >= E).long() + (host >= E + N).long()
+            ei = lay.edge_index.to(device)
+            edge = host.clamp(max=max(E - 1, 0))
+            node = (host - E).clamp(0, max(N - 1, 0))
+            u = torch.where(kind == 0, ei[0, edge] if E else node, node)
+            v = torch.where(kind == 0, ei[1, edge] if E else node, node)
+            self._units[key] = (kind, u, v)
+        return self._units[key]
+
+    def decoder_input(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> Tensor:
+        """The decoder's first layer: ``value_in(features)`` plus the projections of each value's units."""
+        graphs, data = self.graphs(feats, layouts)
+        grids = None
+        if len(graphs) == 1 and self.network.min_block_edges:
+            key = (layouts[0].space.fingerprint, data.edge_index.device)
+            if key not in self._grids:
+                self._grids[key] = dense_blocks(data.edge_index, self.network.min_block_edges, None)
+            grids = self._grids[key]
+        h = self.network(data, grids)
+        N_all = h.shape[0]
+        table = torch.cat([self.sender_out(h), self.receiver_out(h), self.node_out(h), self.no_host[None],
+                           self.no_host.new_zeros(1, self.no_host.shape[0])])
+        first, second, n0 = [], [], 0
+        for f, layout, g in zip(feats, layouts, graphs):
+            kind, u, v = self._value_units(layout, f.device)
+            first.append(torch.where(kind == 0, u + n0, torch.where(kind == 1, 2 * N_all + u + n0, 3 * N_all)))
+            second.append(torch.where(kind == 0, N_all + v + n0, 3 * N_all + 1))
+            n0 += g.num_nodes
+        hosts = table.index_select(0, torch.cat(first)) + table.index_select(0, torch.cat(second))
+        return self.value_in(torch.cat([f.t() for f in feats])) + hosts
