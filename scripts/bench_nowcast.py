@@ -30,7 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from benchlib import markdown_table, write_section
-from weightspace.nowcast import LAWA, WNN, LineFit, NiNo, NowcastOptimizer, horizon_schedule
+from weightspace.nowcast import (LAWA, LEARNED_NOWCASTERS, WNN, LineFit, NiNo, NowcastOptimizer, horizon_schedule,
+                                 load_nowcaster)
 from weightspace.tasks.data import char_batch, digits_split, stdlib_corpus, tabular_split
 from weightspace.tasks.models import build, example_input
 from weightspace.tasks.train import evaluate_classifier, evaluate_lm
@@ -378,7 +379,8 @@ def figure_link(out: Path, benchmarks: str, name: str = "nowcast_curves.png") ->
 def load_nowcasters(nino: str | None, wnn: str | None, extra: list[str]
                     ) -> tuple[dict[str, Any], dict[str, str | None]]:
     """The benchmark's nowcasters by method name, and where each learned one came from (``None``: packaged
-    default); ``extra`` adds ``NAME=FOLDER`` ones (NiNo or WNN, from its config; FOLDER may be a packaged name)."""
+    default); ``extra`` adds ``NAME=FOLDER`` ones (NiNo, NodeNiNo or WNN, from its config; FOLDER may be a packaged
+    name)."""
     out: dict[str, Any] = {"nino": NiNo.from_pretrained(nino), "wnn": WNN.from_pretrained(wnn),
                            "linefit": LineFit(5), "lawa": LAWA(5)}
     sources: dict[str, str | None] = {"nino": nino, "wnn": wnn}
@@ -386,8 +388,7 @@ def load_nowcasters(nino: str | None, wnn: str | None, extra: list[str]
         name, _, path = item.partition("=")
         if not name.isalnum() or not path:
             raise SystemExit(f"--extra takes NAME=FOLDER with an alphanumeric NAME (a method name), got {item!r}")
-        cfg = NiNo.pretrained_config(path)
-        out[name] = (NiNo if "edge_types" in cfg else WNN).from_pretrained(path)
+        out[name] = load_nowcaster(path)
         sources[name] = path
     return out, sources
 
@@ -397,7 +398,7 @@ def describe_nowcasters(nowcasters: dict[str, Any], sources: dict[str, str | Non
     repo = BENCHMARKS.parent
     lines = []
     for name, nc in nowcasters.items():
-        if not isinstance(nc, (NiNo, WNN)):
+        if not isinstance(nc, LEARNED_NOWCASTERS):
             continue
         src = sources.get(name)
         if src is None:
@@ -405,9 +406,7 @@ def describe_nowcasters(nowcasters: dict[str, Any], sources: dict[str, str | Non
         else:
             path = Path(type(nc).pretrained_location(src)).resolve()
             where = f"`{path.relative_to(repo)}`" if path.is_relative_to(repo) else f"folder `{path.name}`"
-        size = (f"hidden {nc.metanet.config.hidden}, {nc.metanet.config.layers} layers, decoder {nc.hidden}"
-                if isinstance(nc, NiNo) else f"hidden {nc.hidden}")
-        lines.append(f"`{name}`: {type(nc).__name__} {where} ({size}, K={nc.max_horizon}, "
+        lines.append(f"`{name}`: {type(nc).__name__} {where} ({nc.sizes}, K={nc.max_horizon}, "
                      f"{sum(p.numel() for p in nc.parameters()):,} parameters)")
     return "Learned nowcasters: " + "; ".join(lines) + "." if lines else ""
 
@@ -548,7 +547,7 @@ def run_overhead(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     args.benchmarks = str(args.benchmarks or BENCHMARKS)
     loaded, sources = load_nowcasters(args.nino, args.wnn, args.extra)
-    nowcasters = {n: nc for n, nc in loaded.items() if isinstance(nc, (NiNo, WNN))}
+    nowcasters = {n: nc for n, nc in loaded.items() if isinstance(nc, LEARNED_NOWCASTERS)}
     rows, shares = [], []
     for tname in OVERHEAD_TASKS:
         task = next(t for t in TASKS if t.name == tname)

@@ -265,6 +265,31 @@ def test_learned_nowcaster_in_optimizer_any_family(cls):
         assert len(opt.jumps) == 2 and all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_node_nino_alone_broadcasts_over_weight_matrices_the_same_function():
+    """A window alone takes the grid path (matrix products in the network, broadcasts into the decoder's input);
+    in a batch, or with ``min_block_edges=None``, every weight is gathered: the same predictions."""
+    from types import SimpleNamespace
+
+    from weightspace.space import WeightSpace
+
+    torch.manual_seed(0)
+    grid = NodeNiNo(context=3, horizons=4, node_hidden=8, layers=2, decoder_hidden=16, min_block_edges=4).double()
+    for p in grid.parameters():
+        p.data.normal_(0, 0.3)
+    plain = NodeNiNo(context=3, horizons=4, node_hidden=8, layers=2, decoder_hidden=16, min_block_edges=None).double()
+    plain.load_state_dict(grid.state_dict())
+    for fam, kw in [("mlp", dict(in_features=5, widths=[7, 1, 6], out_features=3)),
+                    ("cnn", dict(channels=(4, 5, 4), batchnorm=True)),
+                    ("gpt", dict(vocab_size=11, block_size=8, d_model=8, n_layer=1, n_head=2))]:
+        model = build(fam, seed=0, **kw)
+        lay = ParamLayout.from_space(WeightSpace.from_module(model, example_input(model)))
+        win = SimpleNamespace(context=torch.randn(3, lay.num_values, dtype=torch.float64).cumsum(0), layout=lay)
+        plan = grid._plan(lay, win.context.device)
+        assert plan[0][0] and plan[1], fam
+        with torch.no_grad():
+            torch.testing.assert_close(grid([win])[0], plain([win])[0], atol=1e-10, rtol=1e-10)
+
+
 @pytest.mark.parametrize("family,kw", [("mlp", dict(in_features=5, widths=[7, 6], out_features=3)),
                                        ("cnn", dict(channels=(4, 5, 4), batchnorm=True))])
 @pytest.mark.parametrize("cls", [NiNo, NodeNiNo])

@@ -108,6 +108,8 @@ class NeuronNetwork(nn.Module):
                  node_features: int = 4, max_positions: int = 128,
                  min_block_edges: int | None = MIN_BLOCK_EDGES) -> None:
         super().__init__()
+        if min_block_edges is not None and (not isinstance(min_block_edges, int) or min_block_edges < 1):
+            raise ValueError(f"min_block_edges must be a positive int or None, got {min_block_edges!r}")
         self.hidden, self.states, self.min_block_edges = hidden, states, min_block_edges
         self.edge_features, self.node_features, self.max_positions = edge_features, node_features, max_positions
         self.edge_film = nn.Linear(states * edge_features, 4 * hidden)

@@ -9,10 +9,10 @@
 """
 from .baselines import LAWA, LineFit
 from .core import NINO_HORIZONS, Nowcaster, NowcastError, ParamLayout, horizon_schedule
-from .model import WNN, NiNo, NodeNiNo, value_features
+from .model import LEARNED_NOWCASTERS, WNN, NiNo, NodeNiNo, load_nowcaster, value_features
 from .optimizer import Jump, NowcastOptimizer
 from .windows import TrajectoryWindows, Window, split_runs
 
 __all__ = ["NiNo", "NodeNiNo", "WNN", "LineFit", "LAWA", "Nowcaster", "NowcastOptimizer", "Jump", "TrajectoryWindows",
            "Window", "ParamLayout", "NowcastError", "horizon_schedule", "NINO_HORIZONS", "split_runs",
-           "value_features"]
+           "value_features", "load_nowcaster", "LEARNED_NOWCASTERS"]

@@ -31,7 +31,7 @@ from ..graph.layout import EDGE_TYPES, NODE_TYPES
 from ..nn import GraphMetanetwork, IncompatibleGraph, MetanetConfig, NeuronNetwork
 from ..nn.batch import collate
 from ..nn.layers import mlp
-from ..nn.routes import Block, Routes, dense_blocks
+from ..nn.routes import MIN_BLOCK_EDGES, Block, Routes, dense_blocks
 from .core import NowcastError, ParamLayout
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -160,6 +160,10 @@ class WNN(_ValueNowcaster, PyTorchModelHubMixin, library_name="weightspace",
 
     pretrained_name = "wnn"
 
+    @property
+    def sizes(self) -> str:
+        return f"hidden {self.hidden}"
+
     def __init__(self, context: int = 5, horizons: int = 16, hidden: int = 64, layers: int = 3) -> None:
         super().__init__()
         self._init_common(context, horizons, hidden)
@@ -257,6 +261,10 @@ class NiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace",
         self.decoder = mlp([context + 1 + hidden, decoder_hidden, decoder_hidden, horizons])
         self._route_cache: dict[tuple[str, torch.device, torch.dtype], Routes] = {}
 
+    @property
+    def sizes(self) -> str:
+        return f"hidden {self.metanet.config.hidden}, {self.metanet.config.layers} layers, decoder {self.hidden}"
+
     def _routes(self, layout: ParamLayout, graph: Any) -> Routes:
         """The metanetwork's message routes of one architecture's graph, built once per architecture and device."""
         dtype = self.metanet.edge_in.weight.dtype
@@ -304,7 +312,8 @@ class NodeNiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace"
     from a per-value decoder whose first layer adds, to the value's own features, projections of its
     host's units: sender and receiver for a weight, the unit for a bias or norm parameter, a learned
     "no host" vector otherwise. Equivariant: relabelling the units relabels the node states, and
-    each value reads the units it belongs to.
+    each value reads the units it belongs to. Grids of at least ``min_block_edges`` weights (weight
+    matrices) run as matrix products and broadcasts (``None``: per weight; the same function).
     """
 
     pretrained_name = "node_nino"
@@ -312,11 +321,12 @@ class NodeNiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace"
     def __init__(self, context: int = 5, horizons: int = 40, node_hidden: int = 16, layers: int = 2,
                  decoder_hidden: int = 32, edge_features: int = 9, node_features: int = 4,
                  max_positions: int = 128, edge_types: Sequence[str] = EDGE_TYPES,
-                 node_types: Sequence[str] = NODE_TYPES) -> None:
+                 node_types: Sequence[str] = NODE_TYPES, min_block_edges: int | None = MIN_BLOCK_EDGES) -> None:
         super().__init__()
         self._init_common(context, horizons, decoder_hidden)
         self._init_graph(edge_types, node_types, edge_features, node_features, max_positions)
-        self.network = NeuronNetwork(node_hidden, layers, context + 1, edge_features, node_features, max_positions)
+        self.network = NeuronNetwork(node_hidden, layers, context + 1, edge_features, node_features, max_positions,
+                                     min_block_edges)
         self.value_in = nn.Linear(context + 1, decoder_hidden)
         self.sender_out = nn.Linear(node_hidden, decoder_hidden, bias=False)
         self.receiver_out = nn.Linear(node_hidden, decoder_hidden, bias=False)
@@ -324,7 +334,11 @@ class NodeNiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace"
         self.no_host = nn.Parameter(torch.zeros(decoder_hidden))
         self.decoder = nn.Sequential(nn.SiLU(), *mlp([decoder_hidden, decoder_hidden, horizons]))
         self._units: dict[tuple[str, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
-        self._grids: dict[tuple[str, torch.device], tuple[list[Block], Tensor]] = {}
+        self._grids: dict[tuple[str, torch.device], tuple[Any, list[Block], Tensor, Tensor, Tensor]] = {}
+
+    @property
+    def sizes(self) -> str:
+        return f"nodes {self.network.hidden}, {len(self.network.layers)} layers, decoder {self.hidden}"
 
     def _value_units(self, layout: ParamLayout, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """Per value: its host's kind (0 weight, 1 unit, 2 none) and the units it reads (sender and receiver of a
@@ -343,24 +357,63 @@ class NodeNiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace"
             self._units[key] = (kind, u, v)
         return self._units[key]
 
+    @staticmethod
+    def _rows(kind: Tensor, u: Tensor, v: Tensor, N_all: int, n0: int) -> tuple[Tensor, Tensor]:
+        """Each value's two rows of the table ``[sender terms; receiver terms; unit terms; no host; zeros]`` of
+        ``N_all`` units a part, for a graph whose units start at ``n0``."""
+        first = torch.where(kind == 0, u + n0, torch.where(kind == 1, 2 * N_all + u + n0, 3 * N_all))
+        return first, torch.where(kind == 0, N_all + v + n0, 3 * N_all + 1)
+
+    def _plan(self, layout: ParamLayout, device: torch.device) -> tuple[Any, list[Block], Tensor, Tensor, Tensor]:
+        """For a window alone: the graph's edge grids, the grids of consecutive weight values (a weight matrix in the
+        flat vector), the other values and their table rows; computed once per architecture and device."""
+        key = (layout.space.fingerprint, device)
+        if key not in self._grids:
+            kind, u, v = self._value_units(layout, device)
+            m = self.network.min_block_edges
+            lone = -1 - torch.arange(len(u), device=device)
+            value_grids, rest = dense_blocks(torch.stack([torch.where(kind == 0, u, lone),
+                                                          torch.where(kind == 0, v, lone)]), m, None)
+            first, second = self._rows(kind, u, v, layout.space.layout.num_nodes, 0)
+            edge_grids = dense_blocks(layout.space.layout.edge_index.to(device), m, None)
+            self._grids[key] = (edge_grids, value_grids, rest, first[rest], second[rest])
+        return self._grids[key]
+
     def decoder_input(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> Tensor:
-        """The decoder's first layer: ``value_in(features)`` plus the projections of each value's units."""
+        """The decoder's first layer: ``value_in(features)`` plus the projections of each value's units. A window
+        alone adds them over each weight matrix by broadcasting (no per-value gather); the same function."""
         graphs, data = self.graphs(feats, layouts)
-        grids = None
-        if len(graphs) == 1 and self.network.min_block_edges:
-            key = (layouts[0].space.fingerprint, data.edge_index.device)
-            if key not in self._grids:
-                self._grids[key] = dense_blocks(data.edge_index, self.network.min_block_edges, None)
-            grids = self._grids[key]
-        h = self.network(data, grids)
+        plan = self._plan(layouts[0], data.edge_index.device) if len(graphs) == 1 and self.network.min_block_edges \
+            else None
+        h = self.network(data, plan[0] if plan else None)
         N_all = h.shape[0]
-        table = torch.cat([self.sender_out(h), self.receiver_out(h), self.node_out(h), self.no_host[None],
-                           self.no_host.new_zeros(1, self.no_host.shape[0])])
+        senders, receivers = self.sender_out(h), self.receiver_out(h)
+        out = self.value_in(torch.cat([f.t() for f in feats]))
+        # one dtype for the table and the input: under autocast the projections may be bf16, no_host fp32
+        senders, receivers = senders.to(out.dtype), receivers.to(out.dtype)
+        table = torch.cat([senders, receivers, self.node_out(h).to(out.dtype), self.no_host[None].to(out.dtype),
+                           out.new_zeros(1, out.shape[1])])
+        if plan is not None:
+            _, value_grids, rest, first, second = plan
+            for blk in value_grids:
+                out[blk.start:blk.stop].view(blk.rows, blk.cols, -1).add_(receivers[blk.row_nodes][:, None]) \
+                    .add_(senders[blk.col_nodes][None])
+            return out.index_add_(0, rest, table.index_select(0, first) + table.index_select(0, second))
         first, second, n0 = [], [], 0
         for f, layout, g in zip(feats, layouts, graphs):
-            kind, u, v = self._value_units(layout, f.device)
-            first.append(torch.where(kind == 0, u + n0, torch.where(kind == 1, 2 * N_all + u + n0, 3 * N_all)))
-            second.append(torch.where(kind == 0, N_all + v + n0, 3 * N_all + 1))
+            a, b = self._rows(*self._value_units(layout, f.device), N_all, n0)
+            first.append(a)
+            second.append(b)
             n0 += g.num_nodes
-        hosts = table.index_select(0, torch.cat(first)) + table.index_select(0, torch.cat(second))
-        return self.value_in(torch.cat([f.t() for f in feats])) + hosts
+        return out + table.index_select(0, torch.cat(first)) + table.index_select(0, torch.cat(second))
+
+
+LEARNED_NOWCASTERS = (NiNo, NodeNiNo, WNN)
+
+
+def load_nowcaster(name_or_path: str | Path) -> NiNo | NodeNiNo | WNN:
+    """The learned nowcaster in a folder written by ``save_pretrained`` (or a packaged name such as ``"nino_k40"``),
+    of the class its ``config.json`` describes."""
+    cfg = NiNo.pretrained_config(name_or_path)
+    cls = NodeNiNo if "node_hidden" in cfg else NiNo if "edge_types" in cfg else WNN
+    return cls.from_pretrained(name_or_path)
