@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from weightspace.errors import NonFiniteWeights
 from weightspace.nowcast import (LAWA, WNN, LineFit, NiNo, NodeNiNo, NowcastError, NowcastOptimizer, ParamLayout,
-                                 TrajectoryWindows, horizon_schedule)
+                                 TrajectoryWindows, horizon_schedule, load_nowcaster)
 from weightspace.nowcast.core import _scale as scale
 from weightspace.nowcast.core import _unscale as unscale
 from weightspace.tasks.models import MLP, build, example_input
@@ -481,19 +481,20 @@ def test_delayed_guard_restores_parameters_and_optimizer_state():
         NowcastOptimizer(model, torch.optim.Adam(model.parameters()), LineFit(2), period=8, guard_delay=4)
 
 
-def test_meta_training_writes_a_loadable_model_and_resumes(zoo, tmp_path):
+@pytest.mark.parametrize("kind,cls", [("nino", NiNo), ("node", NodeNiNo)])
+def test_meta_training_writes_a_loadable_model_and_resumes(zoo, tmp_path, kind, cls):
     from weightspace.nowcast.train import NowcastTrainSpec, train_nowcaster
     from weightspace.training import TrainConfig
 
-    spec = NowcastTrainSpec(model="nino", context=3, horizons=3, hidden=8, layers=1, decoder_hidden=8,
+    spec = NowcastTrainSpec(model=kind, context=3, horizons=3, hidden=8, layers=1, decoder_hidden=8,
                             held_out=0.34, eval_windows=2)
     cfg = TrainConfig(steps=4, batch_size=2, lr=1e-3, warmup=1, device="cpu", checkpoint_every=2, eval_every=2,
                       progress=False, plot=True)
     model, result = train_nowcaster([zoo], tmp_path / "run", spec, cfg)
     assert result.step == 4 and (tmp_path / "run" / "loss.png").is_file()
     assert any("eval_linefit" in h for h in result.history)
-    back = NiNo.from_pretrained(tmp_path / "run" / "model")
-    assert back.edge_types == ["linear"] and back.max_horizon == 3
+    back = load_nowcaster(tmp_path / "run" / "model")
+    assert type(back) is cls and back.edge_types == ["linear"] and back.max_horizon == 3
     _, again = train_nowcaster([zoo], tmp_path / "run", spec, cfg)
     assert again.step == 4 and len(again.history) == len(result.history)
 

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--collection", action="append", required=True,
                    help="collection folder or hf:// URI (repeat to mix zoos)")
     t.add_argument("--out", required=True, help="output folder (re-running resumes from its last checkpoint)")
-    t.add_argument("--model", choices=("nino", "wnn"), default="nino")
+    t.add_argument("--model", choices=("nino", "wnn", "node"), default="nino",
+                   help="nino, wnn, or node (NodeNiNo: --hidden is its node width)")
     t.add_argument("--context", type=int, default=5)
     t.add_argument("--horizons", type=int, default=16, help="K: future states predicted, in context spacings")
     t.add_argument("--stride", type=int, default=1, help="saved checkpoints between context states")

@@ -1,4 +1,4 @@
-"""Meta-training nowcasters (NiNo or WNN) on trajectory windows with the shared :class:`Trainer`."""
+"""Meta-training nowcasters (NiNo, NodeNiNo or WNN) on trajectory windows with the shared :class:`Trainer`."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from torch import Tensor
 from ..training import TrainConfig, Trainer, TrainResult, is_main_process
 from ..utils import atomic_write_text
 from .baselines import LineFit
-from .model import WNN, NiNo
+from .model import WNN, NiNo, NodeNiNo
 from .windows import TrajectoryWindows, Window, split_runs
 
 MODEL_DIR = "model"
@@ -63,11 +63,16 @@ class NowcastTrainSpec:
     allow_nonfinite: bool = False
 
 
+NOWCASTER_KINDS = ("nino", "wnn", "node")
+"""``NowcastTrainSpec.model``: NiNo (hidden, layers, decoder_hidden), WNN (decoder_hidden) or NodeNiNo (hidden is
+its node width)."""
+
+
 def build_nowcaster(spec: NowcastTrainSpec, windows: TrajectoryWindows | None = None) -> nn.Module:
+    if spec.model not in NOWCASTER_KINDS:
+        raise ValueError(f"model must be one of {NOWCASTER_KINDS}, got {spec.model!r}")
     if spec.model == "wnn":
         return WNN(context=spec.context, horizons=spec.horizons, hidden=spec.decoder_hidden, layers=3)
-    if spec.model != "nino":
-        raise ValueError(f"model must be 'nino' or 'wnn', got {spec.model!r}")
     kwargs: dict[str, Any] = {}
     if windows is not None:
         from ..graph.layout import EDGE_TYPES, NODE_TYPES
@@ -76,6 +81,9 @@ def build_nowcaster(spec: NowcastTrainSpec, windows: TrajectoryWindows | None = 
         e = sorted({int(t) for lay in lays.values() for t in lay.space.layout.edge_type.unique()})
         n = sorted({int(t) for lay in lays.values() for t in lay.space.layout.node_type.unique()})
         kwargs = {"edge_types": [EDGE_TYPES[i] for i in e], "node_types": [NODE_TYPES[i] for i in n]}
+    if spec.model == "node":
+        return NodeNiNo(context=spec.context, horizons=spec.horizons, node_hidden=spec.hidden, layers=spec.layers,
+                        decoder_hidden=spec.decoder_hidden, **kwargs)
     return NiNo(context=spec.context, horizons=spec.horizons, hidden=spec.hidden, layers=spec.layers,
                 decoder_hidden=spec.decoder_hidden, **kwargs)
 
