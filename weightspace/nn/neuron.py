@@ -49,16 +49,29 @@ class ScaledSum(MessagePassing):
 
 
 @dataclass
+class GridGroup:
+    """Grids of one shape, stacked: ``feats [G, T*F, rows, cols]`` (feature ``f`` of edge ``start + r * cols + c``
+    of grid ``g``) and the same transposed, ``feats_t [G, T*F, cols, rows]`` (both contiguous, so that each
+    direction's messages are one plain batched product), their units ``row_nodes [G, rows]`` and
+    ``col_nodes [G, cols]``, and edge types ``types [G]``."""
+
+    feats: Tensor
+    feats_t: Tensor
+    row_nodes: Tensor
+    col_nodes: Tensor
+    types: Tensor
+
+
+@dataclass
 class EdgeTerms:
     """What every layer reads of the edges, computed once per forward.
 
-    ``grids``: dense grids of one edge type each, with their features as ``[T*F, rows, cols]`` (feature
-    ``f`` of edge ``start + r * cols + c``); ``rest``: the other edges' index pairs and scales ``[E', 2H]``
-    (both directions); ``shift_in``/``shift_out`` ``[N, H]``: mean shifts; ``inv_in``/``inv_out`` ``[N, 1]``:
-    one over the number of senders / receivers (0 for none).
+    ``groups``: the dense grids of one edge type each, grouped by shape; ``rest_index``/``rest_scale``: the other
+    edges' index pairs and scales ``[E', 2H]`` (both directions); ``shift_in``/``shift_out`` ``[N, H]``: mean
+    shifts; ``inv_in``/``inv_out`` ``[N, 1]``: one over the number of senders / receivers (0 for none).
     """
 
-    grids: list[tuple[Block, Tensor, int]]
+    groups: list[GridGroup]
     rest_index: Tensor
     rest_scale: Tensor
     shift_in: Tensor
@@ -84,15 +97,17 @@ class NeuronLayer(nn.Module):
         x_in, x_out = self.lin_in(hn), self.lin_out(hn)
         m_in = self.fwd(x_in, terms.rest_scale[:, :H], terms.rest_index)
         m_out = self.bwd(x_out, terms.rest_scale[:, H:], terms.rest_index)
-        for blk, feats, t in terms.grids:
-            TF = feats.shape[0]
-            senders, receivers = x_in[blk.col_nodes], x_out[blk.row_nodes]
-            along = torch.einsum("frd,df->rd", feats @ senders, scale_weight[0, :, :TF])
-            along = along + (1 + scale_bias[0, t]) * senders.sum(0)
-            against = torch.einsum("fcd,df->cd", feats.transpose(1, 2) @ receivers, scale_weight[1, :, :TF])
-            against = against + (1 + scale_bias[1, t]) * receivers.sum(0)
-            m_in = m_in.index_add(0, blk.row_nodes, along)
-            m_out = m_out.index_add(0, blk.col_nodes, against)
+        for grp in terms.groups:
+            G, TF, R, C = grp.feats.shape
+            senders, receivers = x_in[grp.col_nodes], x_out[grp.row_nodes]
+            along = torch.bmm(grp.feats.view(G, TF * R, C), senders).view(G, TF, R, H)
+            along = (along * scale_weight[0, :, :TF].t()[:, None]).sum(1)
+            along = along + (1 + scale_bias[0, grp.types])[:, None] * senders.sum(1, keepdim=True)
+            against = torch.bmm(grp.feats_t.view(G, TF * C, R), receivers).view(G, TF, C, H)
+            against = (against * scale_weight[1, :, :TF].t()[:, None]).sum(1)
+            against = against + (1 + scale_bias[1, grp.types])[:, None] * receivers.sum(1, keepdim=True)
+            m_in = m_in.index_add(0, grp.row_nodes.flatten(), along.reshape(-1, H))
+            m_out = m_out.index_add(0, grp.col_nodes.flatten(), against.reshape(-1, H))
         m_in = m_in * terms.inv_in + terms.shift_in
         m_out = m_out * terms.inv_out + terms.shift_out
         return h + self.update(torch.cat([hn, m_in, m_out], -1))
@@ -128,7 +143,11 @@ class NeuronNetwork(nn.Module):
         return w, self.edge_type_emb.weight + self.edge_film.bias
 
     def edge_terms(self, data: Any, grids: tuple[list[Block], Tensor] | None = None) -> EdgeTerms:
-        """The :class:`EdgeTerms` of ``data``; ``grids`` (from :func:`dense_blocks`) may be kept per architecture."""
+        """The :class:`EdgeTerms` of ``data``; ``grids`` (from :func:`dense_blocks`) may be kept per architecture.
+
+        A grid takes the matrix-product path when it has one edge type and more rows and columns than features
+        per edge (else its products would outgrow its per-edge messages, e.g. 3x3 kernels between few channels).
+        """
         ei, etype = data.edge_index, data.edge_type
         N, H = data.x.shape[0], self.hidden
         E, T, F = data.edge_attr.shape
@@ -137,32 +156,40 @@ class NeuronNetwork(nn.Module):
         if grids is None:
             grids = dense_blocks(ei, self.min_block_edges, None) if self.min_block_edges else ([], None)
         blocks, rest = grids
-        kept, covered = [], []
+        shapes: dict[tuple[int, int], list[tuple[Block, int]]] = {}
         for blk in blocks:
             t = etype[blk.start:blk.stop]
-            if bool((t == t[0]).all()):
-                kept.append((blk, ea[blk.start:blk.stop].view(blk.rows, blk.cols, T * F).permute(2, 0, 1).contiguous(),
-                             int(t[0])))
-                covered.append(torch.arange(blk.start, blk.stop, device=ei.device))
-        rest = torch.arange(E, device=ei.device) if rest is None else rest
-        if len(kept) < len(blocks):
+            if min(blk.rows, blk.cols) > T * F and bool((t == t[0]).all()):
+                shapes.setdefault((blk.rows, blk.cols), []).append((blk, int(t[0])))
+        kept = [b for grp in shapes.values() for b, _ in grp]
+        if rest is None or len(kept) < len(blocks):
             mask = torch.ones(E, dtype=torch.bool, device=ei.device)
-            for ids in covered:
-                mask[ids] = False
+            for blk in kept:
+                mask[blk.start:blk.stop] = False
             rest = mask.nonzero().squeeze(1)
+        groups = []
+        for grp in shapes.values():
+            feats = torch.stack([ea[b.start:b.stop].view(b.rows, b.cols, T * F) for b, _ in grp])
+            groups.append(GridGroup(feats.permute(0, 3, 1, 2).contiguous(), feats.permute(0, 3, 2, 1).contiguous(),
+                                    torch.stack([b.row_nodes for b, _ in grp]),
+                                    torch.stack([b.col_nodes for b, _ in grp]),
+                                    torch.tensor([t for _, t in grp], device=ei.device)))
         rest_index = ei[:, rest]
         film = torch.addmm(bias[etype[rest]], ea[rest], w.t())
         rest_scale = 1 + torch.cat([film[:, :H], film[:, 2 * H:3 * H]], 1)
         shift_in = scatter(film[:, H:2 * H], rest_index[1], 0, N, reduce="sum")
         shift_out = scatter(film[:, 3 * H:], rest_index[0], 0, N, reduce="sum")
-        for blk, feats, t in kept:
-            shift_in = shift_in.index_add(0, blk.row_nodes, feats.sum(2).t() @ w[H:2 * H].t() + blk.cols * bias[t, H:2 * H])
-            shift_out = shift_out.index_add(0, blk.col_nodes, feats.sum(1).t() @ w[3 * H:].t() + blk.rows * bias[t, 3 * H:])
+        for grp in groups:
+            G, _, R, C = grp.feats.shape
+            into = grp.feats.sum(3).transpose(1, 2) @ w[H:2 * H].t() + C * bias[grp.types, H:2 * H][:, None]
+            out_of = grp.feats_t.sum(3).transpose(1, 2) @ w[3 * H:].t() + R * bias[grp.types, 3 * H:][:, None]
+            shift_in = shift_in.index_add(0, grp.row_nodes.flatten(), into.reshape(-1, H))
+            shift_out = shift_out.index_add(0, grp.col_nodes.flatten(), out_of.reshape(-1, H))
         deg_in = torch.bincount(ei[1], minlength=N).to(ea.dtype)[:, None]
         deg_out = torch.bincount(ei[0], minlength=N).to(ea.dtype)[:, None]
         inv_in = torch.where(deg_in > 0, 1 / deg_in.clamp(min=1), 0.0)
         inv_out = torch.where(deg_out > 0, 1 / deg_out.clamp(min=1), 0.0)
-        return EdgeTerms(kept, rest_index, rest_scale, shift_in * inv_in, shift_out * inv_out, inv_in, inv_out)
+        return EdgeTerms(groups, rest_index, rest_scale, shift_in * inv_in, shift_out * inv_out, inv_in, inv_out)
 
     def forward(self, data: Any, grids: tuple[list[Block], Tensor] | None = None) -> Tensor:
         terms = self.edge_terms(data, grids)
