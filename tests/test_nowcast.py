@@ -290,6 +290,30 @@ def test_node_nino_alone_broadcasts_over_weight_matrices_the_same_function():
             torch.testing.assert_close(grid([win])[0], plain([win])[0], atol=1e-10, rtol=1e-10)
 
 
+def test_node_nino_from_a_wnn_predicts_what_the_wnn_does_and_then_learns_from_the_graph():
+    from types import SimpleNamespace
+
+    from weightspace.nowcast.train import nowcast_loss
+    from weightspace.nowcast.windows import Window
+    from weightspace.space import WeightSpace
+
+    torch.manual_seed(0)
+    wnn = WNN(context=3, horizons=4, hidden=16)
+    node = NodeNiNo.from_wnn(wnn, node_hidden=8, layers=2)
+    assert node.hidden == 16 and node.max_horizon == 4 and node.context == 3
+    model = build("mlp", seed=0, in_features=5, widths=[7, 6], out_features=3)
+    lay = ParamLayout.from_space(WeightSpace.from_module(model, example_input(model)))
+    ctx = torch.randn(3, lay.num_values).cumsum(0)
+    with torch.no_grad():
+        torch.testing.assert_close(node([SimpleNamespace(context=ctx, layout=lay)])[0],
+                                   wnn([SimpleNamespace(context=ctx, layout=lay)])[0])
+    nowcast_loss(node, [Window(ctx, ctx[-1] + torch.randn(4, lay.num_values), torch.ones(4, dtype=torch.bool), lay)]
+                 ).backward()
+    assert node.sender_out.weight.grad.abs().sum() > 0
+    with pytest.raises(NowcastError, match="3 layers"):
+        NodeNiNo.from_wnn(WNN(context=3, horizons=4, hidden=16, layers=4))
+
+
 @pytest.mark.parametrize("family,kw", [("mlp", dict(in_features=5, widths=[7, 6], out_features=3)),
                                        ("cnn", dict(channels=(4, 5, 4), batchnorm=True))])
 @pytest.mark.parametrize("cls", [NiNo, NodeNiNo])

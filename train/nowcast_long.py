@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from weightspace.graph.layout import EDGE_TYPES, NODE_TYPES
-from weightspace.nowcast import WNN, LineFit, NiNo, NodeNiNo, NowcastError, ParamLayout, Window
+from weightspace.nowcast import WNN, LineFit, NiNo, NodeNiNo, NowcastError, ParamLayout, Window, load_nowcaster
 from weightspace.nowcast.train import nowcast_loss
 from weightspace.space import WeightSpace
 from weightspace.tasks.data import char_batch, digits_split, stdlib_corpus, synthetic_split
@@ -252,9 +252,16 @@ def warm_start(fresh: Any, source: str) -> Any:
 
     Sizes must match ``fresh``'s (a clear error names the differences). A NiNo keeps every parameter type either
     knows, so a CNN-only checkpoint can go on meta-training on MLPs and GPTs: its embedding tables cover all
-    types, and the rows of types it never saw start from their initialisation.
+    types, and the rows of types it never saw start from their initialisation. A NodeNiNo may start from a WNN
+    (:meth:`NodeNiNo.from_wnn`: it predicts what the WNN does until meta-training teaches it what the graph adds).
     """
-    src = type(fresh).from_pretrained(source)
+    src = load_nowcaster(source)
+    if isinstance(fresh, NodeNiNo) and isinstance(src, WNN):
+        mine = dict(fresh._hub_mixin_config)
+        if (src.context, src.max_horizon, src.hidden) != (mine["context"], mine["horizons"], mine["decoder_hidden"]):
+            raise SystemExit(f"--init {source}: a WNN of context {src.context}, horizons {src.max_horizon} and hidden "
+                             f"{src.hidden} starts a NodeNiNo of the same (pass --node-size W,L,{src.hidden})")
+        return NodeNiNo.from_wnn(src, **{k: mine[k] for k in ("node_hidden", "layers", "edge_types", "node_types")})
     cfg, mine = src._hub_mixin_config, dict(fresh._hub_mixin_config)
     sizes = {k: (cfg.get(k), v) for k, v in mine.items()
              if k not in ("edge_types", "node_types") and cfg.get(k) != v}
@@ -304,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="start each model from its folder in --out if there is one (a fresh optimizer and schedule)")
     p.add_argument("--init", action="append", default=[], metavar="MODEL=FOLDER",
                    help="start MODEL (one of --models) from a checkpoint folder or packaged name, e.g. "
-                        "nino=nino_cnn_k40 (sizes must match; a NiNo learns the data's new parameter types)")
+                        "nino=nino_cnn_k40 (sizes must match; a NiNo learns the data's new parameter types), or "
+                        "node=wnn_k40 (a NodeNiNo that starts as that WNN)")
     p.add_argument("--models", default="nino,nino_small,wnn",
                    help="nino (--hidden/--layers/--decoder-hidden), nino_small (the packaged size: 16/2/32), wnn, "
                         "node (NodeNiNo, --node-size)")

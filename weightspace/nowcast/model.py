@@ -340,6 +340,23 @@ class NodeNiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace"
     def sizes(self) -> str:
         return f"nodes {self.network.hidden}, {len(self.network.layers)} layers, decoder {self.hidden}"
 
+    @classmethod
+    def from_wnn(cls, wnn: WNN, **kwargs: Any) -> "NodeNiNo":
+        """A NodeNiNo that predicts exactly what ``wnn`` does: its decoder takes the WNN's three layers and the
+        units' projections start at zero, so meta-training learns only what the graph adds. ``kwargs`` are the
+        other sizes (``node_hidden``, ``layers``, types); the WNN fixes context, horizons and decoder width."""
+        lin = [m for m in wnn.decoder if isinstance(m, nn.Linear)]
+        if len(lin) != 3:
+            raise NowcastError(f"NodeNiNo.from_wnn takes a WNN of 3 layers, got {len(lin)}")
+        node = cls(context=wnn.context, horizons=wnn.max_horizon, decoder_hidden=wnn.hidden, **kwargs)
+        with torch.no_grad():
+            for mine, theirs in zip((node.value_in, node.decoder[1], node.decoder[3]), lin):
+                mine.load_state_dict(theirs.state_dict())
+            for proj in (node.sender_out, node.receiver_out, node.node_out):
+                proj.weight.zero_()
+            node.no_host.zero_()
+        return node
+
     def _value_units(self, layout: ParamLayout, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
         """Per value: its host's kind (0 weight, 1 unit, 2 none) and the units it reads (sender and receiver of a
         weight; the unit twice for a unit's value), computed once per architecture and device."""
