@@ -11,7 +11,8 @@ linear in its features ``a_uv`` (its values over the context), and each layer up
 with ``t`` the edge's type. Because the scale is linear in ``a``, a dense grid of edges (a weight
 matrix, :func:`~weightspace.nn.routes.dense_blocks`) needs no per-edge tensor at all: its messages
 are matrix products of the grid's feature matrices with the node states, ``sum_u a_uv[f] x_u``, one
-per feature ``f`` and direction. Other edges are aggregated per edge (:class:`ScaledSum`). The
+per feature ``f`` and direction, and grids of one shape run as one batched product. Other edges are
+aggregated per edge (:class:`ScaledSum`). The
 shift's mean does not depend on the layer and is reduced once. Node relabellings permute the
 output rows the same way (every reduction is a mean over a node's neighbours).
 """
