@@ -108,6 +108,23 @@ def test_collection_weighting(zoo):
     assert [d["runs"] for d in per.values()] == [3, 1] and len(per) == 2
 
 
+@pytest.mark.parametrize("loop_numel", [1, 10 ** 9])
+def test_per_tensor_stats_by_block_and_by_segment_agree(loop_numel, monkeypatch):
+    """Both ways ``ParamLayout.stats`` reduces (tensor by tensor, or over the whole vector) give each tensor's own
+    mean and population std over the context states."""
+    import weightspace.nowcast.core as core
+
+    monkeypatch.setattr(core, "LOOP_NUMEL", loop_numel)
+    lay = ParamLayout(["a", "b", "c"], [700, 3, 1200])
+    torch.manual_seed(0)
+    ctx = torch.randn(4, lay.num_values) * torch.tensor([0.01] * 700 + [5.0] * 3 + [1e-3] * 1200) + 2.0
+    mean, std = lay.stats(ctx)
+    for a, numel in zip(torch.tensor([0] + lay.numels).cumsum(0).tolist(), lay.numels):
+        block = ctx[:, a:a + numel].double()
+        torch.testing.assert_close(mean[a:a + numel], block.mean().float().expand(numel))
+        torch.testing.assert_close(std[a:a + numel], block.std(unbiased=False).float().expand(numel))
+
+
 def test_scaling_round_trip_and_residual_targets(zoo):
     W = TrajectoryWindows([zoo], context=4, horizons=3)
     w = W.window(2)
@@ -265,9 +282,9 @@ def test_learned_nowcaster_in_optimizer_any_family(cls):
         assert len(opt.jumps) == 2 and all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_node_nino_alone_broadcasts_over_weight_matrices_the_same_function():
-    """A window alone takes the grid path (matrix products in the network, broadcasts into the decoder's input);
-    in a batch, or with ``min_block_edges=None``, every weight is gathered: the same predictions."""
+def test_node_nino_alone_runs_its_grids_as_matrix_products_the_same_function():
+    """A window alone takes the grid path (matrix products in the network); in a batch, or with
+    ``min_block_edges=None``, every weight's messages go one by one: the same predictions."""
     from types import SimpleNamespace
 
     from weightspace.space import WeightSpace
@@ -284,10 +301,40 @@ def test_node_nino_alone_broadcasts_over_weight_matrices_the_same_function():
         model = build(fam, seed=0, **kw)
         lay = ParamLayout.from_space(WeightSpace.from_module(model, example_input(model)))
         win = SimpleNamespace(context=torch.randn(3, lay.num_values, dtype=torch.float64).cumsum(0), layout=lay)
-        plan = grid._plan(lay, win.context.device)
-        assert plan[0][0] and plan[1], fam
+        assert grid._plan(lay, win.context.device)[0][0], fam
         with torch.no_grad():
             torch.testing.assert_close(grid([win])[0], plain([win])[0], atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("cls", [WNN, NiNo, NodeNiNo])
+def test_inference_over_blocks_of_values_equals_one_pass(cls, monkeypatch):
+    """Without gradients the decoder runs over blocks of ``DECODE_ROWS`` values: the same predictions as one pass
+    over every value (the training path), for one window and for a batch of two architectures."""
+    from types import SimpleNamespace
+
+    import weightspace.nowcast.model as model_mod
+    from weightspace.space import WeightSpace
+
+    torch.manual_seed(0)
+    nc = small(cls).double()
+    for p in nc.parameters():
+        p.data.normal_(0, 0.3)
+    wins = []
+    for fam, kw in [("mlp", dict(in_features=5, widths=[7, 6], out_features=3)),
+                    ("cnn", dict(channels=(4, 5, 4), batchnorm=True))]:
+        model = build(fam, seed=0, **kw)
+        lay = ParamLayout.from_space(WeightSpace.from_module(model, example_input(model)))
+        wins.append(SimpleNamespace(context=torch.randn(nc.context, lay.num_values, dtype=torch.float64).cumsum(0),
+                                    layout=lay))
+    for batch in ([wins[0]], wins):
+        whole = nc(batch, horizons=[3, 1])
+        monkeypatch.setattr(model_mod, "DECODE_ROWS", 17)
+        with torch.no_grad():
+            blocks = nc(batch, horizons=[3, 1])
+        monkeypatch.undo()
+        assert len(blocks) == len(batch)
+        for a, b in zip(whole, blocks):
+            torch.testing.assert_close(a.detach(), b, atol=1e-10, rtol=1e-10)
 
 
 def test_node_nino_from_a_wnn_predicts_what_the_wnn_does_and_then_learns_from_the_graph():

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from ..space import WeightSpace
 
 STD_FLOOR = 1e-6
+LOOP_NUMEL = 512
 NINO_HORIZONS = (40, 33, 26, 21, 16, 11, 8, 5, 3, 1)
 """NiNo's decaying horizon schedule (Knyazev et al. 2025), in units of the context spacing."""
 
@@ -102,17 +103,26 @@ class ParamLayout:
                                    f"training diverged before the nowcast, lower the learning rate")
 
     def stats(self, context: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-tensor mean and std over all context states (NiNo's scaling), expanded to ``[P]``."""
+        """Per-tensor mean and std over all context states (NiNo's scaling), expanded to ``[P]``; sums in float64.
+
+        On CPU, tensors of ``LOOP_NUMEL`` values or more on average are reduced one by one, in passes over each
+        tensor's own block (a few times faster there than whole-vector passes in float64, the same values)."""
         seg, counts = self.on(context.device)
-        n = len(self.numels)
         c = context.shape[0]
-        x = context.double()
         counts = counts * c
-        mean = torch.zeros(n, dtype=torch.float64, device=context.device).index_add_(0, seg, x.sum(0)) / counts
-        sq = torch.zeros(n, dtype=torch.float64, device=context.device).index_add_(
-            0, seg, ((x - mean[seg]) ** 2).sum(0)) / counts
+        if context.device.type == "cpu" and self.num_values >= LOOP_NUMEL * len(self.numels):
+            blocks = context.split(self.numels, 1)
+            mean = torch.stack([b.sum(dtype=torch.float64) for b in blocks]) / counts
+            sq = torch.stack([(b - m).square_().sum(dtype=torch.float64)
+                              for b, m in zip(blocks, mean.to(context.dtype))]) / counts
+        else:
+            n = len(self.numels)
+            x = context.double()
+            mean = torch.zeros(n, dtype=torch.float64, device=context.device).index_add_(0, seg, x.sum(0)) / counts
+            sq = torch.zeros(n, dtype=torch.float64, device=context.device).index_add_(
+                0, seg, ((x - mean[seg]) ** 2).sum(0)) / counts
         std = sq.sqrt().clamp_min(STD_FLOOR)
-        return mean[seg].to(context.dtype), std[seg].to(context.dtype)
+        return mean.to(context.dtype)[seg], std.to(context.dtype)[seg]
 
     def segment_mean(self, values: Tensor) -> Tensor:
         """Mean of ``values [..., P]`` over each tensor, expanded back to ``[..., P]``."""

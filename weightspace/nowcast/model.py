@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -37,21 +37,24 @@ from .core import NowcastError, ParamLayout
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 TAU_FLOOR = 1e-6
 FEATURE_CLIP = 50.0
+DECODE_ROWS = 8192
 
 
 def value_features(context: Tensor, layout: ParamLayout) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per-value features ``[c + 1, P]`` and the ``mean``, ``std``, ``tau`` ``[P]`` that undo them.
 
     Features: ``(s_i - s_last) / tau`` for the ``c - 1`` earlier states, the scaled last state
-    ``s_last``, and ``log tau`` of the value's tensor.
+    ``s_last``, and ``log tau`` of the value's tensor. Written in place into one tensor (on a large
+    model, every temporary of this size costs about as much as the arithmetic).
     """
     mean, std = layout.stats(context)
-    s = (context - mean) / std
-    c = s.shape[0]
-    motion = (s[-1] - s[0]).abs() / max(c - 1, 1)
-    tau = layout.segment_mean(motion).clamp_min(TAU_FLOOR)
-    rel = ((s[:-1] - s[-1]) / tau).clamp(-FEATURE_CLIP, FEATURE_CLIP)
-    feats = torch.cat([rel, s[-1:].clamp(-FEATURE_CLIP, FEATURE_CLIP), tau.log()[None]], 0)
+    c = context.shape[0]
+    feats = context.new_empty(c + 1, context.shape[1])
+    rel = torch.sub(context[:-1], context[-1], out=feats[:c - 1]).div_(std)
+    tau = layout.segment_mean(rel[0].abs().div_(max(c - 1, 1))).clamp_min(TAU_FLOOR)
+    rel.div_(tau).clamp_(-FEATURE_CLIP, FEATURE_CLIP)
+    torch.sub(context[-1], mean, out=feats[c - 1]).div_(std).clamp_(-FEATURE_CLIP, FEATURE_CLIP)
+    torch.log(tau, out=feats[c])
     return feats, mean, std, tau
 
 
@@ -65,35 +68,47 @@ class _ValueNowcaster(nn.Module):
             raise NowcastError(f"a learned nowcaster needs at least 2 context states, got {context}")
         self.context, self.max_horizon, self.hidden = context, horizons, hidden
 
-    def host_embeddings(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> list[Tensor] | None:
-        return None
-
-    def decoder_input(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> Tensor:
-        """``[sum P, *]``: each value's features, with its host's embedding when the nowcaster has a graph."""
+    def decoder_rows(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> Callable[[slice], Tensor]:
+        """The rows of the decoder's input ``[sum P, *]`` for a slice of the values (all windows' values in order):
+        each value's features, and what the nowcaster's graph adds. Built per slice, so that inference runs the
+        decoder over blocks of values and never holds a hidden-width tensor over every value."""
         inp = torch.cat([f.t() for f in feats])
-        hosts = self.host_embeddings(feats, layouts)
-        return inp if hosts is None else torch.cat([inp, torch.cat(hosts)], 1)
+        return inp.__getitem__
 
     def forward(self, windows: Sequence[Any], horizons: Sequence[int] | None = None) -> list[Tensor]:
         """Scaled residual predictions ``[K, P]`` for each window (anything with ``context`` and ``layout``);
         with ``horizons`` (values of k), only those ``[len(horizons), P]`` (the decoder's last layer computes
         only those outputs, not K).
 
-        All windows go through the network together: one (batched) graph pass and one decoder pass.
+        All windows go through the network together: one (batched) graph pass and one decoder pass. Without
+        gradients the decoder runs over blocks of ``DECODE_ROWS`` values: its intermediates then stay small and
+        are reused, where one pass over a large model allocates (and page-faults) several times its size.
         """
+        return self._predict(windows, horizons)[0]
+
+    def _predict(self, windows: Sequence[Any], horizons: Sequence[int] | None) -> tuple[list[Tensor], list[Tensor]]:
+        """:meth:`forward`'s residuals, and each window's per-value std that unscales them."""
         dtype = next(self.parameters()).dtype
-        feats, taus = [], []
+        feats, taus, stds = [], [], []
         for w in windows:
-            f, _, _, tau = value_features(w.context, w.layout)
+            f, _, std, tau = value_features(w.context, w.layout)
             feats.append(f.to(dtype))
             taus.append(tau)
-        inp = self.decoder_input(feats, [w.layout for w in windows])
-        if horizons is None:
-            out = self.decoder(inp).float()
+            stds.append(std)
+        rows = self.decoder_rows(feats, [w.layout for w in windows])
+        head, last = self.decoder[:-1], self.decoder[-1]
+        weight, bias = last.weight, last.bias
+        if horizons is not None:
+            pick = torch.as_tensor(list(horizons), device=weight.device) - 1
+            weight, bias = weight[pick], bias[pick]
+        total = sum(f.shape[1] for f in feats)
+        if torch.is_grad_enabled() or total <= DECODE_ROWS:
+            out = F.linear(head(rows(slice(None))), weight, bias).float()
         else:
-            last, rows = self.decoder[-1], torch.as_tensor(list(horizons), device=inp.device) - 1
-            out = F.linear(self.decoder[:-1](inp), last.weight[rows], last.bias[rows]).float()
-        return [o.t() * tau for o, tau in zip(out.split([f.shape[1] for f in feats]), taus)]
+            out = torch.empty(total, weight.shape[0], device=weight.device)
+            for s in range(0, total, DECODE_ROWS):
+                out[s:s + DECODE_ROWS] = F.linear(head(rows(slice(s, s + DECODE_ROWS))), weight, bias)
+        return [o.t() * tau for o, tau in zip(out.split([f.shape[1] for f in feats]), taus)], stds
 
     def nowcast(self, context: Tensor, k: int, layout: ParamLayout) -> Tensor:
         """Predicted ``[P]`` parameters ``k`` context spacings after the last state, for ``1 <= k <= K``
@@ -116,8 +131,7 @@ class _ValueNowcaster(nn.Module):
 
             device = next(self.parameters()).device
             ctx = context.to(device=device, dtype=torch.float32)
-            pred = self.forward([SimpleNamespace(context=ctx, layout=layout)], horizons=[int(k) for k in ks])[0]
-            _, std = layout.stats(ctx)
+            (pred,), (std,) = self._predict([SimpleNamespace(context=ctx, layout=layout)], [int(k) for k in ks])
             return (ctx[-1] + pred * std).to(context.device, context.dtype)
         finally:
             self.train(was)
@@ -274,8 +288,8 @@ class NiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace",
                                                   self.metanet.config.min_block_edges)
         return self._route_cache[key]
 
-    def host_embeddings(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> list[Tensor]:
-        """Each value's host embedding, for every window: the graphs of all windows run as one PyG batch."""
+    def decoder_rows(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> Callable[[slice], Tensor]:
+        """Each value's features beside its host's embedding; the graphs of all windows run as one PyG batch."""
         graphs, data = self.graphs(feats, layouts)
         routes = None
         if len(graphs) == 1 and not torch.is_autocast_enabled(data.edge_index.device.type):
@@ -290,15 +304,16 @@ class NiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace",
         # one gather from a table of one dtype: under autocast the projections may be bf16 while no_host is fp32
         table = torch.cat([edge, node.to(edge.dtype), self.no_host[None].to(edge.dtype)])
         E_all, N_all = edge.shape[0], node.shape[0]
-        out, e0, n0 = [], 0, 0
+        hosts, e0, n0 = [], 0, 0
         for f, layout, g in zip(feats, layouts, graphs):
             rows = self._host_index(layout, f.device)
             E, N = g.edge_index.shape[1], g.num_nodes
             if len(graphs) > 1:
                 rows = torch.where(rows < E, rows + e0, torch.where(rows < E + N, rows - E + E_all + n0, E_all + N_all))
-            out.append(table.index_select(0, rows))
+            hosts.append(rows)
             e0, n0 = e0 + E, n0 + N
-        return out
+        inp, host = torch.cat([f.t() for f in feats]), torch.cat(hosts)
+        return lambda sl: torch.cat([inp[sl], table.index_select(0, host[sl]).to(inp.dtype)], 1)
 
 
 class NodeNiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace",
@@ -334,7 +349,7 @@ class NodeNiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace"
         self.no_host = nn.Parameter(torch.zeros(decoder_hidden))
         self.decoder = nn.Sequential(nn.SiLU(), *mlp([decoder_hidden, decoder_hidden, horizons]))
         self._units: dict[tuple[str, torch.device], tuple[Tensor, Tensor, Tensor]] = {}
-        self._grids: dict[tuple[str, torch.device], tuple[Any, list[Block], Tensor, Tensor, Tensor]] = {}
+        self._grids: dict[tuple[str, torch.device], tuple[tuple[list[Block], Tensor], Tensor, Tensor]] = {}
 
     @property
     def sizes(self) -> str:
@@ -381,48 +396,42 @@ class NodeNiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace"
         first = torch.where(kind == 0, u + n0, torch.where(kind == 1, 2 * N_all + u + n0, 3 * N_all))
         return first, torch.where(kind == 0, N_all + v + n0, 3 * N_all + 1)
 
-    def _plan(self, layout: ParamLayout, device: torch.device) -> tuple[Any, list[Block], Tensor, Tensor, Tensor]:
-        """For a window alone: the graph's edge grids, the grids of consecutive weight values (a weight matrix in the
-        flat vector), the other values and their table rows; computed once per architecture and device."""
+    def _plan(self, layout: ParamLayout, device: torch.device) -> tuple[tuple[list[Block], Tensor], Tensor, Tensor]:
+        """For a window alone: the graph's edge grids and each value's table rows; once per architecture and device."""
         key = (layout.space.fingerprint, device)
         if key not in self._grids:
-            kind, u, v = self._value_units(layout, device)
-            m = self.network.min_block_edges
-            lone = -1 - torch.arange(len(u), device=device)
-            value_grids, rest = dense_blocks(torch.stack([torch.where(kind == 0, u, lone),
-                                                          torch.where(kind == 0, v, lone)]), m, None)
-            first, second = self._rows(kind, u, v, layout.space.layout.num_nodes, 0)
-            edge_grids = dense_blocks(layout.space.layout.edge_index.to(device), m, None)
-            self._grids[key] = (edge_grids, value_grids, rest, first[rest], second[rest])
+            first, second = self._rows(*self._value_units(layout, device), layout.space.layout.num_nodes, 0)
+            edge_grids = dense_blocks(layout.space.layout.edge_index.to(device), self.network.min_block_edges, None)
+            self._grids[key] = (edge_grids, first, second)
         return self._grids[key]
 
-    def decoder_input(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> Tensor:
-        """The decoder's first layer: ``value_in(features)`` plus the projections of each value's units. A window
-        alone adds them over each weight matrix by broadcasting (no per-value gather); the same function."""
+    def decoder_rows(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> Callable[[slice], Tensor]:
+        """The decoder's first layer: ``value_in(features)`` plus the projections of each value's units, gathered
+        from a table of ``[sender terms; receiver terms; unit terms; no host; zeros]`` over all units."""
         graphs, data = self.graphs(feats, layouts)
-        plan = self._plan(layouts[0], data.edge_index.device) if len(graphs) == 1 and self.network.min_block_edges \
-            else None
-        h = self.network(data, plan[0] if plan else None)
-        N_all = h.shape[0]
-        senders, receivers = self.sender_out(h), self.receiver_out(h)
-        out = self.value_in(torch.cat([f.t() for f in feats]))
-        # one dtype for the table and the input: under autocast the projections may be bf16, no_host fp32
-        senders, receivers = senders.to(out.dtype), receivers.to(out.dtype)
-        table = torch.cat([senders, receivers, self.node_out(h).to(out.dtype), self.no_host[None].to(out.dtype),
-                           out.new_zeros(1, out.shape[1])])
-        if plan is not None:
-            _, value_grids, rest, first, second = plan
-            for blk in value_grids:
-                out[blk.start:blk.stop].view(blk.rows, blk.cols, -1).add_(receivers[blk.row_nodes][:, None]) \
-                    .add_(senders[blk.col_nodes][None])
-            return out.index_add_(0, rest, table.index_select(0, first) + table.index_select(0, second))
-        first, second, n0 = [], [], 0
-        for f, layout, g in zip(feats, layouts, graphs):
-            a, b = self._rows(*self._value_units(layout, f.device), N_all, n0)
-            first.append(a)
-            second.append(b)
-            n0 += g.num_nodes
-        return out + table.index_select(0, torch.cat(first)) + table.index_select(0, torch.cat(second))
+        if len(graphs) == 1 and self.network.min_block_edges:
+            grids, first, second = self._plan(layouts[0], data.edge_index.device)
+            h = self.network(data, grids)
+        else:
+            h = self.network(data, None)
+            N_all, n0, first, second = h.shape[0], 0, [], []
+            for f, layout, g in zip(feats, layouts, graphs):
+                a, b = self._rows(*self._value_units(layout, f.device), N_all, n0)
+                first.append(a)
+                second.append(b)
+                n0 += g.num_nodes
+            first, second = torch.cat(first), torch.cat(second)
+        inp = torch.cat([f.t() for f in feats])
+        value_in = self.value_in
+        parts = [self.sender_out(h), self.receiver_out(h), self.node_out(h), self.no_host[None]]
+        # one dtype for the table: under autocast the projections may be bf16, no_host fp32
+        table = torch.cat([t.to(parts[0].dtype) for t in parts] + [parts[0].new_zeros(1, parts[0].shape[1])])
+
+        def rows(sl: slice) -> Tensor:
+            out = value_in(inp[sl])
+            return out + (table.index_select(0, first[sl]) + table.index_select(0, second[sl])).to(out.dtype)
+
+        return rows
 
 
 LEARNED_NOWCASTERS = (NiNo, NodeNiNo, WNN)
