@@ -687,6 +687,16 @@ def test_horizon_search_keeps_the_horizon_with_the_lowest_guard_loss_and_still_g
     for _ in range(4):
         far.step()
     assert far.jumps[0].k == 10
+    broken = _Line()
+    broken.nowcast = lambda c, k, layout: torch.full_like(c[-1], float("nan")) if k == 2 else _Line.nowcast(None, c, k,
+                                                                                                          layout)
+    ring["last"] = lay.flatten(model).clone()
+    lenient = lambda: torch.nan_to_num(guard(), nan=-1.0)  # noqa: E731  (a guard that NaN weights would fool)
+    skip = NowcastOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.0), broken, period=4, horizons=[8],
+                            guard=lenient, guard_tolerance=1e9, horizon_search=(1, 0.5, 0.25))
+    for _ in range(4):
+        skip.step()
+    assert skip.jumps[0].k == 4 and skip.jumps[0].accepted, "the non-finite k=2 is never written or kept"
     for bad, kw in [("needs a guard", {}), ("positive multiples", {"guard": guard})]:
         with pytest.raises(NowcastError, match=bad):
             NowcastOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.0), _Line(), period=4,

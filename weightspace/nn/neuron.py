@@ -152,7 +152,8 @@ class NeuronNetwork(nn.Module):
         ei, etype = data.edge_index, data.edge_type
         N, H = data.x.shape[0], self.hidden
         E, T, F = data.edge_attr.shape
-        ea = data.edge_attr.to(self.edge_film.weight.dtype).reshape(E, T * F)
+        # [T, E, F]: a view of the graph's storage when it comes from ``graph_from_flat`` (one row per state)
+        per_state = data.edge_attr.to(self.edge_film.weight.dtype).permute(1, 0, 2)
         w, bias = self._film_maps(T, F)
         if grids is None:
             grids = dense_blocks(ei, self.min_block_edges, None) if self.min_block_edges else ([], None)
@@ -170,13 +171,15 @@ class NeuronNetwork(nn.Module):
             rest = mask.nonzero().squeeze(1)
         groups = []
         for grp in shapes.values():
-            feats = torch.stack([ea[b.start:b.stop].view(b.rows, b.cols, T * F) for b, _ in grp])
-            groups.append(GridGroup(feats.permute(0, 3, 1, 2).contiguous(), feats.permute(0, 3, 2, 1).contiguous(),
+            grids = [per_state[:, b.start:b.stop].reshape(T, b.rows, b.cols, F).permute(0, 3, 1, 2)
+                     .reshape(T * F, b.rows, b.cols) for b, _ in grp]
+            feats = grids[0][None] if len(grids) == 1 else torch.stack(grids)
+            groups.append(GridGroup(feats.contiguous(), feats.transpose(2, 3).contiguous(),
                                     torch.stack([b.row_nodes for b, _ in grp]),
                                     torch.stack([b.col_nodes for b, _ in grp]),
                                     torch.tensor([t for _, t in grp], device=ei.device)))
         rest_index = ei[:, rest]
-        film = torch.addmm(bias[etype[rest]], ea[rest], w.t())
+        film = torch.addmm(bias[etype[rest]], per_state[:, rest].transpose(0, 1).reshape(len(rest), T * F), w.t())
         rest_scale = 1 + torch.cat([film[:, :H], film[:, 2 * H:3 * H]], 1)
         shift_in = scatter(film[:, H:2 * H], rest_index[1], 0, N, reduce="sum")
         shift_out = scatter(film[:, 3 * H:], rest_index[0], 0, N, reduce="sum")
@@ -186,8 +189,8 @@ class NeuronNetwork(nn.Module):
             out_of = grp.feats_t.sum(3).transpose(1, 2) @ w[3 * H:].t() + R * bias[grp.types, 3 * H:][:, None]
             shift_in = shift_in.index_add(0, grp.row_nodes.flatten(), into.reshape(-1, H))
             shift_out = shift_out.index_add(0, grp.col_nodes.flatten(), out_of.reshape(-1, H))
-        deg_in = torch.bincount(ei[1], minlength=N).to(ea.dtype)[:, None]
-        deg_out = torch.bincount(ei[0], minlength=N).to(ea.dtype)[:, None]
+        deg_in = torch.bincount(ei[1], minlength=N).to(per_state.dtype)[:, None]
+        deg_out = torch.bincount(ei[0], minlength=N).to(per_state.dtype)[:, None]
         inv_in = torch.where(deg_in > 0, 1 / deg_in.clamp(min=1), 0.0)
         inv_out = torch.where(deg_out > 0, 1 / deg_out.clamp(min=1), 0.0)
         return EdgeTerms(groups, rest_index, rest_scale, shift_in * inv_in, shift_out * inv_out, inv_in, inv_out)

@@ -37,7 +37,7 @@ from .core import NowcastError, ParamLayout
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 TAU_FLOOR = 1e-6
 FEATURE_CLIP = 50.0
-DECODE_ROWS = 8192
+DECODE_ROWS = 4096
 
 
 def value_features(context: Tensor, layout: ParamLayout) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -58,6 +58,23 @@ def value_features(context: Tensor, layout: ParamLayout) -> tuple[Tensor, Tensor
     return feats, mean, std, tau
 
 
+class Scratch:
+    """Buffers of ``DECODE_ROWS`` rows that every block of one inference pass of the decoder writes into: one
+    allocation per buffer and pass, not one per block (each fresh block-sized tensor page-faults on CPU)."""
+
+    def __init__(self, like: Tensor) -> None:
+        self.like, self.buffers = like, {}
+
+    def __call__(self, name: str, width: int, rows: slice) -> Tensor:
+        """The buffer ``name`` of ``width`` columns, cut to the block ``rows``."""
+        if (name, width) not in self.buffers:
+            self.buffers[name, width] = self.like.new_empty(DECODE_ROWS, width)
+        return self.buffers[name, width][:rows.stop - rows.start]
+
+
+Rows = Callable[[slice, "Scratch | None"], Tensor]
+
+
 class _ValueNowcaster(nn.Module):
     """Shared parts of the learned nowcasters: features, the per-value decoder, ``nowcast``."""
 
@@ -68,12 +85,13 @@ class _ValueNowcaster(nn.Module):
             raise NowcastError(f"a learned nowcaster needs at least 2 context states, got {context}")
         self.context, self.max_horizon, self.hidden = context, horizons, hidden
 
-    def decoder_rows(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> Callable[[slice], Tensor]:
+    def decoder_rows(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> Rows:
         """The rows of the decoder's input ``[sum P, *]`` for a slice of the values (all windows' values in order):
         each value's features, and what the nowcaster's graph adds. Built per slice, so that inference runs the
-        decoder over blocks of values and never holds a hidden-width tensor over every value."""
-        inp = torch.cat([f.t() for f in feats])
-        return inp.__getitem__
+        decoder over blocks of values and never holds a hidden-width tensor over every value; with a
+        :class:`Scratch`, written into its buffers."""
+        inp = feats[0].t() if len(feats) == 1 else torch.cat([f.t() for f in feats])
+        return lambda sl, scratch: inp[sl]
 
     def forward(self, windows: Sequence[Any], horizons: Sequence[int] | None = None) -> list[Tensor]:
         """Scaled residual predictions ``[K, P]`` for each window (anything with ``context`` and ``layout``);
@@ -81,8 +99,9 @@ class _ValueNowcaster(nn.Module):
         only those outputs, not K).
 
         All windows go through the network together: one (batched) graph pass and one decoder pass. Without
-        gradients the decoder runs over blocks of ``DECODE_ROWS`` values: its intermediates then stay small and
-        are reused, where one pass over a large model allocates (and page-faults) several times its size.
+        gradients the decoder runs over blocks of ``DECODE_ROWS`` values, in place where it can: its
+        intermediates then stay small and in cache, where one pass over a large model allocates (and
+        page-faults) several tensors of its size.
         """
         return self._predict(windows, horizons)[0]
 
@@ -102,12 +121,26 @@ class _ValueNowcaster(nn.Module):
             pick = torch.as_tensor(list(horizons), device=weight.device) - 1
             weight, bias = weight[pick], bias[pick]
         total = sum(f.shape[1] for f in feats)
-        if torch.is_grad_enabled() or total <= DECODE_ROWS:
-            out = F.linear(head(rows(slice(None))), weight, bias).float()
+        if torch.is_grad_enabled():
+            out = F.linear(head(rows(slice(None), None)), weight, bias).float()
         else:
-            out = torch.empty(total, weight.shape[0], device=weight.device)
+            out = feats[0].new_empty(total, weight.shape[0])
+            scratch = None if torch.is_autocast_enabled(out.device.type) else Scratch(feats[0])
             for s in range(0, total, DECODE_ROWS):
-                out[s:s + DECODE_ROWS] = F.linear(head(rows(slice(s, s + DECODE_ROWS))), weight, bias)
+                sl = slice(s, min(s + DECODE_ROWS, total))
+                x = rows(sl, scratch)
+                for i, layer in enumerate(head):
+                    if isinstance(layer, nn.SiLU):
+                        x = F.silu(x, inplace=True)
+                    elif scratch is None:
+                        x = layer(x)
+                    else:
+                        x = torch.addmm(layer.bias, x, layer.weight.t(), out=scratch(f"layer{i}", layer.out_features, sl))
+                if scratch is None:
+                    out[sl] = F.linear(x, weight, bias)
+                else:
+                    torch.addmm(bias, x, weight.t(), out=out[sl])
+            out = out.float()
         return [o.t() * tau for o, tau in zip(out.split([f.shape[1] for f in feats]), taus)], stds
 
     def nowcast(self, context: Tensor, k: int, layout: ParamLayout) -> Tensor:
@@ -288,7 +321,7 @@ class NiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace",
                                                   self.metanet.config.min_block_edges)
         return self._route_cache[key]
 
-    def decoder_rows(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> Callable[[slice], Tensor]:
+    def decoder_rows(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> Rows:
         """Each value's features beside its host's embedding; the graphs of all windows run as one PyG batch."""
         graphs, data = self.graphs(feats, layouts)
         routes = None
@@ -313,7 +346,14 @@ class NiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace",
             hosts.append(rows)
             e0, n0 = e0 + E, n0 + N
         inp, host = torch.cat([f.t() for f in feats]), torch.cat(hosts)
-        return lambda sl: torch.cat([inp[sl], table.index_select(0, host[sl]).to(inp.dtype)], 1)
+
+        def rows(sl: slice, scratch: Scratch | None) -> Tensor:
+            if scratch is None:
+                return torch.cat([inp[sl], table.index_select(0, host[sl]).to(inp.dtype)], 1)
+            hosts = torch.index_select(table, 0, host[sl], out=scratch("hosts", table.shape[1], sl))
+            return torch.cat([inp[sl], hosts], 1, out=scratch("rows", inp.shape[1] + table.shape[1], sl))
+
+        return rows
 
 
 class NodeNiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace",
@@ -405,7 +445,7 @@ class NodeNiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace"
             self._grids[key] = (edge_grids, first, second)
         return self._grids[key]
 
-    def decoder_rows(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> Callable[[slice], Tensor]:
+    def decoder_rows(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> Rows:
         """The decoder's first layer: ``value_in(features)`` plus the projections of each value's units, gathered
         from a table of ``[sender terms; receiver terms; unit terms; no host; zeros]`` over all units."""
         graphs, data = self.graphs(feats, layouts)
@@ -421,15 +461,22 @@ class NodeNiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace"
                 second.append(b)
                 n0 += g.num_nodes
             first, second = torch.cat(first), torch.cat(second)
-        inp = torch.cat([f.t() for f in feats])
-        value_in = self.value_in
-        parts = [self.sender_out(h), self.receiver_out(h), self.node_out(h), self.no_host[None]]
+        inp = feats[0].t() if len(feats) == 1 else torch.cat([f.t() for f in feats])
+        weight, bias = self.value_in.weight, self.value_in.bias
+        # every value reads one row of the first kind (sender, unit or no host), which also carries value_in's bias
+        firsts = [self.sender_out(h), self.node_out(h), self.no_host[None]]
+        firsts = [t + bias.to(t.dtype) for t in firsts]
+        parts = [firsts[0], self.receiver_out(h), firsts[1], firsts[2]]
         # one dtype for the table: under autocast the projections may be bf16, no_host fp32
         table = torch.cat([t.to(parts[0].dtype) for t in parts] + [parts[0].new_zeros(1, parts[0].shape[1])])
 
-        def rows(sl: slice) -> Tensor:
-            out = value_in(inp[sl])
-            return out + (table.index_select(0, first[sl]) + table.index_select(0, second[sl])).to(out.dtype)
+        def rows(sl: slice, scratch: Scratch | None) -> Tensor:
+            if scratch is None:
+                units = table.index_select(0, first[sl]) + table.index_select(0, second[sl])
+                return F.linear(inp[sl], weight) + units
+            units = torch.index_select(table, 0, first[sl], out=scratch("first", table.shape[1], sl))
+            units.add_(torch.index_select(table, 0, second[sl], out=scratch("second", table.shape[1], sl)))
+            return units.addmm_(inp[sl], weight.t())
 
         return rows
 

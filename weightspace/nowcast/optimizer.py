@@ -302,8 +302,8 @@ class NowcastOptimizer(torch.optim.Optimizer):
         ks = sorted({min(top, max(1, round(k * f))) for f in self.horizon_search}, reverse=True)
         preds = nowcast_horizons(self.nowcaster, ctx, ks, self.layout)
         best = (math.inf, ks[0], preds[0])
-        for kk, pred in zip(ks, preds):
-            if bool(torch.isfinite(pred).all()):
+        for kk, pred, finite in zip(ks, preds, torch.isfinite(preds).all(1).tolist()):
+            if finite:
                 self._write(pred)
                 loss = self._guard_loss()
                 if self.search_rule == "longest" and self._judge(before, loss)[0]:
