@@ -591,6 +591,11 @@ def test_meta_training_step_runs_under_bf16_autocast(cls):
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert abs(float(loss) - float(full)) < 0.05 * float(full)
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in nc.parameters() if p.requires_grad)
+    with torch.no_grad():
+        exact = nc([win])[0]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            approx = nc([win])[0]
+    assert approx.dtype == torch.float32 and float((approx - exact).norm()) < 0.05 * float(exact.norm())
 
 
 @pytest.mark.parametrize("cls", [NiNo, WNN, NodeNiNo])

@@ -135,7 +135,8 @@ class _ValueNowcaster(nn.Module):
                     elif scratch is None:
                         x = layer(x)
                     else:
-                        x = torch.addmm(layer.bias, x, layer.weight.t(), out=scratch(f"layer{i}", layer.out_features, sl))
+                        buffer = scratch(f"layer{i}", layer.out_features, sl)
+                        x = torch.addmm(layer.bias, x, layer.weight.t(), out=buffer)
                 if scratch is None:
                     out[sl] = F.linear(x, weight, bias)
                 else:
@@ -350,8 +351,8 @@ class NiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace",
         def rows(sl: slice, scratch: Scratch | None) -> Tensor:
             if scratch is None:
                 return torch.cat([inp[sl], table.index_select(0, host[sl]).to(inp.dtype)], 1)
-            hosts = torch.index_select(table, 0, host[sl], out=scratch("hosts", table.shape[1], sl))
-            return torch.cat([inp[sl], hosts], 1, out=scratch("rows", inp.shape[1] + table.shape[1], sl))
+            picked = torch.index_select(table, 0, host[sl], out=scratch("hosts", table.shape[1], sl))
+            return torch.cat([inp[sl], picked], 1, out=scratch("rows", inp.shape[1] + table.shape[1], sl))
 
         return rows
 
