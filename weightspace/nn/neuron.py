@@ -171,9 +171,9 @@ class NeuronNetwork(nn.Module):
             rest = mask.nonzero().squeeze(1)
         groups = []
         for grp in shapes.values():
-            grids = [per_state[:, b.start:b.stop].reshape(T, b.rows, b.cols, F).permute(0, 3, 1, 2)
+            views = [per_state[:, b.start:b.stop].reshape(T, b.rows, b.cols, F).permute(0, 3, 1, 2)
                      .reshape(T * F, b.rows, b.cols) for b, _ in grp]
-            feats = grids[0][None] if len(grids) == 1 else torch.stack(grids)
+            feats = views[0][None] if len(views) == 1 else torch.stack(views)
             groups.append(GridGroup(feats.contiguous(), feats.transpose(2, 3).contiguous(),
                                     torch.stack([b.row_nodes for b, _ in grp]),
                                     torch.stack([b.col_nodes for b, _ in grp]),
