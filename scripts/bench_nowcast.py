@@ -515,8 +515,8 @@ OVERHEAD_PERIODS = (1000, 300)
 
 def measure_overhead(task: Task, nowcaster: Any, repeats: int = 5, steps: int = 200) -> dict[str, float]:
     """Seconds of one AdamW step, one context record and one guarded jump (NiNo forward, the guard's
-    evaluations before, at each searched horizon and after, parameter copies) of :class:`NowcastOptimizer`
-    on ``task``'s model; medians."""
+    evaluations before and at each searched horizon, whose winner's loss is the immediate verdict, parameter
+    copies) of :class:`NowcastOptimizer` on ``task``'s model; medians."""
     model = build(task.family, seed=0, **task.kwargs)
     train_loss, _, guard = _task_fns(task, model, 0, loss_guard=True)
     base = torch.optim.AdamW(model.parameters(), lr=task.lr, weight_decay=0.0)
@@ -569,8 +569,9 @@ def run_overhead(args: argparse.Namespace) -> int:
                                        for t, n, pp, s in shares if pp == p) for p in OVERHEAD_PERIODS]
     body = (f"NowcastOptimizer's share of training wall-clock: (one guarded jump + {context} context records) / "
             f"(that + period x one AdamW step), each the median of repeated timings on one thread. A jump is the "
-            f"nowcaster's forward, the guard's loss before, at each of the {HORIZON_SEARCH} searched horizons and "
-            f"after (cross-entropy on 512 fixed training examples) and the parameter copies; evaluation excluded. "
+            f"nowcaster's forward, the guard's loss before and at each of the {HORIZON_SEARCH} searched horizons "
+            f"(cross-entropy on 512 fixed training examples; the immediate verdict reuses the winner's) and the "
+            f"parameter copies; evaluation excluded. "
             f"Goals on CPU (issue 15): <= 2% at period 1,000, <= 5% at period 300.\n\n{table}\n\n"
             + describe_nowcasters(nowcasters, sources) + "\n\n" + "\n".join(
                 f"- {line}." for line in met))

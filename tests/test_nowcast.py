@@ -670,6 +670,16 @@ def test_horizon_search_keeps_the_horizon_with_the_lowest_guard_loss_and_still_g
     j = opt.jumps[0]
     assert (j.k, j.accepted) == (2, True)
     torch.testing.assert_close(lay.flatten(model), ring["last"] + 2.0)
+    calls = []
+    counted = NowcastOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.0), _Line(), period=4, horizons=[8],
+                               guard=lambda: calls.append(1) or guard(), guard_tolerance=1e9,
+                               horizon_search=(1, 0.5, 0.25))
+    for _ in range(3):
+        counted.step()
+    ring["last"] = lay.flatten(model).clone()
+    counted.step()
+    assert len(calls) == 4, "before the jump and at each of 3 horizons; the immediate verdict reuses the winner's"
+    assert counted.jumps[0].loss_after == pytest.approx(float(guard()))
     strict = NowcastOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.0), _Line(), period=4, horizons=[8],
                               guard=lambda: lay.flatten(model).abs().sum(), horizon_search=(1, 0.5))
     before = lay.flatten(model).clone()

@@ -269,8 +269,9 @@ class NowcastOptimizer(torch.optim.Optimizer):
         k = self.horizons[min(len(self.jumps), len(self.horizons) - 1)]
         ctx = self._ring
         before = self._guard_loss() if self.guard is not None else math.nan
+        searched = None
         if self.horizon_search:
-            k, pred = self._search(ctx, k, before)
+            k, pred, searched = self._search(ctx, k, before)
         else:
             pred = self.nowcaster.nowcast(ctx, k, self.layout)
         rec = Jump(self.num_steps, k, True, before)
@@ -282,7 +283,7 @@ class NowcastOptimizer(torch.optim.Optimizer):
                 state = {p: _map_tensors(st, Tensor.clone) for p, st in self.base.state.items()}
                 self._pending = (rec, self.num_steps + self.guard_delay, ctx[-1].clone(), state)
             elif self.guard is not None:
-                rec.loss_after = self._guard_loss()
+                rec.loss_after = self._guard_loss() if searched is None else searched
                 rec.accepted, rec.reason = self._judge(before, rec.loss_after)
             if not rec.accepted:
                 self._write(ctx[-1])
@@ -295,9 +296,10 @@ class NowcastOptimizer(torch.optim.Optimizer):
         self.jumps.append(rec)
         return rec
 
-    def _search(self, ctx: Tensor, k: int, before: float) -> tuple[int, Tensor]:
-        """The horizon ``search_rule`` picks among ``horizon_search`` multiples of ``k`` (each finite prediction
-        is written to be judged; ``jump`` then writes the winner or restores the last state)."""
+    def _search(self, ctx: Tensor, k: int, before: float) -> tuple[int, Tensor, float]:
+        """The horizon ``search_rule`` picks among ``horizon_search`` multiples of ``k``, its prediction and the guard
+        loss there (each finite prediction is written to be judged; ``jump`` then writes the winner or restores the
+        last state; an immediate guard reuses that loss rather than evaluating the same weights again)."""
         top = self.nowcaster.max_horizon or math.inf
         ks = sorted({min(top, max(1, round(k * f))) for f in self.horizon_search}, reverse=True)
         preds = nowcast_horizons(self.nowcaster, ctx, ks, self.layout)
@@ -307,10 +309,10 @@ class NowcastOptimizer(torch.optim.Optimizer):
                 self._write(pred)
                 loss = self._guard_loss()
                 if self.search_rule == "longest" and self._judge(before, loss)[0]:
-                    return kk, pred
+                    return kk, pred, loss
                 if loss < best[0]:
                     best = (loss, kk, pred)
-        return best[1], best[2]
+        return best[1], best[2], best[0]
 
     def _judge(self, before: float, after: float) -> tuple[bool, str]:
         if not math.isfinite(after):
