@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         if len(node_size) != 3 or min(node_size) < 1:
             raise ValueError
     except ValueError:
-        raise SystemExit(f"--node-size takes three positive ints WIDTH,LAYERS,DECODER, got {args.node_size!r}") from None
+        raise SystemExit(f"--node-size takes three positive ints WIDTH,LAYERS,DECODER, "
+                         f"got {args.node_size!r}") from None
     bad = sorted(set(args.models.split(",")) - set(MODELS))
     if bad:
         raise SystemExit(f"--models: unknown {bad}; choose from {', '.join(MODELS)}")

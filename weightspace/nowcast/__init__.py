@@ -2,8 +2,9 @@
 
 - :class:`TrajectoryWindows`: context/future windows read lazily from checkpoint collections.
 - Nowcasters, all with ``nowcast(context [c, P], k, layout) -> [P]``: :class:`NiNo` (graph
-  metanetwork), :class:`NodeNiNo` (NiNo with states on the units only, about WNN's cost), :class:`WNN` (per-parameter MLP, Jang et al. 2023), :class:`LineFit` (per-parameter
-  linear extrapolation), :class:`LAWA` (latest weight averaging, Kaddour 2022).
+  metanetwork), :class:`NodeNiNo` (NiNo with states on the units only, about WNN's cost),
+  :class:`WNN` (per-parameter MLP, Jang et al. 2023), :class:`LineFit` (per-parameter linear
+  extrapolation), :class:`LAWA` (latest weight averaging, Kaddour 2022).
 - :class:`NowcastOptimizer`: wraps any optimizer and jumps ahead every ``period`` steps, with an
   optional guard that rolls back harmful jumps.
 """
@@ -13,6 +14,6 @@ from .model import LEARNED_NOWCASTERS, WNN, NiNo, NodeNiNo, load_nowcaster, valu
 from .optimizer import Jump, NowcastOptimizer
 from .windows import TrajectoryWindows, Window, split_runs
 
-__all__ = ["NiNo", "NodeNiNo", "WNN", "LineFit", "LAWA", "Nowcaster", "NowcastOptimizer", "Jump", "TrajectoryWindows",
-           "Window", "ParamLayout", "NowcastError", "horizon_schedule", "NINO_HORIZONS", "split_runs",
-           "value_features", "load_nowcaster", "LEARNED_NOWCASTERS"]
+__all__ = ["NiNo", "NodeNiNo", "WNN", "LineFit", "LAWA", "Nowcaster", "NowcastOptimizer", "Jump",
+           "TrajectoryWindows", "Window", "ParamLayout", "NowcastError", "horizon_schedule", "NINO_HORIZONS",
+           "split_runs", "value_features", "load_nowcaster", "LEARNED_NOWCASTERS"]
