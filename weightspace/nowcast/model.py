@@ -13,7 +13,8 @@ WNN (Jang et al., "Learning to Boost Training by Periodic Nowcasting Near Future
 Training with Neuron Interaction and Nowcasting Networks", ICLR 2025) first runs the features through
 a permutation-equivariant graph metanetwork over the model's neural graph; each weight's output
 then also sees the embedding of its edge (weights) or node (biases, norm parameters), i.e. what the
-neurons it connects are doing.
+neurons it connects are doing. NodeNiNo (ours) keeps graph states on the neurons only, so a jump costs
+about what WNN's does.
 """
 from __future__ import annotations
 
