@@ -653,6 +653,13 @@ class _Line:
         return context[-1] + k * torch.ones_like(context[-1])
 
 
+class _NaNAt2(_Line):
+    """A :class:`_Line` whose prediction two spacings ahead is NaN."""
+
+    def nowcast(self, context, k, layout):
+        return torch.full_like(context[-1], float("nan")) if k == 2 else super().nowcast(context, k, layout)
+
+
 def test_horizon_search_keeps_the_horizon_with_the_lowest_guard_loss_and_still_guards_it():
     """The guard's loss is lowest 2 units along the line: of k = 8, 4, 2 (fractions 1, 1/2, 1/4 of the
     scheduled 8) the search keeps 2, writes that prediction, and the guard then judges it as usual. Multiples
@@ -702,12 +709,9 @@ def test_horizon_search_keeps_the_horizon_with_the_lowest_guard_loss_and_still_g
     for _ in range(4):
         far.step()
     assert far.jumps[0].k == 10
-    broken = _Line()
-    broken.nowcast = lambda c, k, layout: torch.full_like(c[-1], float("nan")) if k == 2 else _Line.nowcast(None, c, k,
-                                                                                                          layout)
     ring["last"] = lay.flatten(model).clone()
     lenient = lambda: torch.nan_to_num(guard(), nan=-1.0)  # noqa: E731  (a guard that NaN weights would fool)
-    skip = NowcastOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.0), broken, period=4, horizons=[8],
+    skip = NowcastOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.0), _NaNAt2(), period=4, horizons=[8],
                             guard=lenient, guard_tolerance=1e9, horizon_search=(1, 0.5, 0.25))
     for _ in range(4):
         skip.step()

@@ -59,21 +59,7 @@ def value_features(context: Tensor, layout: ParamLayout) -> tuple[Tensor, Tensor
     return feats, mean, std, tau
 
 
-class Scratch:
-    """Buffers of ``DECODE_ROWS`` rows that every block of one inference pass of the decoder writes into: one
-    allocation per buffer and pass, not one per block (each fresh block-sized tensor page-faults on CPU)."""
-
-    def __init__(self, like: Tensor) -> None:
-        self.like, self.buffers = like, {}
-
-    def __call__(self, name: str, width: int, rows: slice) -> Tensor:
-        """The buffer ``name`` of ``width`` columns, cut to the block ``rows``."""
-        if (name, width) not in self.buffers:
-            self.buffers[name, width] = self.like.new_empty(DECODE_ROWS, width)
-        return self.buffers[name, width][:rows.stop - rows.start]
-
-
-Rows = Callable[[slice, "Scratch | None"], Tensor]
+Rows = Callable[[slice], Tensor]
 
 
 class _ValueNowcaster(nn.Module):
@@ -89,10 +75,9 @@ class _ValueNowcaster(nn.Module):
     def decoder_rows(self, feats: Sequence[Tensor], layouts: Sequence[ParamLayout]) -> Rows:
         """The rows of the decoder's input ``[sum P, *]`` for a slice of the values (all windows' values in order):
         each value's features, and what the nowcaster's graph adds. Built per slice, so that inference runs the
-        decoder over blocks of values and never holds a hidden-width tensor over every value; with a
-        :class:`Scratch`, written into its buffers."""
+        decoder over blocks of values and never holds a hidden-width tensor over every value."""
         inp = feats[0].t() if len(feats) == 1 else torch.cat([f.t() for f in feats])
-        return lambda sl, scratch: inp[sl]
+        return inp.__getitem__
 
     def forward(self, windows: Sequence[Any], horizons: Sequence[int] | None = None) -> list[Tensor]:
         """Scaled residual predictions ``[K, P]`` for each window (anything with ``context`` and ``layout``);
@@ -100,7 +85,7 @@ class _ValueNowcaster(nn.Module):
         only those outputs, not K).
 
         All windows go through the network together: one (batched) graph pass and one decoder pass. Without
-        gradients the decoder runs over blocks of ``DECODE_ROWS`` values, in place where it can: its
+        gradients the decoder runs over blocks of ``DECODE_ROWS`` values, its activations in place: its
         intermediates then stay small and in cache, where one pass over a large model allocates (and
         page-faults) several tensors of its size.
         """
@@ -123,25 +108,14 @@ class _ValueNowcaster(nn.Module):
             weight, bias = weight[pick], bias[pick]
         total = sum(f.shape[1] for f in feats)
         if torch.is_grad_enabled():
-            out = F.linear(head(rows(slice(None), None)), weight, bias).float()
+            out = F.linear(head(rows(slice(None))), weight, bias).float()
         else:
             out = feats[0].new_empty(total, weight.shape[0])
-            scratch = None if torch.is_autocast_enabled(out.device.type) else Scratch(feats[0])
             for s in range(0, total, DECODE_ROWS):
-                sl = slice(s, min(s + DECODE_ROWS, total))
-                x = rows(sl, scratch)
-                for i, layer in enumerate(head):
-                    if isinstance(layer, nn.SiLU):
-                        x = F.silu(x, inplace=True)
-                    elif scratch is None:
-                        x = layer(x)
-                    else:
-                        buffer = scratch(f"layer{i}", layer.out_features, sl)
-                        x = torch.addmm(layer.bias, x, layer.weight.t(), out=buffer)
-                if scratch is None:
-                    out[sl] = F.linear(x, weight, bias)
-                else:
-                    torch.addmm(bias, x, weight.t(), out=out[sl])
+                x = rows(slice(s, s + DECODE_ROWS))
+                for layer in head:
+                    x = F.silu(x, inplace=True) if isinstance(layer, nn.SiLU) else layer(x)
+                out[s:s + DECODE_ROWS] = F.linear(x, weight, bias)
             out = out.float()
         return [o.t() * tau for o, tau in zip(out.split([f.shape[1] for f in feats]), taus)], stds
 
@@ -349,13 +323,7 @@ class NiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace",
             e0, n0 = e0 + E, n0 + N
         inp, host = torch.cat([f.t() for f in feats]), torch.cat(hosts)
 
-        def rows(sl: slice, scratch: Scratch | None) -> Tensor:
-            if scratch is None:
-                return torch.cat([inp[sl], table.index_select(0, host[sl]).to(inp.dtype)], 1)
-            picked = torch.index_select(table, 0, host[sl], out=scratch("hosts", table.shape[1], sl))
-            return torch.cat([inp[sl], picked], 1, out=scratch("rows", inp.shape[1] + table.shape[1], sl))
-
-        return rows
+        return lambda sl: torch.cat([inp[sl], table.index_select(0, host[sl]).to(inp.dtype)], 1)
 
 
 class NodeNiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace",
@@ -472,15 +440,8 @@ class NodeNiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace"
         # one dtype for the table: under autocast the projections may be bf16, no_host fp32
         table = torch.cat([t.to(parts[0].dtype) for t in parts] + [parts[0].new_zeros(1, parts[0].shape[1])])
 
-        def rows(sl: slice, scratch: Scratch | None) -> Tensor:
-            if scratch is None:
-                units = table.index_select(0, first[sl]) + table.index_select(0, second[sl])
-                return F.linear(inp[sl], weight) + units
-            units = torch.index_select(table, 0, first[sl], out=scratch("first", table.shape[1], sl))
-            units.add_(torch.index_select(table, 0, second[sl], out=scratch("second", table.shape[1], sl)))
-            return units.addmm_(inp[sl], weight.t())
-
-        return rows
+        return lambda sl: (F.linear(inp[sl], weight) + table.index_select(0, first[sl])
+                           + table.index_select(0, second[sl]))
 
 
 LEARNED_NOWCASTERS = (NiNo, NodeNiNo, WNN)
