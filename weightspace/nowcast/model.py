@@ -432,16 +432,10 @@ class NodeNiNo(_GraphNowcaster, PyTorchModelHubMixin, library_name="weightspace"
                 n0 += g.num_nodes
             first, second = torch.cat(first), torch.cat(second)
         inp = feats[0].t() if len(feats) == 1 else torch.cat([f.t() for f in feats])
-        weight, bias = self.value_in.weight, self.value_in.bias
-        # every value reads one row of the first kind (sender, unit or no host), which also carries value_in's bias
-        firsts = [self.sender_out(h), self.node_out(h), self.no_host[None]]
-        firsts = [t + bias.to(t.dtype) for t in firsts]
-        parts = [firsts[0], self.receiver_out(h), firsts[1], firsts[2]]
+        parts = [self.sender_out(h), self.receiver_out(h), self.node_out(h), self.no_host[None]]
         # one dtype for the table: under autocast the projections may be bf16, no_host fp32
         table = torch.cat([t.to(parts[0].dtype) for t in parts] + [parts[0].new_zeros(1, parts[0].shape[1])])
-
-        return lambda sl: (F.linear(inp[sl], weight) + table.index_select(0, first[sl])
-                           + table.index_select(0, second[sl]))
+        return lambda sl: self.value_in(inp[sl]) + table.index_select(0, first[sl]) + table.index_select(0, second[sl])
 
 
 LEARNED_NOWCASTERS = (NiNo, NodeNiNo, WNN)
