@@ -806,3 +806,24 @@ def test_long_meta_training_warm_start_keeps_weights_and_learns_new_parameter_ty
     assert not any(tmp_path.iterdir())
     wnn = long.warm_start(WNN(horizons=40), "wnn_cnn_k40")
     assert torch.equal(wnn.decoder[0].weight, WNN.from_pretrained("wnn_cnn_k40").decoder[0].weight)
+
+
+def test_long_meta_training_sizes_keep_the_benchmark_architectures_held_out(monkeypatch):
+    """``--sizes wide`` reaches past the benchmark tasks' sizes but never draws one of their architectures;
+    ``small`` is the default and stays within the sizes the packaged nowcasters were meta-trained on."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "train"))
+    long = importlib.import_module("nowcast_long")
+    wide = long.recipes(600, 100, 100, seed=3, sizes="wide")
+    small = long.recipes(600, 100, 100, seed=3)
+    assert small == long.recipes(600, 100, 100, seed=3, sizes="small")
+    cnn = [c["model"]["channels"] for c in wide if c["family"] == "cnn"]
+    assert max(map(max, cnn)) == 32 and (16, 32, 32) not in cnn
+    mlp = [c["model"]["widths"] for c in wide if c["data"] == "digits-flat"]
+    assert max(w[0] for w in mlp) == 256 and max(map(len, mlp)) == 4 and [192] * 4 not in mlp
+    gpt = {c["model"]["d_model"] for c in wide if c["family"] == "gpt"}
+    assert 128 in gpt and 96 not in gpt
+    assert max(max(c["model"]["channels"]) for c in small if c["family"] == "cnn") == 16
+    with pytest.raises(SystemExit, match="--sizes: unknown 'huge'"):
+        long.recipes(4, 100, 100, sizes="huge")

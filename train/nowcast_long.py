@@ -6,8 +6,9 @@ zoos for horizons up to 16 context spacings, while NiNo's schedule jumps up to k
 1. trains a mix of small models with AdamW for several thousand steps at several learning rates
    (3e-4 included), in parallel worker processes, saving every ``--save-every`` steps: digits MLPs
    (width 16-128, depth 1-3), digits CNNs (channels 4-16, with and without BatchNorm), synthetic-task
-   MLPs and char-level tiny GPTs (d_model 32-64). Every benchmark task of ``scripts/bench_nowcast.py``
-   stays held out (other widths or channels, and no breast-cancer data);
+   MLPs and char-level tiny GPTs (d_model 32-64); ``--sizes wide`` draws larger ones, up to and past the
+   benchmark tasks' sizes. Every benchmark task of ``scripts/bench_nowcast.py`` stays held out (other
+   widths or channels, and no breast-cancer data);
 2. meta-trains a NiNo and a WNN side by side on windows of ``--context`` states taken 1, 2 or 3
    saved checkpoints apart, for horizons 1..``--horizons`` spacings, until the time budget is spent
    (cosine learning rate over the budget);
@@ -44,16 +45,28 @@ from weightspace.utils import atomic_write_text
 LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 FAMILIES = ("mlp", "cnn", "synth", "gpt")
 MODELS = ("nino", "nino_small", "wnn", "node")
+# "wide" reaches the benchmark tasks' sizes (MLP width 192 x 4, CNN 16/32/32, GPT d_model 96) from both sides
+# without any of them: no width 192, no d_model 96, and the FM-16 channels are drawn again.
+SIZES = {
+    "small": dict(mlp_width=(16, 32, 48, 64, 96, 128), mlp_depth=(1, 2, 3), cnn_channels=(4, 8, 12, 16),
+                  gpt_d_model=(32, 48, 64)),
+    "wide": dict(mlp_width=(32, 64, 128, 160, 256), mlp_depth=(2, 3, 4), cnn_channels=(8, 12, 16, 24, 32),
+                 gpt_d_model=(48, 64, 80, 128)),
+}
+HELD_OUT_CHANNELS = {(16, 32, 32)}
 _DATA: dict[str, Any] = {}
 
 
 def recipes(n: int, steps: int, gpt_steps: int, seed: int = 0, families: tuple[str, ...] = FAMILIES,
-            lrs: tuple[float, ...] = LRS) -> list[dict[str, Any]]:
+            lrs: tuple[float, ...] = LRS, sizes: str = "small") -> list[dict[str, Any]]:
     """``n`` run configurations, the families interleaved (so a budget cut keeps the mix); AdamW's learning
-    rate drawn from ``lrs`` (GPTs keep their own range)."""
+    rate drawn from ``lrs`` (GPTs keep their own range); model sizes from ``SIZES[sizes]``."""
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown or not families:
         raise SystemExit(f"--families: unknown {unknown}, choose from {','.join(FAMILIES)}")
+    if sizes not in SIZES:
+        raise SystemExit(f"--sizes: unknown {sizes!r}, choose from {', '.join(SIZES)}")
+    size = SIZES[sizes]
     cycle = [f for f in ("mlp", "cnn", "synth", "cnn", "mlp", "gpt") if f in families]
     rng = random.Random(seed)
     out = []
@@ -64,21 +77,24 @@ def recipes(n: int, steps: int, gpt_steps: int, seed: int = 0, families: tuple[s
                              "wd": rng.choice((0.0, 0.0, 1e-3, 1e-2))}
         if fam == "mlp":
             c.update(family="mlp", data="digits-flat", model=dict(
-                in_features=64, widths=[rng.choice((16, 32, 48, 64, 96, 128))] * rng.choice((1, 2, 3)), out_features=10,
-                activation=rng.choice(("relu", "gelu", "tanh", "silu"))))
+                in_features=64, widths=[rng.choice(size["mlp_width"])] * rng.choice(size["mlp_depth"]),
+                out_features=10, activation=rng.choice(("relu", "gelu", "tanh", "silu"))))
         elif fam == "synth":
             c.update(family="mlp", data="synthetic", model=dict(
                 in_features=32, widths=[rng.choice((16, 32, 64))] * rng.choice((1, 2, 3)), out_features=5,
                 activation=rng.choice(("relu", "gelu", "tanh", "silu"))))
         elif fam == "cnn":
+            channels = (16, 32, 32)
+            while channels in HELD_OUT_CHANNELS:
+                channels = tuple(rng.choice(size["cnn_channels"]) for _ in range(3))
             c.update(family="cnn", data="digits", model=dict(
-                channels=tuple(rng.choice((4, 8, 12, 16)) for _ in range(3)), batchnorm=rng.random() < 0.4,
+                channels=channels, batchnorm=rng.random() < 0.4,
                 activation=rng.choice(("relu", "relu", "gelu", "tanh"))))
         else:
             lr = rng.choice((3e-4, 1e-3, 3e-3))
             c.update(family="gpt", data="stdlib", lr=lr, steps=gpt_steps, batch=16, wd=0.0, model=dict(
                 vocab_size=97, block_size=32, n_layer=rng.choice((1, 2)), n_head=rng.choice((2, 4)),
-                d_model=rng.choice((32, 48, 64)), attention=rng.choice(("separate", "fused", "mha")),
+                d_model=rng.choice(size["gpt_d_model"]), attention=rng.choice(("separate", "fused", "mha")),
                 tie_embeddings=True, mlp_ratio=4))
         out.append(c)
     return out
@@ -286,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=600, help="configurations queued (generation stops at --gen-seconds)")
     p.add_argument("--families", default=",".join(FAMILIES), help="trajectory families to generate")
     p.add_argument("--lrs", default=",".join(map(str, LRS)), help="AdamW learning rates drawn for non-GPT runs")
+    p.add_argument("--sizes", default="small", choices=sorted(SIZES),
+                   help="model sizes drawn: small (MLP width 16-128 depth 1-3, CNN channels 4-16, GPT d_model 32-64) "
+                        "or wide (MLP 32-256 depth 2-4, CNN 8-32, GPT 48-128; the benchmark tasks stay held out)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--gpt-steps", type=int, default=1500)
     p.add_argument("--save-every", type=int, default=20)
@@ -356,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         families = tuple(f.strip() for f in args.families.split(",") if f.strip())
         lrs = tuple(float(x) for x in args.lrs.split(","))
-        runs = generate(recipes(args.runs, args.steps, args.gpt_steps, args.seed, families, lrs), args.save_every,
-                        args.workers, args.gen_seconds)
+        runs = generate(recipes(args.runs, args.steps, args.gpt_steps, args.seed, families, lrs, args.sizes),
+                        args.save_every, args.workers, args.gen_seconds)
         if files:
             tmp = files[0].with_suffix(".tmp")
             torch.save([(json.dumps(c), flat) for c, flat in runs], tmp)
