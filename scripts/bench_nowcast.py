@@ -156,13 +156,13 @@ def check_methods(methods: list[str], nowcasters: dict[str, Any]) -> None:
     for method in methods:
         name, *opts = method.split("-")
         bad = [o for o in opts
-               if not re.fullmatch(r"noguard|reset|now|gerr|flat|bt|tol[0-9.]+|[hdsu][0-9]+", o)]
+               if not re.fullmatch(r"noguard|reset|now|gerr|flat|bt|tol[0-9.]+|[hdsup][0-9]+", o)]
         if method != "adam" and name not in nowcasters:
             raise SystemExit(f"--methods {method!r}: unknown nowcaster {name!r}; known: adam, "
                              f"{', '.join(sorted(nowcasters))} (more with --extra NAME=FOLDER)")
         if bad:
             raise SystemExit(f"--methods {method!r}: unknown option(s) {', '.join('-' + b for b in bad)}; options: "
-                             f"-noguard -reset -now -gerr -tol<x> -h<K> -d<N> -s<N> -u<N> -bt -flat")
+                             f"-noguard -reset -now -gerr -tol<x> -h<K> -d<N> -s<N> -u<N> -p<N> -bt -flat")
 
 
 def search_multiples(down: int, up: int = 0) -> list[float]:
@@ -186,7 +186,8 @@ def run_one(task: Task, method: str, seed: int, nowcasters: dict[str, Any]) -> d
         sched = horizon_schedule(top) if top is not None else None
         if "flat" in opts:
             sched = [top or nowcasters[name].max_horizon or 16] * 10
-        opt = NowcastOptimizer(model, base, nowcasters[name], period=task.period, example_input=example_input(model),
+        opt = NowcastOptimizer(model, base, nowcasters[name], period=number("p", task.period),
+                               example_input=example_input(model),
                                horizons=sched,
                                guard=None if "noguard" in opts else guard, guard_tolerance=tol,
                                guard_delay=0 if "now" in opts else delay,
@@ -589,8 +590,9 @@ def main(argv: list[str] | None = None) -> int:
                    "with -noguard, -reset, -now, -tol<x>, -h<K> (NiNo's schedule rescaled to a first horizon K), -d<N> "
                    f"(guard verdict N steps after the jump; default {GUARD_DELAY}), -s<N> (at each jump try the "
                    f"horizons k, k/2, ..., k/2^(N-1) and keep the one with the lowest guard loss; default "
-                   f"{HORIZON_SEARCH}, -s1: k alone), -u<N> (also 2k, ..., 2^N k), -bt (keep the longest horizon "
-                   "that passes the guard's test at once), -flat (the max horizon at every jump)")
+                   f"{HORIZON_SEARCH}, -s1: k alone), -u<N> (also 2k, ..., 2^N k), -p<N> (nowcast every N steps "
+                   "instead of the task's period), -bt (keep the longest horizon that passes the guard's test at "
+                   "once), -flat (the max horizon at every jump)")
     p.add_argument("--seeds", type=int, default=None, help=f"seeds per task (default 3; {PEER_SEEDS} with --peer)")
     p.add_argument("--peer", action="store_true",
                    help=f"run only the peer's setting ({PEER_TASK}) and write its own BENCHMARKS.md section")

@@ -748,7 +748,7 @@ def test_nowcast_bench_refuses_unknown_methods_and_options_before_running(monkey
     monkeypatch.syspath_prepend(str(scripts))
     bench = importlib.import_module("bench_nowcast")
     known = {"nino": object(), "linefit": object()}
-    bench.check_methods(["adam", "nino-noguard-d30-h8-tol0.2", "linefit-reset-now-gerr"], known)
+    bench.check_methods(["adam", "nino-noguard-d30-h8-tol0.2", "linefit-reset-now-gerr", "nino-p60-d5"], known)
     with pytest.raises(SystemExit, match="unknown option.*-d"):
         bench.check_methods(["nino-d"], known)
     with pytest.raises(SystemExit, match="unknown option.*-noguards"):
@@ -827,3 +827,17 @@ def test_long_meta_training_sizes_keep_the_benchmark_architectures_held_out(monk
     assert max(max(c["model"]["channels"]) for c in small if c["family"] == "cnn") == 16
     with pytest.raises(SystemExit, match="--sizes: unknown 'huge'"):
         long.recipes(4, 100, 100, sizes="huge")
+
+
+def test_nowcast_bench_period_option_sets_when_jumps_happen(monkeypatch):
+    """``-p<N>`` nowcasts every N steps instead of the task's period (and nothing else changes)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    bench = importlib.import_module("bench_nowcast")
+    task = bench.Task("tiny", "tiny", "mlp", dict(in_features=30, widths=[8], out_features=2, activation="tanh"),
+                      "breast_cancer", 100, 1e-3, 32, period=50)
+    known = {"linefit": LineFit(5)}
+    runs = {m: bench.run_one(task, m, 0, known) for m in ("linefit-s1-d3", "linefit-s1-d3-p20")}
+    assert [g[0] for g in runs["linefit-s1-d3"]["guard"]] == [50]
+    assert [g[0] for g in runs["linefit-s1-d3-p20"]["guard"]] == [20, 40, 60, 80]
