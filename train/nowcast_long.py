@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         parts: list[list[tuple[dict[str, Any], torch.Tensor]]] = []
         for f in files:
             parts.append([])
-            for c, flat in torch.load(f, weights_only=True):
+            for c, flat in torch.load(f, weights_only=True, mmap=True):
                 c = json.loads(c)
                 c["id"] = sum(map(len, parts))
                 parts[-1].append((c, flat))
