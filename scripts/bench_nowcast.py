@@ -434,14 +434,18 @@ def run(args: argparse.Namespace) -> int:
     nowcasters, sources = load_nowcasters(args.nino, args.wnn, getattr(args, "extra", None) or [])
     check_methods(methods, nowcasters)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     raw_path = out / "results.json"
-    results = json.loads(raw_path.read_text()) if raw_path.exists() and getattr(args, "resume", False) else []
+    summarize_only = bool(getattr(args, "summarize_only", False))
+    if summarize_only and not raw_path.is_file():
+        raise SystemExit(f"--summarize-only: no {raw_path} to summarize (run the benchmark with --out {out} first)")
+    out.mkdir(parents=True, exist_ok=True)
+    keep = raw_path.exists() and (getattr(args, "resume", False) or summarize_only)
+    results = json.loads(raw_path.read_text()) if keep else []
     done = {(r["task"], r["method"], r["seed"]) for r in results}
     from tqdm.auto import tqdm
 
     todo = [(t, m, s) for t in tasks for s in range(seeds) for m in methods if (t.name, m, s) not in done]
-    if getattr(args, "summarize_only", False):
+    if summarize_only:
         todo = []
     workers = getattr(args, "workers", 1) or 1
     if workers > 1 and todo:

@@ -841,3 +841,25 @@ def test_nowcast_bench_period_option_sets_when_jumps_happen(monkeypatch):
     runs = {m: bench.run_one(task, m, 0, known) for m in ("linefit-s1-d3", "linefit-s1-d3-p20")}
     assert [g[0] for g in runs["linefit-s1-d3"]["guard"]] == [50]
     assert [g[0] for g in runs["linefit-s1-d3-p20"]["guard"]] == [20, 40, 60, 80]
+
+
+def test_nowcast_bench_summarize_only_reads_the_saved_runs_and_refuses_a_missing_file(monkeypatch, tmp_path):
+    """``--summarize-only`` tables the runs in OUT/results.json (without ``--resume``) and names a missing file."""
+    import importlib
+    import json
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    bench = importlib.import_module("bench_nowcast")
+    args = ["--methods", "adam,linefit-s1-d3", "--seeds", "1", "--tasks", "breast-cancer-mlp", "--quick"]
+    with pytest.raises(SystemExit, match="--summarize-only: no .*results.json to summarize"):
+        bench.main([*args, "--out", str(tmp_path / "none"), "--summarize-only",
+                    "--benchmarks", str(tmp_path / "B.md")])
+    assert not (tmp_path / "none").exists() and not (tmp_path / "B.md").exists()
+    out = tmp_path / "runs"
+    bench.main([*args, "--out", str(out), "--benchmarks", str(tmp_path / "B.md")])
+    first = (tmp_path / "B.md").read_text()
+    saved = json.loads((out / "results.json").read_text())
+    (tmp_path / "B.md").unlink()
+    bench.main([*args, "--out", str(out), "--summarize-only", "--benchmarks", str(tmp_path / "B.md")])
+    assert json.loads((out / "results.json").read_text()) == saved
+    assert (tmp_path / "B.md").read_text().split("_Machine")[0] == first.split("_Machine")[0]
