@@ -808,9 +808,10 @@ def test_long_meta_training_warm_start_keeps_weights_and_learns_new_parameter_ty
     assert torch.equal(wnn.decoder[0].weight, WNN.from_pretrained("wnn_cnn_k40").decoder[0].weight)
 
 
-def test_long_meta_training_sizes_keep_the_benchmark_architectures_held_out(monkeypatch):
+def test_long_meta_training_sizes_keep_the_benchmark_architectures_held_out(monkeypatch, tmp_path):
     """``--sizes wide`` reaches past the benchmark tasks' sizes but never draws one of their architectures;
-    ``small`` is the default and stays within the sizes the packaged nowcasters were meta-trained on."""
+    ``small`` is the default and stays within the sizes the packaged nowcasters were meta-trained on. Sizes and
+    the other generation options are refused, not ignored, when every trajectory file exists."""
     import importlib
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "train"))
@@ -827,6 +828,11 @@ def test_long_meta_training_sizes_keep_the_benchmark_architectures_held_out(monk
     assert max(max(c["model"]["channels"]) for c in small if c["family"] == "cnn") == 16
     with pytest.raises(SystemExit, match="--sizes: unknown 'huge'"):
         long.recipes(4, 100, 100, sizes="huge")
+    (tmp_path / "t.pt").write_bytes(b"")
+    with pytest.raises(SystemExit, match="--sizes, --steps: only used to generate trajectories"):
+        long.main(["--out", str(tmp_path / "out"), "--trajectories", str(tmp_path / "t.pt"), "--sizes", "wide",
+                   "--steps", "10"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_nowcast_bench_period_option_sets_when_jumps_happen(monkeypatch):

@@ -54,6 +54,8 @@ SIZES = {
                  gpt_d_model=(48, 64, 80, 128)),
 }
 HELD_OUT_CHANNELS = {(16, 32, 32)}
+GENERATION_OPTIONS = ("runs", "families", "lrs", "sizes", "steps", "gpt_steps", "save_every", "gen_seconds",
+                      "workers")
 _DATA: dict[str, Any] = {}
 
 
@@ -356,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
             NiNo.pretrained_config(folder)
         except NowcastError as e:
             raise SystemExit(f"--init {folder}: {e}") from None
+    if args.trajectories and all(Path(f).is_file() for f in args.trajectories):
+        unused = [f"--{k.replace('_', '-')}" for k in GENERATION_OPTIONS if getattr(args, k) != p.get_default(k)]
+        if unused:
+            raise SystemExit(f"{', '.join(unused)}: only used to generate trajectories, but every --trajectories file "
+                             f"exists and is read as it is; drop the option, or name a new file to generate into")
     t0 = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
